@@ -1,0 +1,340 @@
+//! What stages share while they are built: one AWS configuration, the clock, where embedded
+//! backends keep their files, and the metrics.
+//!
+//! Stages never build SDK clients from scratch: they ask [`BuildContext::aws_config`], which
+//! loads one `SdkConfig` on first use (rustls with ring as the one TLS stack) with the endpoint,
+//! region, credentials and retry overrides set in one place — moto in tests, LocalStack, or real
+//! AWS in production.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use tokio::sync::OnceCell;
+
+use crate::stage::BoxFuture;
+
+/// A source of time. Production reads the wall clock; tests and the demo use virtual or
+/// accelerated time with the same code.
+pub trait Clock: Send + Sync + fmt::Debug {
+    /// The current time.
+    fn now(&self) -> SystemTime;
+    /// Waits `duration` of this clock's time.
+    fn sleep(&self, duration: Duration) -> BoxFuture<'_, ()>;
+}
+
+/// The wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(tokio::time::sleep(duration))
+    }
+}
+
+/// Virtual time: starts at a fixed instant, `sleep` advances it at once, `advance` moves it by
+/// hand. Deterministic for tests.
+#[derive(Debug)]
+pub struct ManualClock {
+    start: SystemTime,
+    offset_ms: AtomicU64,
+}
+
+impl ManualClock {
+    /// A clock reading `start`.
+    pub fn new(start: SystemTime) -> Self {
+        Self {
+            start,
+            offset_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Moves time forward.
+    pub fn advance(&self, by: Duration) {
+        self.offset_ms.fetch_add(
+            u64::try_from(by.as_millis()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> SystemTime {
+        self.start + Duration::from_millis(self.offset_ms.load(Ordering::SeqCst))
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<'_, ()> {
+        self.advance(duration);
+        Box::pin(std::future::ready(()))
+    }
+}
+
+/// Overrides for the shared AWS configuration. Unset fields fall back to the SDK's usual
+/// sources (environment, profile), so `AWS_ENDPOINT_URL`, `AWS_REGION` and `AWS_MAX_ATTEMPTS`
+/// work as documented by AWS.
+#[derive(Clone, Default)]
+pub struct AwsSettings {
+    /// Send every request here (moto, LocalStack).
+    pub endpoint_url: Option<String>,
+    /// Region.
+    pub region: Option<String>,
+    /// Static credentials (access key, secret), for emulators.
+    pub credentials: Option<(String, String)>,
+    /// Total attempts per call including the first (1 disables retries).
+    pub max_attempts: Option<u32>,
+}
+
+impl fmt::Debug for AwsSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AwsSettings")
+            .field("endpoint_url", &self.endpoint_url)
+            .field("region", &self.region)
+            .field("credentials", &self.credentials.as_ref().map(|_| "<static>"))
+            .field("max_attempts", &self.max_attempts)
+            .finish()
+    }
+}
+
+impl AwsSettings {
+    /// Settings for a local emulator at `endpoint_url` with dummy credentials.
+    pub fn emulator(endpoint_url: impl Into<String>) -> Self {
+        Self {
+            endpoint_url: Some(endpoint_url.into()),
+            region: Some("us-east-1".into()),
+            credentials: Some(("testing".into(), "testing".into())),
+            max_attempts: None,
+        }
+    }
+
+    /// Loads an `SdkConfig` with these overrides.
+    pub async fn load(&self) -> SdkConfig {
+        use aws_smithy_http_client::tls;
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+            .build_https();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
+        if let Some(url) = &self.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        if let Some(region) = &self.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some((key, secret)) = &self.credentials {
+            loader = loader.credentials_provider(aws_credential_types::Credentials::new(
+                key,
+                secret,
+                None,
+                None,
+                "cutover-static",
+            ));
+        }
+        if let Some(n) = self.max_attempts {
+            loader =
+                loader.retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(n.max(1)));
+        }
+        loader.load().await
+    }
+}
+
+/// Label names and values of a counter.
+pub type Labels = Vec<(String, String)>;
+
+/// One counter's reading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counter {
+    /// Metric name, e.g. `cutover_events_total`.
+    pub name: String,
+    /// Its labels.
+    pub labels: Labels,
+    /// Its value.
+    pub value: u64,
+}
+
+/// Counters by name and labels; read by the daemon's `/metrics`, the Lambda host's EMF lines
+/// and `replay`'s summary.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    counters: Arc<Mutex<BTreeMap<(String, Labels), u64>>>,
+}
+
+impl Metrics {
+    /// Adds `by` to a counter.
+    pub fn add(&self, name: &str, labels: &[(&str, &str)], by: u64) {
+        let key = (
+            name.to_owned(),
+            labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
+        if let Ok(mut map) = self.counters.lock() {
+            *map.entry(key).or_default() += by;
+        }
+    }
+
+    /// Every counter with its labels and value.
+    pub fn snapshot(&self) -> Vec<Counter> {
+        self.counters
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .map(|((name, labels), value)| Counter {
+                        name: name.clone(),
+                        labels: labels.clone(),
+                        value: *value,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Shared resources handed to [`StageConfig::build`](crate::StageConfig::build).
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    aws_settings: AwsSettings,
+    aws: Arc<OnceCell<SdkConfig>>,
+    clock: Arc<dyn Clock>,
+    data_dir: PathBuf,
+    base_dir: PathBuf,
+    metrics: Metrics,
+}
+
+impl Default for BuildContext {
+    fn default() -> Self {
+        Self::new(".cutover")
+    }
+}
+
+impl BuildContext {
+    /// A context whose embedded backends keep their files in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            aws_settings: AwsSettings::default(),
+            aws: Arc::new(OnceCell::new()),
+            clock: Arc::new(SystemClock),
+            data_dir: data_dir.into(),
+            base_dir: PathBuf::from("."),
+            metrics: Metrics::default(),
+        }
+    }
+
+    /// Uses these AWS overrides (before the configuration is first loaded).
+    pub fn with_aws(mut self, settings: AwsSettings) -> Self {
+        self.aws_settings = settings;
+        self.aws = Arc::new(OnceCell::new());
+        self
+    }
+
+    /// Uses this clock.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Resolves relative paths in stage configurations against `dir` (the pipeline file's).
+    pub fn with_base_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.base_dir = dir.into();
+        self
+    }
+
+    /// Keeps embedded backends' files in `dir`.
+    pub fn with_data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = dir.into();
+        self
+    }
+
+    /// Shares these metrics.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The one shared AWS configuration, loaded on first use.
+    pub async fn aws_config(&self) -> &SdkConfig {
+        self.aws.get_or_init(|| self.aws_settings.load()).await
+    }
+
+    /// The AWS overrides in force.
+    pub fn aws_settings(&self) -> &AwsSettings {
+        &self.aws_settings
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+
+    /// Where embedded backends keep their files.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// A path for an embedded backend: relative paths land in the data directory.
+    pub fn data_path(&self, path: impl AsRef<Path>) -> PathBuf {
+        let path = path.as_ref();
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.data_dir.join(path)
+        }
+    }
+
+    /// A path named in a pipeline file: relative paths are relative to that file.
+    pub fn config_path(&self, path: impl AsRef<Path>) -> PathBuf {
+        let path = path.as_ref();
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn manual_clock_sleeps_instantly() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let clock = ManualClock::new(start);
+        clock.sleep(Duration::from_secs(60)).await;
+        assert_eq!(clock.now(), start + Duration::from_secs(60));
+    }
+
+    #[test]
+    fn relative_paths_resolve_where_documented() {
+        let cx = BuildContext::new("/var/lib/cutover").with_base_dir("/etc/cutover");
+        assert_eq!(
+            cx.data_path("dedup.db"),
+            PathBuf::from("/var/lib/cutover/dedup.db")
+        );
+        assert_eq!(
+            cx.config_path("canary.asl.json"),
+            PathBuf::from("/etc/cutover/canary.asl.json")
+        );
+    }
+
+    #[test]
+    fn metrics_add_up() {
+        let m = Metrics::default();
+        m.add("events", &[("pipeline", "p")], 2);
+        m.add("events", &[("pipeline", "p")], 1);
+        assert_eq!(m.snapshot()[0].value, 3);
+    }
+}

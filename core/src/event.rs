@@ -1,0 +1,183 @@
+//! The event that flows through a pipeline: raw bytes first, parsed lazily.
+//!
+//! Most events are rejected by the first stage, so an [`Event`] keeps the bytes it arrived
+//! with and parses them into a [`serde_json::Value`] only when a stage asks for a field.
+//! Stages add what they learn to the event's *context* (a JSON object); at the end of the
+//! chain that context is the pipeline's result — for a Step Functions Task handler it is the
+//! task's output.
+//!
+//! ```
+//! use cutover_core::{Event, FieldPath};
+//!
+//! let event = Event::from_bytes(br#"{"detail":{"group":"service:cats-green"}}"#.to_vec());
+//! let path: FieldPath = "detail.group".parse().unwrap();
+//! assert_eq!(event.lookup(&path).unwrap().and_then(|v| v.as_str()), Some("service:cats-green"));
+//! ```
+
+pub mod ecs;
+
+use std::sync::{Arc, OnceLock};
+
+use serde_json::{Map, Value};
+
+use crate::path::FieldPath;
+
+/// The root name under which templates and paths read the accumulated context.
+pub const CONTEXT_ROOT: &str = "context";
+
+/// One event on its way through a pipeline.
+#[derive(Debug, Clone)]
+pub struct Event {
+    raw: Arc<[u8]>,
+    parsed: OnceLock<Result<Arc<Value>, EventError>>,
+    context: Map<String, Value>,
+    origin: Option<Arc<str>>,
+}
+
+/// Why an event's bytes could not be read as JSON.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("event is not valid JSON: {message}")]
+pub struct EventError {
+    message: String,
+}
+
+impl EventError {
+    fn from_json(err: &serde_json::Error) -> Self {
+        Self {
+            message: err.to_string(),
+        }
+    }
+}
+
+impl Event {
+    /// An event from the bytes it arrived with; nothing is parsed yet.
+    pub fn from_bytes(raw: impl Into<Arc<[u8]>>) -> Self {
+        Self {
+            raw: raw.into(),
+            parsed: OnceLock::new(),
+            context: Map::new(),
+            origin: None,
+        }
+    }
+
+    /// An event from an already parsed JSON value (for callers that received a value, such as
+    /// the Lambda runtime); the bytes are its compact serialisation.
+    pub fn from_value(value: Value) -> Self {
+        let raw = serde_json::to_vec(&value).unwrap_or_default();
+        let parsed = OnceLock::new();
+        let _ = parsed.set(Ok(Arc::new(value)));
+        Self {
+            raw: raw.into(),
+            parsed,
+            context: Map::new(),
+            origin: None,
+        }
+    }
+
+    /// Records where the event came from (`file.jsonl:12`, `sqs:…`), for messages.
+    pub fn with_origin(mut self, origin: impl Into<Arc<str>>) -> Self {
+        self.origin = Some(origin.into());
+        self
+    }
+
+    /// Where the event came from, if the source said.
+    pub fn origin(&self) -> Option<&str> {
+        self.origin.as_deref()
+    }
+
+    /// The bytes as received.
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+
+    /// The event parsed as JSON; parsed once, on first use.
+    pub fn json(&self) -> Result<&Value, EventError> {
+        self.parsed
+            .get_or_init(|| {
+                serde_json::from_slice::<Value>(&self.raw)
+                    .map(Arc::new)
+                    .map_err(|e| EventError::from_json(&e))
+            })
+            .as_ref()
+            .map(|v| v.as_ref())
+            .map_err(Clone::clone)
+    }
+
+    /// Whether the JSON has already been parsed (used by tests and benchmarks to prove that a
+    /// rejecting stage did not parse).
+    pub fn is_parsed(&self) -> bool {
+        self.parsed.get().is_some()
+    }
+
+    /// Reads a field: `context.…` reads the accumulated context, anything else the event.
+    pub fn lookup(&self, path: &FieldPath) -> Result<Option<&Value>, EventError> {
+        if path.root() == Some(CONTEXT_ROOT) {
+            return Ok(path.lookup_in_map(&self.context, 1));
+        }
+        Ok(path.lookup(self.json()?))
+    }
+
+    /// The EventBridge `id`, when the event has one.
+    pub fn id(&self) -> Option<&str> {
+        self.json().ok()?.get("id")?.as_str()
+    }
+
+    /// The EventBridge `detail-type`, when the event has one.
+    pub fn detail_type(&self) -> Option<&str> {
+        self.json().ok()?.get("detail-type")?.as_str()
+    }
+
+    /// What stages have added so far.
+    pub fn context(&self) -> &Map<String, Value> {
+        &self.context
+    }
+
+    /// Adds to or changes the context.
+    pub fn context_mut(&mut self) -> &mut Map<String, Value> {
+        &mut self.context
+    }
+
+    /// Takes the context out of the event (the chain's end does this to build the outcome).
+    pub fn into_context(self) -> Map<String, Value> {
+        self.context
+    }
+
+    /// Typed view of an ECS event; parses the JSON if not yet done.
+    pub fn ecs(&self) -> Result<ecs::EcsEvent, EventError> {
+        let value = self.json()?;
+        ecs::EcsEvent::from_value(value).map_err(|e| EventError::from_json(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_lazily_and_once() {
+        let event = Event::from_bytes(br#"{"id":"1","detail-type":"X"}"#.to_vec());
+        assert!(!event.is_parsed());
+        assert_eq!(event.id(), Some("1"));
+        assert!(event.is_parsed());
+        assert_eq!(event.detail_type(), Some("X"));
+    }
+
+    #[test]
+    fn malformed_json_is_an_error_not_a_panic() {
+        let event = Event::from_bytes(b"{\"id\": ".to_vec());
+        let err = event.json().unwrap_err();
+        assert!(err.to_string().contains("not valid JSON"), "{err}");
+        assert_eq!(event.id(), None);
+    }
+
+    #[test]
+    fn context_paths_read_the_context() {
+        let mut event = Event::from_bytes(b"{}".to_vec());
+        event
+            .context_mut()
+            .insert("execution".into(), serde_json::json!({"arn": "arn:x"}));
+        let path: FieldPath = "context.execution.arn".parse().unwrap();
+        assert_eq!(event.lookup(&path).unwrap(), Some(&Value::from("arn:x")));
+        assert!(!event.is_parsed(), "context lookups must not parse the event");
+    }
+}

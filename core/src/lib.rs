@@ -1,0 +1,44 @@
+//! Stable contracts of cutover: the event model, the [`Stage`] and [`StageConfig`] traits,
+//! pipeline loading and validation, outcomes and errors.
+//!
+//! Everything else — the built-in stages, plugins, the hosts — depends on this crate, and this
+//! crate depends on none of them. A pipeline is an ordered chain of stages; each stage is an
+//! around-middleware that sees the event, may add to its context, and either calls the rest of
+//! the chain (observing its [`Outcome`]) or ends the event itself.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use cutover_core::{Event, Loader};
+//!
+//! let file = Loader::from_env().load_file("pipelines/catsndogs.toml")?;
+//! let pipeline = file.build("ecs-events", &file.build_context()).await?;
+//! let outcome = pipeline.run(Event::from_bytes(std::fs::read("event.json")?)).await;
+//! println!("{outcome}");
+//! # Ok(()) }
+//! ```
+
+pub mod context;
+pub mod error;
+pub mod event;
+pub mod outcome;
+pub mod path;
+pub mod pipeline;
+pub mod stage;
+pub mod template;
+
+pub use context::{AwsSettings, BuildContext, Clock, Counter, ManualClock, Metrics, SystemClock};
+pub use error::{BuildError, FieldError, LoadError, LoadErrors};
+pub use event::{Event, EventError};
+pub use outcome::{Outcome, StageError};
+pub use path::{FieldPath, PathError};
+pub use pipeline::{Loader, Pipeline, PipelineFile, PipelineSpec, Settings, StageSpec};
+pub use stage::{
+    BoxFuture, Next, Stage, StageConfig, StageInfo, StageLayer, StageService, ValidateContext,
+    registered_stages, typetag_names,
+};
+pub use template::{Template, TemplateError, ValueTemplate};
+
+#[doc(hidden)]
+pub use inventory;
+#[doc(hidden)]
+pub use typetag;

@@ -1,0 +1,354 @@
+//! The stage contracts: [`StageConfig`] (what TOML deserialises into, registered with
+//! `typetag`) builds a runtime [`Stage`], an around-middleware over the rest of the chain.
+//!
+//! A stage receives the event and a [`Next`]: it may add to the event's context and call
+//! `next.run(event)`, then observe the outcome of everything after it (dedup marks its key
+//! completed or releases it); or it may end the event itself with [`Outcome::dropped`] or
+//! [`Outcome::failed`]. This is tower's `Layer` shape; [`StageLayer`] adapts any stage to a
+//! real `tower::Layer` so stages compose with tower middleware too.
+//!
+//! A minimal stage, as a plugin crate would write it:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use cutover_core::{BoxFuture, BuildContext, BuildError, Event, Next, Outcome, Stage, StageConfig};
+//! use serde::{Deserialize, Serialize};
+//!
+//! /// Adds `team = "…"` to the context.
+//! #[derive(Debug, Serialize, Deserialize)]
+//! #[serde(deny_unknown_fields)]
+//! pub struct TeamConfig {
+//!     /// The team that owns the service.
+//!     pub team: String,
+//! }
+//!
+//! #[typetag::serde(name = "doc-team")]
+//! impl StageConfig for TeamConfig {
+//!     fn build<'a>(&'a self, _cx: &'a BuildContext) -> BoxFuture<'a, Result<Arc<dyn Stage>, BuildError>> {
+//!         Box::pin(async move { Ok(Arc::new(Team(self.team.clone())) as Arc<dyn Stage>) })
+//!     }
+//! }
+//!
+//! #[derive(Debug)]
+//! struct Team(String);
+//!
+//! impl Stage for Team {
+//!     fn process<'a>(&'a self, mut event: Event, next: Next<'a>) -> BoxFuture<'a, Outcome> {
+//!         event.context_mut().insert("team".into(), self.0.clone().into());
+//!         Box::pin(next.run(event))
+//!     }
+//! }
+//! cutover_core::register_stage!("doc-team", "Adds the owning team to the context.");
+//! ```
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::context::BuildContext;
+use crate::error::{BuildError, FieldError};
+use crate::event::Event;
+use crate::outcome::Outcome;
+
+/// A boxed, sendable future (the shape every stage method returns).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A runtime stage: an around-middleware over the rest of the chain.
+pub trait Stage: Send + Sync + fmt::Debug {
+    /// Handles one event; call `next.run(event)` to continue the chain.
+    fn process<'a>(&'a self, event: Event, next: Next<'a>) -> BoxFuture<'a, Outcome>;
+}
+
+/// The configuration of a stage, as written in a pipeline file.
+///
+/// Implementations are registered with `#[typetag::serde(name = "…")]` and
+/// [`register_stage!`](crate::register_stage); use `#[serde(deny_unknown_fields)]` and a `///`
+/// doc on every field — those docs are the user reference.
+#[typetag::serde(tag = "type")]
+pub trait StageConfig: fmt::Debug + Send + Sync {
+    /// Builds the runtime stage. Build everything expensive here (clients, compiled patterns),
+    /// not per event.
+    fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Arc<dyn Stage>, BuildError>>;
+
+    /// Checks beyond what deserialisation checks (templates, ranges, files, references), all
+    /// problems at once. The default finds none.
+    fn validate(&self, _cx: &ValidateContext<'_>) -> Vec<FieldError> {
+        Vec::new()
+    }
+
+    /// The EventBridge event pattern this stage requires of events, if it is a filter:
+    /// `cutover rule` ANDs these into the rule that triggers the pipeline.
+    fn event_pattern(&self) -> Option<serde_json::Value> {
+        None
+    }
+}
+
+/// What [`StageConfig::validate`] may consult.
+#[derive(Debug, Clone, Copy)]
+pub struct ValidateContext<'a> {
+    /// Directory of the pipeline file (relative paths in a stage are resolved against it).
+    pub base_dir: &'a std::path::Path,
+    /// Names of every pipeline in the same file.
+    pub pipelines: &'a [String],
+}
+
+/// The rest of the chain after the current stage.
+#[derive(Debug)]
+pub struct Next<'a> {
+    inner: NextInner<'a>,
+}
+
+enum NextInner<'a> {
+    Chain {
+        stages: &'a [Arc<dyn Stage>],
+        names: &'a [String],
+    },
+    Service(BoxCloneSyncService<Event, Outcome, Infallible>),
+}
+
+impl fmt::Debug for NextInner<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NextInner::Chain { names, .. } => f.debug_struct("Chain").field("stages", names).finish(),
+            NextInner::Service(_) => f.write_str("Service"),
+        }
+    }
+}
+
+impl<'a> Next<'a> {
+    /// The chain made of `stages` (named by `names`, the same length).
+    pub(crate) fn chain(stages: &'a [Arc<dyn Stage>], names: &'a [String]) -> Self {
+        Self {
+            inner: NextInner::Chain { stages, names },
+        }
+    }
+
+    /// The end of a chain: every event passes with its context.
+    pub fn end() -> Next<'static> {
+        Next {
+            inner: NextInner::Chain {
+                stages: &[],
+                names: &[],
+            },
+        }
+    }
+
+    /// A `Next` that hands the event to a tower service.
+    pub fn service(service: BoxCloneSyncService<Event, Outcome, Infallible>) -> Next<'static> {
+        Next {
+            inner: NextInner::Service(service),
+        }
+    }
+
+    /// Runs the rest of the chain.
+    pub async fn run(self, event: Event) -> Outcome {
+        match self.inner {
+            NextInner::Chain { stages, names } => match (stages.split_first(), names.split_first()) {
+                (Some((stage, rest)), Some((name, rest_names))) => stage
+                    .process(event, Next::chain(rest, rest_names))
+                    .await
+                    .attribute_to(name),
+                _ => Outcome::Passed {
+                    context: event.into_context(),
+                },
+            },
+            NextInner::Service(svc) => match svc.oneshot(event).await {
+                Ok(outcome) => outcome,
+                Err(never) => match never {},
+            },
+        }
+    }
+}
+
+/// A stage as a real `tower::Layer`: wrap any service of events with it.
+#[derive(Debug, Clone)]
+pub struct StageLayer {
+    stage: Arc<dyn Stage>,
+    name: Arc<str>,
+}
+
+impl StageLayer {
+    /// Wraps `stage`, naming it `name` in outcomes.
+    pub fn new(name: impl Into<Arc<str>>, stage: Arc<dyn Stage>) -> Self {
+        Self {
+            stage,
+            name: name.into(),
+        }
+    }
+}
+
+impl<S> Layer<S> for StageLayer
+where
+    S: Service<Event, Response = Outcome, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    type Service = StageService;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        StageService {
+            stage: self.stage.clone(),
+            name: self.name.clone(),
+            inner: BoxCloneSyncService::new(inner),
+        }
+    }
+}
+
+/// The service [`StageLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct StageService {
+    stage: Arc<dyn Stage>,
+    name: Arc<str>,
+    inner: BoxCloneSyncService<Event, Outcome, Infallible>,
+}
+
+impl Service<Event> for StageService {
+    type Response = Outcome;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Outcome, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, event: Event) -> Self::Future {
+        let stage = self.stage.clone();
+        let name = self.name.clone();
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            Ok(stage
+                .process(event, Next::service(inner))
+                .await
+                .attribute_to(&name))
+        })
+    }
+}
+
+/// A registered stage type, for `cutover stages` and for error messages.
+#[derive(Debug)]
+pub struct StageInfo {
+    /// The `type` written in TOML.
+    pub name: &'static str,
+    /// One line saying what it does.
+    pub summary: &'static str,
+    /// The crate that provides it.
+    pub provider: &'static str,
+}
+
+inventory::collect!(StageInfo);
+
+/// Registers a stage type's name and one-line doc (next to its `#[typetag::serde]` impl).
+#[macro_export]
+macro_rules! register_stage {
+    ($name:literal, $summary:literal) => {
+        $crate::inventory::submit! {
+            $crate::StageInfo { name: $name, summary: $summary, provider: env!("CARGO_PKG_NAME") }
+        }
+    };
+}
+
+/// Every stage type linked into this program, sorted by name.
+pub fn registered_stages() -> Vec<&'static StageInfo> {
+    let mut all: Vec<_> = inventory::iter::<StageInfo>.into_iter().collect();
+    all.sort_by_key(|i| i.name);
+    all
+}
+
+/// The stage type names typetag knows (the ones TOML can use), sorted. Tests compare this with
+/// [`registered_stages`] so a stage cannot be usable but undocumented, or the reverse.
+pub fn typetag_names() -> Vec<String> {
+    let probe = serde_json::json!({"type": "\u{1}probe"});
+    let err = match serde_json::from_value::<Box<dyn StageConfig>>(probe) {
+        Ok(_) => return Vec::new(),
+        Err(e) => e.to_string(),
+    };
+    // typetag reports: unknown variant `…`, expected one of `a`, `b`
+    let Some((_, list)) = err.split_once("expected one of ") else {
+        return err
+            .split_once("expected ")
+            .map(|(_, one)| vec![one.trim_matches('`').to_owned()])
+            .unwrap_or_default();
+    };
+    let mut names: Vec<String> = list.split(", ").map(|s| s.trim_matches('`').to_owned()).collect();
+    names.sort();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[derive(Debug)]
+    struct Tag(&'static str);
+
+    impl Stage for Tag {
+        fn process<'a>(&'a self, mut event: Event, next: Next<'a>) -> BoxFuture<'a, Outcome> {
+            event.context_mut().insert(self.0.into(), json!(true));
+            Box::pin(next.run(event))
+        }
+    }
+
+    #[derive(Debug)]
+    struct DropAll;
+
+    impl Stage for DropAll {
+        fn process<'a>(&'a self, _event: Event, _next: Next<'a>) -> BoxFuture<'a, Outcome> {
+            Box::pin(async { Outcome::dropped("not today") })
+        }
+    }
+
+    #[tokio::test]
+    async fn chain_accumulates_context_and_names_the_dropping_stage() {
+        let stages: Vec<Arc<dyn Stage>> = vec![Arc::new(Tag("a")), Arc::new(Tag("b"))];
+        let names = vec!["first".to_owned(), "second".to_owned()];
+        let out = Next::chain(&stages, &names)
+            .run(Event::from_bytes(b"{}".to_vec()))
+            .await;
+        assert_eq!(
+            out,
+            Outcome::Passed {
+                context: json!({"a": true, "b": true}).as_object().unwrap().clone()
+            }
+        );
+
+        let stages: Vec<Arc<dyn Stage>> = vec![Arc::new(Tag("a")), Arc::new(DropAll)];
+        let out = Next::chain(&stages, &names)
+            .run(Event::from_bytes(b"{}".to_vec()))
+            .await;
+        assert_eq!(out.stage(), Some("second"));
+    }
+
+    #[tokio::test]
+    async fn stage_layer_composes_with_tower() {
+        let end = tower::service_fn(|e: Event| async move {
+            Ok::<_, Infallible>(Outcome::Passed {
+                context: e.into_context(),
+            })
+        });
+        let svc = StageLayer::new("tagger", Arc::new(Tag("t"))).layer(end);
+        let out = svc.oneshot(Event::from_bytes(b"{}".to_vec())).await.unwrap();
+        assert!(out.is_passed());
+        let svc = StageLayer::new("dropper", Arc::new(DropAll)).layer(svc_end());
+        assert_eq!(
+            svc.oneshot(Event::from_bytes(b"{}".to_vec()))
+                .await
+                .unwrap()
+                .stage(),
+            Some("dropper")
+        );
+    }
+
+    fn svc_end() -> BoxCloneSyncService<Event, Outcome, Infallible> {
+        BoxCloneSyncService::new(tower::service_fn(|_e: Event| async {
+            Ok::<_, Infallible>(Outcome::Passed {
+                context: Default::default(),
+            })
+        }))
+    }
+}

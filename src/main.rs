@@ -1,0 +1,120 @@
+//! The `cutover` command: validate and replay pipelines, list stages, and (as the hosts land)
+//! run them in AWS Lambda or as a daemon.
+
+mod input;
+mod replay;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use cutover_core::{Loader, registered_stages};
+
+/// Safe canary deployments for containers on AWS.
+#[derive(Debug, Parser)]
+#[command(name = "cutover", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check pipeline files; print every problem, exit non-zero if any.
+    #[command(after_help = "Examples:\n  cutover validate pipelines/*.toml\n  \
+        CUTOVER_PIPELINES__ECS_EVENTS__STAGES__1__CLUSTER=prod cutover validate pipelines/catsndogs.toml")]
+    Validate {
+        /// Pipeline files (TOML).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List the stage types this binary knows, with their one-line docs.
+    #[command(after_help = "Example:\n  cutover stages")]
+    Stages,
+    /// Run events through a pipeline on embedded backends and report each outcome.
+    #[command(
+        after_help = "Examples:\n  cutover replay pipelines/catsndogs.toml tests/fixtures/deployment-trace.jsonl\n  \
+        cutover replay pipelines/catsndogs.toml --json tests/fixtures/*.json\n  \
+        cat trace.jsonl | cutover replay pipelines/catsndogs.toml --summary -"
+    )]
+    Replay(replay::ReplayArgs),
+}
+
+fn init_logs() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CUTOVER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal() {
+        builder.init();
+    } else {
+        builder.json().init();
+    }
+}
+
+fn main() -> ExitCode {
+    cutover_plugin_notify::link();
+    cutover_stages::link();
+    let cli = Cli::parse();
+    init_logs();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Validate { files } => Ok(validate(&files)),
+            Command::Stages => {
+                stages();
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Replay(args) => replay::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn validate(files: &[PathBuf]) -> ExitCode {
+    let loader = Loader::from_env();
+    let mut failed = false;
+    for file in files {
+        match loader.load_file(file) {
+            Ok(f) => {
+                let list: Vec<String> = f
+                    .pipelines
+                    .iter()
+                    .map(|p| format!("{} ({} stages)", p.name, p.stages.len()))
+                    .collect();
+                println!("{}: ok — {}", file.display(), list.join(", "));
+            }
+            Err(errors) => {
+                failed = true;
+                eprintln!("{errors}");
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn stages() {
+    let all = registered_stages();
+    let width = all.iter().map(|s| s.name.len()).max().unwrap_or(0);
+    for s in all {
+        println!("{:width$}  {}  [{}]", s.name, s.summary, s.provider);
+    }
+}

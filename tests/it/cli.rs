@@ -1,0 +1,151 @@
+//! The `cutover` command as a user runs it.
+
+use expect_test::expect;
+use serde_json::Value;
+
+use crate::cutover;
+
+fn run(cmd: &mut std::process::Command) -> (i32, String, String) {
+    let out = cmd.output().expect("cutover runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn validate_accepts_every_shipped_pipeline() {
+    let mut files: Vec<String> = std::fs::read_dir(crate::repo("pipelines"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .map(|p| p.display().to_string())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    let (code, stdout, stderr) = run(cutover().arg("validate").args(&files));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.lines().count(), files.len(), "{stdout}");
+}
+
+#[test]
+fn validate_lists_every_problem_of_a_broken_file() {
+    let (code, stdout, stderr) = run(cutover().args(["validate", "tests/fixtures/pipelines/broken.toml"]));
+    assert_eq!(code, 1);
+    assert_eq!(stdout, "");
+    let registered = cutover_core::registered_stages()
+        .iter()
+        .map(|s| s.name)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let stderr = stderr.replace(
+        &format!("registered types: {registered}"),
+        "registered types: <registered>",
+    );
+    expect![[r#"
+        tests/fixtures/pipelines/broken.toml: pipeline "ecs-events", stage 1 (notify): unknown field "fiel", expected one of: file, on, message
+        tests/fixtures/pipelines/broken.toml: pipeline "ecs-events", stage 2 (notifyy): unknown stage type "notifyy"; registered types: <registered>
+        tests/fixtures/pipelines/broken.toml: pipeline "ecs-events", stage 3 (notify): field "on[1]": unknown variant "sometimes", expected one of: passed, dropped, failed
+        tests/fixtures/pipelines/broken.toml: pipeline "other", unknown key "descripton", expected one of: description, stages
+        tests/fixtures/pipelines/broken.toml: pipeline "other", no stages: add [[pipelines.other.stages]] tables, each with a `type`
+    "#]]
+    .assert_eq(&stderr);
+}
+
+#[test]
+fn environment_overrides_reach_stage_fields_and_are_validated() {
+    let (code, _, stderr) = run(cutover()
+        .args(["validate", "pipelines/catsndogs.toml"])
+        .env("CUTOVER_PIPELINES__ECS_EVENTS__STAGES__NOTIFY__ON", "[\"never\"]"));
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("stage 1 (notify): field \"on[0]\": unknown variant \"never\""),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run(cutover()
+        .args(["validate", "pipelines/catsndogs.toml"])
+        .env("CUTOVER_PIPELINES__NOPE__STAGES__1__X", "1"));
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("CUTOVER_PIPELINES__NOPE__STAGES__1__X: no pipeline matches \"NOPE\""),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn stages_lists_builtin_and_plugin_stages() {
+    let (code, stdout, _) = run(cutover().arg("stages"));
+    assert_eq!(code, 0);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("notify ") && l.ends_with("[cutover-plugin-notify]")),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn replay_reports_each_event_and_a_summary_in_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.jsonl");
+    let good = std::fs::read_to_string(crate::repo("tests/fixtures/task-fargate-running.json")).unwrap();
+    let good: Value = serde_json::from_str(&good).unwrap();
+    std::fs::write(&trace, format!("{good}\n{{\"id\": \n\n{good}\n")).unwrap();
+    let (code, stdout, stderr) = run(cutover()
+        .args(["replay", "pipelines/catsndogs.toml", "--json"])
+        .arg(&trace));
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert_eq!(lines[0]["id"], good["id"]);
+    assert_eq!(lines[1]["outcome"], "failed");
+    assert_eq!(lines[1]["stage"], "input");
+    assert!(
+        lines[1]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("line 2: not valid JSON"),
+        "{}",
+        lines[1]
+    );
+    assert_eq!(lines[3]["summary"]["events"], 3);
+    assert_eq!(lines[3]["summary"]["failed"], 1);
+}
+
+#[test]
+fn replay_summary_reads_stdin() {
+    use std::io::Write;
+    let mut child = cutover()
+        .args(["replay", "pipelines/catsndogs.toml", "--summary", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let trace = std::fs::read(crate::repo("tests/fixtures/deployment-trace.jsonl")).unwrap();
+    child.stdin.take().unwrap().write_all(&trace).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let summary: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(summary["summary"]["events"], 50);
+}
+
+#[test]
+fn replay_human_output_names_the_source_line() {
+    let (code, stdout, stderr) = run(cutover().args([
+        "replay",
+        "pipelines/catsndogs.toml",
+        "tests/fixtures/task-ec2-running.json",
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    let mut lines = stdout.lines();
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("tests/fixtures/task-ec2-running.json "),
+        "{stdout}"
+    );
+    assert!(lines.next().unwrap().starts_with("1 events:"), "{stdout}");
+}

@@ -1,0 +1,21 @@
+//! Integration tests of the whole system: the `cutover` binary, the shipped pipelines and
+//! fixtures, and every AWS backend against a real emulator (moto server).
+
+mod cli;
+mod fixtures;
+mod moto;
+mod registry;
+
+/// Path of a file in the repository.
+pub(crate) fn repo(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// A `cutover` command run from the repository root.
+pub(crate) fn cutover() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("CUTOVER_LOG");
+    cmd
+}

@@ -1,0 +1,215 @@
+//! A real AWS emulator for the tests: `moto_server` (PyPI `moto[server]`) over HTTP.
+//!
+//! `scripts/test.sh` starts one server and exports `CUTOVER_MOTO_URL`; [`shared`] attaches to
+//! it. Without that variable (a bare `cargo test`), [`shared`] starts a server itself from
+//! `CUTOVER_MOTO_SERVER`, `.venv/bin/moto_server` or `PATH`, watched by a shell loop that stops
+//! it when the test process exits. Tests whose moto state must not be shared (Step Functions
+//! execution mode needs `reset`) use [`dedicated`], stopped on drop. Every test names its
+//! resources with [`unique`].
+
+#![allow(dead_code)] // the harness serves every AWS test module; not all use every helper yet
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use cutover_core::AwsSettings;
+
+/// A running moto server.
+#[derive(Debug)]
+pub(crate) struct Moto {
+    /// `http://127.0.0.1:PORT`.
+    pub(crate) url: String,
+    child: Option<Child>,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Moto {
+    /// AWS settings pointing at this server with dummy credentials.
+    pub(crate) fn aws(&self) -> AwsSettings {
+        AwsSettings::emulator(&self.url)
+    }
+
+    /// The same, with SDK retries off (for tests that expect errors).
+    pub(crate) fn aws_no_retries(&self) -> AwsSettings {
+        AwsSettings {
+            max_attempts: Some(1),
+            ..self.aws()
+        }
+    }
+
+    /// POSTs JSON to a moto control endpoint (`/moto-api/reset`, `/moto-api/config`).
+    pub(crate) fn control(&self, path: &str, body: &str) -> u16 {
+        http_post(&self.url, path, body)
+    }
+
+    /// Environment for a `cutover` child process talking to this server.
+    pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.url.clone()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+}
+
+/// The server shared by the whole test binary.
+pub(crate) fn shared() -> &'static Moto {
+    static SHARED: OnceLock<Moto> = OnceLock::new();
+    SHARED.get_or_init(|| match std::env::var("CUTOVER_MOTO_URL") {
+        Ok(url) => Moto { url, child: None },
+        Err(_) => start(),
+    })
+}
+
+/// A server of the test's own, stopped when dropped.
+pub(crate) fn dedicated() -> Moto {
+    start()
+}
+
+/// A resource name no other test uses.
+pub(crate) fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+fn moto_binary() -> String {
+    if let Ok(bin) = std::env::var("CUTOVER_MOTO_SERVER") {
+        return bin;
+    }
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/moto_server");
+    if std::path::Path::new(venv).exists() {
+        venv.to_owned()
+    } else {
+        "moto_server".to_owned()
+    }
+}
+
+fn start() -> Moto {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let bin = moto_binary();
+    // The shell stops moto when the test process is gone (a static is never dropped), or
+    // when it is itself terminated (dedicated servers, on drop).
+    let script = format!(
+        "'{bin}' -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; trap 'kill $m; exit 0' TERM; \
+         while kill -0 {parent} 2>/dev/null && kill -0 $m 2>/dev/null; do sleep 0.5; done; kill $m 2>/dev/null",
+        parent = std::process::id(),
+    );
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}; run ./scripts/test.sh, which installs moto"));
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "moto_server ({bin}) did not listen on port {port} within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Moto {
+        url,
+        child: Some(child),
+    }
+}
+
+fn http_post(base: &str, path: &str, body: &str) -> u16 {
+    let host = base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(host).expect("moto is reachable");
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("request sent");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn dynamodb_round_trip_through_the_shared_aws_config() {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+
+    let moto = shared();
+    let cx = cutover_core::BuildContext::new("unused").with_aws(moto.aws());
+    let client = aws_sdk_dynamodb::Client::new(cx.aws_config().await);
+    let table = unique("roundtrip");
+    client
+        .create_table()
+        .table_name(&table)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("pk")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("pk")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .expect("create table in moto");
+    client
+        .put_item()
+        .table_name(&table)
+        .item("pk", AttributeValue::S("k1".into()))
+        .item("v", AttributeValue::N("42".into()))
+        .send()
+        .await
+        .expect("put item");
+    let got = client
+        .get_item()
+        .table_name(&table)
+        .key("pk", AttributeValue::S("k1".into()))
+        .send()
+        .await
+        .expect("get item");
+    assert_eq!(
+        got.item().and_then(|i| i.get("v")),
+        Some(&AttributeValue::N("42".into()))
+    );
+    let missing = client
+        .get_item()
+        .table_name(&table)
+        .key("pk", AttributeValue::S("nope".into()))
+        .send()
+        .await
+        .unwrap();
+    assert!(missing.item().is_none());
+}
