@@ -2,7 +2,9 @@
 //! run them in AWS Lambda or as a daemon.
 
 mod input;
+mod pattern_cmd;
 mod replay;
+mod rule;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +40,16 @@ enum Command {
         cat trace.jsonl | cutover replay pipelines/catsndogs.toml --summary -"
     )]
     Replay(replay::ReplayArgs),
+    /// Print the EventBridge rule pattern compiled from a pipeline's filter stages; measure it
+    /// on a trace; or create/update the rule.
+    #[command(after_help = "Examples:\n  cutover rule pipelines/catsndogs.toml\n  \
+        cutover rule pipelines/catsndogs.toml --trace tests/fixtures/deployment-trace.jsonl\n  \
+        cutover rule pipelines/catsndogs.toml --apply --name cutover-ecs-events \\\n      \
+        --target-arn arn:aws:lambda:us-west-2:111122223333:function:cutover-ecs-events")]
+    Rule(rule::RuleArgs),
+    /// Match EventBridge patterns against events; run conformance cases.
+    #[command(subcommand)]
+    Pattern(pattern_cmd::PatternCommand),
 }
 
 fn init_logs() {
@@ -74,6 +86,8 @@ fn main() -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Replay(args) => replay::run(args).await,
+            Command::Rule(args) => rule::run(args).await,
+            Command::Pattern(cmd) => pattern_cmd::run(cmd),
         }
     });
     match result {

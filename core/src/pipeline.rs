@@ -84,6 +84,53 @@ pub struct StageSpec {
     pub config: Box<dyn StageConfig>,
 }
 
+impl PipelineSpec {
+    /// The EventBridge event pattern that selects this pipeline's events: the patterns of its
+    /// filtering stages ([`StageConfig::event_pattern`]) merged into one. `None` when no stage
+    /// filters (the rule would have to match everything); an error names a field two stages
+    /// both constrain.
+    pub fn event_pattern(&self) -> Result<Option<Value>, String> {
+        let mut merged: Option<Value> = None;
+        for stage in &self.stages {
+            let Some(p) = stage.config.event_pattern() else {
+                continue;
+            };
+            match &mut merged {
+                None => merged = Some(p),
+                Some(m) => merge_patterns(m, &p, &mut Vec::new()).map_err(|path| {
+                    format!(
+                        "stage \"{}\" constrains \"{path}\", which an earlier stage already constrains; \
+                         an EventBridge rule can hold one condition per field",
+                        stage.name
+                    )
+                })?,
+            }
+        }
+        Ok(merged)
+    }
+}
+
+/// Deep-merges the event pattern `add` into `into` (objects merge; two value lists on one path
+/// conflict, and the conflicting path is returned).
+pub fn merge_patterns(into: &mut Value, add: &Value, path: &mut Vec<String>) -> Result<(), String> {
+    match (into, add) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                path.push(k.clone());
+                match a.get_mut(k) {
+                    Some(existing) => merge_patterns(existing, v, path)?,
+                    None => {
+                        a.insert(k.clone(), v.clone());
+                    }
+                }
+                path.pop();
+            }
+            Ok(())
+        }
+        _ => Err(path.join(".")),
+    }
+}
+
 impl PipelineFile {
     /// The pipeline called `name`.
     pub fn pipeline(&self, name: &str) -> Option<&PipelineSpec> {

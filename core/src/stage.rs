@@ -87,6 +87,12 @@ pub trait StageConfig: fmt::Debug + Send + Sync {
     fn event_pattern(&self) -> Option<serde_json::Value> {
         None
     }
+
+    /// Conditions this stage checks that its [`event_pattern`](Self::event_pattern) cannot
+    /// express (e.g. ECS resource tags, which events do not carry), for `cutover rule` to say.
+    fn checks_beyond_pattern(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// What [`StageConfig::validate`] may consult.
@@ -267,14 +273,18 @@ pub fn typetag_names() -> Vec<String> {
         Ok(_) => return Vec::new(),
         Err(e) => e.to_string(),
     };
-    // typetag reports: unknown variant `…`, expected one of `a`, `b`
-    let Some((_, list)) = err.split_once("expected one of ") else {
-        return err
-            .split_once("expected ")
-            .map(|(_, one)| vec![one.trim_matches('`').to_owned()])
-            .unwrap_or_default();
+    // serde's unknown_variant lists the names: "expected `a`", "expected `a` or `b`",
+    // "expected one of `a`, `b`, `c`".
+    let Some((_, list)) = err.split_once("expected ") else {
+        return Vec::new();
     };
-    let mut names: Vec<String> = list.split(", ").map(|s| s.trim_matches('`').to_owned()).collect();
+    let list = list.strip_prefix("one of ").unwrap_or(list);
+    let mut names: Vec<String> = list
+        .split(", ")
+        .flat_map(|part| part.split(" or "))
+        .map(|s| s.trim().trim_matches('`').to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
     names.sort();
     names
 }

@@ -2,6 +2,16 @@
 //!
 //! Linking this crate registers the stage types with `typetag`; binaries call [`link`] so the
 //! linker keeps the registrations even when no other item is named.
+//!
+//! | type | module | what it does |
+//! | --- | --- | --- |
+//! | `filter` | [`filter`] | passes only green tasks that reached RUNNING; compiles to the EventBridge rule |
+//! | `health-check` | [`health_check`] | probes green (HTTP, ELBv2 target health) and reports `healthy`/`unhealthy` |
+//! | `traffic-shift` | [`traffic_shift`] | sets blue/green weights (Route 53, embedded weighted DNS) and verifies them |
+
+pub mod filter;
+pub mod health_check;
+pub mod traffic_shift;
 
 /// Keeps this crate's stage registrations in a binary.
 pub fn link() {}

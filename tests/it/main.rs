@@ -5,6 +5,7 @@ mod cli;
 mod fixtures;
 mod moto;
 mod registry;
+mod rule;
 
 /// Path of a file in the repository.
 pub(crate) fn repo(path: &str) -> std::path::PathBuf {

@@ -7,5 +7,9 @@ fn registered_stage_names_are_the_expected_ones() {
     let documented: Vec<&str> = cutover_core::registered_stages().iter().map(|s| s.name).collect();
     let usable = cutover_core::typetag_names();
     assert_eq!(documented, usable, "typetag and register_stage! disagree");
-    assert_eq!(documented, ["notify"], "the stage types this binary offers");
+    assert_eq!(
+        documented,
+        ["filter", "notify"],
+        "the stage types this binary offers"
+    );
 }

@@ -1,0 +1,813 @@
+//! `filter`: lets through only the events that mean "a green task is up".
+//!
+//! The typed options compile into EventBridge event patterns — one per condition, ANDed — and
+//! the stage decides with the pattern engine, so the stage and the EventBridge rule that
+//! `cutover rule` prints from the same options can never disagree. Most events are rejected
+//! from their raw bytes by the patterns' literal prefilters, before any JSON parse; a dropped
+//! event carries the condition it failed.
+//!
+//! ```toml
+//! [[pipelines.ecs-events.stages]]
+//! type = "filter"
+//! cluster = "catsndogsECScluster"
+//! green = { container = "cats-green" }
+//! # last_status = "RUNNING", desired_status = "RUNNING", detail_type = "ECS Task State Change" are defaults
+//! ```
+//!
+//! ECS resource tags (`green.tags`) are not in task state change events: they are checked in
+//! the stage only, after every pattern condition passed, from the source `green.tag_source`
+//! names (see [`tags`]).
+
+pub mod tags;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use cutover_core::pipeline::merge_patterns;
+use cutover_core::{
+    BoxFuture, BuildContext, BuildError, Event, FieldError, Next, Outcome, Stage, StageConfig, StageError,
+    ValidateContext,
+};
+use cutover_pattern::Pattern;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value, json};
+
+use self::tags::{TagSource, TagSourceConfig};
+
+cutover_core::register_stage!(
+    "filter",
+    "Passes only green tasks that reached RUNNING in the cluster; compiles to the EventBridge rule."
+);
+
+/// Configuration of the `filter` stage. Every option given must hold (AND); a list inside an
+/// option is a choice (OR). An empty list switches a defaulted option off.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// Cluster names or ARNs the task must run in (one or a list).
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub cluster: Vec<String>,
+    /// How a green task is recognised.
+    #[serde(default)]
+    pub green: GreenConfig,
+    /// The task's `lastStatus` values that count.
+    #[serde(default = "running", deserialize_with = "one_or_many")]
+    pub last_status: Vec<String>,
+    /// The task's `desiredStatus` values that count: a task that reached RUNNING while ECS
+    /// already wants it STOPPED must not trigger.
+    #[serde(default = "running", deserialize_with = "one_or_many")]
+    pub desired_status: Vec<String>,
+    /// EventBridge `detail-type` values.
+    #[serde(default = "task_state_change", deserialize_with = "one_or_many")]
+    pub detail_type: Vec<String>,
+    /// EventBridge `source` values.
+    #[serde(default = "aws_ecs", deserialize_with = "one_or_many")]
+    pub source: Vec<String>,
+    /// Any EventBridge event pattern, as a TOML table or a JSON string, ANDed with the options
+    /// above. It may not constrain a field an option above already constrains.
+    #[serde(
+        default,
+        deserialize_with = "pattern_spec",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub pattern: Option<Value>,
+}
+
+/// How a green task is recognised; every option given must hold.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GreenConfig {
+    /// Container names (the seed's `TRIGGER_CONTAINERS`); one container of the task must match.
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub container: Vec<Matcher>,
+    /// Task-definition families (`cats-green` of `…:task-definition/cats-green:7`).
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub family: Vec<Matcher>,
+    /// ECS service names: the task's group is `service:NAME`.
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub service: Vec<Matcher>,
+    /// Task groups as ECS writes them (`service:cats-green`, `family:batch`).
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub group: Vec<Matcher>,
+    /// The task's `startedBy` (`ecs-svc/…` for service deployments).
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub started_by: Vec<Matcher>,
+    /// Container images: a whole reference, or `name:tag` matching any registry
+    /// (`cats:v3` matches `…/cats:v3`).
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub image: Vec<Matcher>,
+    /// ECS resource tags the task must carry (`deployment = "green"`). Events carry no tags:
+    /// these are checked in the stage, from `tag_source`, never in the EventBridge rule.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// Where tags come from: `{ type = "event" }` (default: the event's `detail.tags`),
+    /// `{ type = "file", path = "tags.json" }`, or `{ type = "ecs" }` (DescribeTasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag_source: Option<TagSourceConfig>,
+}
+
+/// A string condition: a plain string is exact (or a wildcard if it has `*`);
+/// `{ prefix = "…" }`, `{ suffix = "…" }` and `{ wildcard = "…" }` say so explicitly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Matcher {
+    /// Exact, or a wildcard when it contains `*`.
+    Exact(String),
+    /// Starts with.
+    Prefix {
+        /// The prefix.
+        prefix: String,
+    },
+    /// Ends with.
+    Suffix {
+        /// The suffix.
+        suffix: String,
+    },
+    /// `*` matches any run of characters.
+    Wildcard {
+        /// The wildcard pattern.
+        wildcard: String,
+    },
+}
+
+fn running() -> Vec<String> {
+    vec!["RUNNING".into()]
+}
+fn task_state_change() -> Vec<String> {
+    vec!["ECS Task State Change".into()]
+}
+fn aws_ecs() -> Vec<String> {
+    vec!["aws.ecs".into()]
+}
+
+fn one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany<T> {
+        Many(Vec<T>),
+        One(T),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::Many(v) => v,
+        OneOrMany::One(v) => vec![v],
+    })
+}
+
+fn pattern_spec<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::String(text) => Some(
+            serde_json::from_str(&text)
+                .map_err(|e| serde::de::Error::custom(format!("the pattern string is not JSON: {e}")))?,
+        ),
+        other => Some(other),
+    })
+}
+
+impl Matcher {
+    /// The value as an EventBridge pattern value, with `wrap` putting literal text into the
+    /// field's format (e.g. `service:` + name).
+    fn to_pattern(&self, wrap: &Wrap) -> Vec<Value> {
+        match (self, wrap) {
+            (Matcher::Exact(s), Wrap::None) if !s.contains('*') => vec![json!(s)],
+            (Matcher::Exact(s) | Matcher::Wildcard { wildcard: s }, Wrap::None) => {
+                vec![json!({"wildcard": s})]
+            }
+            (Matcher::Prefix { prefix }, Wrap::None) => vec![json!({"prefix": prefix})],
+            (Matcher::Suffix { suffix }, Wrap::None) => vec![json!({"suffix": suffix})],
+            (Matcher::Exact(s), Wrap::Service) if !s.contains('*') => vec![json!(format!("service:{s}"))],
+            (Matcher::Exact(s) | Matcher::Wildcard { wildcard: s }, Wrap::Service) => {
+                vec![json!({"wildcard": format!("service:{s}")})]
+            }
+            (Matcher::Prefix { prefix }, Wrap::Service) => {
+                vec![json!({"prefix": format!("service:{prefix}")})]
+            }
+            (Matcher::Suffix { suffix }, Wrap::Service) => {
+                vec![json!({"wildcard": format!("service:*{suffix}")})]
+            }
+            (Matcher::Exact(s) | Matcher::Wildcard { wildcard: s }, Wrap::Family) => {
+                vec![json!({"wildcard": format!("*:task-definition/{s}:*")})]
+            }
+            (Matcher::Prefix { prefix }, Wrap::Family) => {
+                vec![json!({"wildcard": format!("*:task-definition/{prefix}*")})]
+            }
+            (Matcher::Suffix { suffix }, Wrap::Family) => {
+                vec![json!({"wildcard": format!("*:task-definition/*{suffix}:*")})]
+            }
+            (Matcher::Exact(s), Wrap::Image) if !s.contains('*') => {
+                vec![json!(s), json!({"suffix": format!("/{s}")})]
+            }
+            (Matcher::Exact(s) | Matcher::Wildcard { wildcard: s }, Wrap::Image) => {
+                vec![json!({"wildcard": s}), json!({"wildcard": format!("*/{s}")})]
+            }
+            (Matcher::Prefix { prefix }, Wrap::Image) => vec![json!({"prefix": prefix})],
+            (Matcher::Suffix { suffix }, Wrap::Image) => vec![json!({"suffix": suffix})],
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Matcher::Exact(s) => s.clone(),
+            Matcher::Prefix { prefix } => format!("{prefix}…"),
+            Matcher::Suffix { suffix } => format!("…{suffix}"),
+            Matcher::Wildcard { wildcard } => wildcard.clone(),
+        }
+    }
+}
+
+enum Wrap {
+    None,
+    Service,
+    Family,
+    Image,
+}
+
+/// One ANDed condition: its pattern, what it expects, and where to read the actual value.
+#[derive(Debug, Clone)]
+struct Condition {
+    option: &'static str,
+    what: &'static str,
+    expected: String,
+    path: &'static [&'static str],
+    pattern: Value,
+}
+
+impl FilterConfig {
+    fn conditions(&self) -> Vec<Condition> {
+        let mut out = Vec::new();
+        let mut push = |option: &'static str,
+                        what: &'static str,
+                        path: &'static [&'static str],
+                        values: Vec<Value>,
+                        expected: Vec<String>| {
+            if values.is_empty() {
+                return;
+            }
+            let mut pattern = Value::Array(values);
+            for key in path.iter().rev() {
+                pattern = json!({ *key: pattern });
+            }
+            out.push(Condition {
+                option,
+                what,
+                expected: expected.join(" or "),
+                path,
+                pattern,
+            });
+        };
+        let g = &self.green;
+        let each = |m: &[Matcher], w: Wrap| m.iter().flat_map(|m| m.to_pattern(&w)).collect::<Vec<_>>();
+        let describe = |m: &[Matcher]| m.iter().map(Matcher::describe).collect::<Vec<_>>();
+        push(
+            "green.container",
+            "container name",
+            &["detail", "containers", "name"],
+            each(&g.container, Wrap::None),
+            describe(&g.container),
+        );
+        push(
+            "green.family",
+            "task definition",
+            &["detail", "taskDefinitionArn"],
+            each(&g.family, Wrap::Family),
+            describe(&g.family),
+        );
+        push(
+            "green.service",
+            "group",
+            &["detail", "group"],
+            each(&g.service, Wrap::Service),
+            describe(&g.service)
+                .into_iter()
+                .map(|s| format!("service:{s}"))
+                .collect(),
+        );
+        push(
+            "green.group",
+            "group",
+            &["detail", "group"],
+            each(&g.group, Wrap::None),
+            describe(&g.group),
+        );
+        push(
+            "green.started_by",
+            "startedBy",
+            &["detail", "startedBy"],
+            each(&g.started_by, Wrap::None),
+            describe(&g.started_by),
+        );
+        push(
+            "green.image",
+            "container image",
+            &["detail", "containers", "image"],
+            each(&g.image, Wrap::Image),
+            describe(&g.image),
+        );
+        let clusters: Vec<Value> = self
+            .cluster
+            .iter()
+            .map(|c| {
+                if c.starts_with("arn:") {
+                    json!(c)
+                } else {
+                    json!({"suffix": format!(":cluster/{c}")})
+                }
+            })
+            .collect();
+        push(
+            "cluster",
+            "cluster",
+            &["detail", "clusterArn"],
+            clusters,
+            self.cluster.clone(),
+        );
+        let exact = |v: &[String]| v.iter().map(|s| json!(s)).collect::<Vec<_>>();
+        push(
+            "last_status",
+            "lastStatus",
+            &["detail", "lastStatus"],
+            exact(&self.last_status),
+            self.last_status.clone(),
+        );
+        push(
+            "desired_status",
+            "desiredStatus",
+            &["detail", "desiredStatus"],
+            exact(&self.desired_status),
+            self.desired_status.clone(),
+        );
+        push(
+            "detail_type",
+            "detail-type",
+            &["detail-type"],
+            exact(&self.detail_type),
+            self.detail_type.clone(),
+        );
+        push(
+            "source",
+            "source",
+            &["source"],
+            exact(&self.source),
+            self.source.clone(),
+        );
+        if let Some(p) = &self.pattern {
+            out.push(Condition {
+                option: "pattern",
+                what: "event",
+                expected: "the custom pattern".into(),
+                path: &[],
+                pattern: p.clone(),
+            });
+        }
+        // EventBridge matches the fields under one array element together: a name and an image
+        // condition mean one container with both. Keep the two as one condition so the stage
+        // decides exactly as the compiled rule does.
+        if let (Some(n), Some(i)) = (
+            out.iter().position(|c| c.option == "green.container"),
+            out.iter().position(|c| c.option == "green.image"),
+        ) {
+            let image = out.remove(i);
+            let name = &mut out[n];
+            let _ = merge_patterns(&mut name.pattern, &image.pattern, &mut Vec::new());
+            name.option = "green.container+image";
+            name.what = "container (name, image)";
+            name.expected = format!("{} with image {}", name.expected, image.expected);
+        }
+        out
+    }
+
+    /// The one EventBridge pattern all conditions amount to (tags excepted), or the fields two
+    /// conditions both constrain.
+    pub fn compiled_pattern(&self) -> Result<Value, String> {
+        let mut merged = Value::Object(Map::new());
+        for c in self.conditions() {
+            merge_patterns(&mut merged, &c.pattern, &mut Vec::new()).map_err(|path| {
+                format!(
+                    "{} and another option both constrain \"{path}\"; set it in one place (an empty list switches a defaulted option off)",
+                    c.option
+                )
+            })?;
+        }
+        Ok(merged)
+    }
+}
+
+#[typetag::serde(name = "filter")]
+impl StageConfig for FilterConfig {
+    fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Arc<dyn Stage>, BuildError>> {
+        Box::pin(async move {
+            self.compiled_pattern()
+                .map_err(|m| BuildError::field("pattern", m))?;
+            let mut conditions = Vec::new();
+            for c in self.conditions() {
+                let compiled = Pattern::from_value(&c.pattern)
+                    .map_err(|e| BuildError::field(c.option, e.to_string()))?;
+                conditions.push(Compiled {
+                    condition: c,
+                    pattern: compiled,
+                });
+            }
+            // Cheapest rejections first: the prefilter that most events fail goes first, so a
+            // typical event costs one byte scan and no parse.
+            let tags = if self.green.tags.is_empty() {
+                None
+            } else {
+                let source = self.green.tag_source.clone().unwrap_or_default();
+                Some((self.green.tags.clone(), source.build(cx).await?))
+            };
+            Ok(Arc::new(Filter { conditions, tags }) as Arc<dyn Stage>)
+        })
+    }
+
+    fn validate(&self, _cx: &ValidateContext<'_>) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        for c in self.conditions() {
+            if let Err(e) = Pattern::from_value(&c.pattern) {
+                errors.push(FieldError::new(c.option, e.to_string()));
+            }
+        }
+        if let Err(m) = self.compiled_pattern() {
+            errors.push(FieldError::new("pattern", m));
+        }
+        if self.green.tag_source.is_some() && self.green.tags.is_empty() {
+            errors.push(FieldError::new(
+                "green.tag_source",
+                "set without green.tags: add the tags to require, or remove it",
+            ));
+        }
+        errors
+    }
+
+    fn event_pattern(&self) -> Option<Value> {
+        self.compiled_pattern().ok()
+    }
+
+    fn checks_beyond_pattern(&self) -> Vec<String> {
+        if self.green.tags.is_empty() {
+            return Vec::new();
+        }
+        let tags: Vec<String> = self
+            .green
+            .tags
+            .iter()
+            .map(|(k, v)| format!("{k} = {v:?}"))
+            .collect();
+        vec![format!(
+            "ECS tags {} are checked in the filter stage (events carry no tags), not in the rule",
+            tags.join(", ")
+        )]
+    }
+}
+
+#[derive(Debug)]
+struct Compiled {
+    condition: Condition,
+    pattern: Pattern,
+}
+
+/// The runtime `filter` stage.
+#[derive(Debug)]
+pub struct Filter {
+    conditions: Vec<Compiled>,
+    tags: Option<(BTreeMap<String, String>, Arc<dyn TagSource>)>,
+}
+
+impl Filter {
+    /// Decides without running the rest of the chain: `Ok(())` to pass, or the drop reason.
+    pub async fn decide(&self, event: &Event) -> Result<Result<(), String>, StageError> {
+        // Phase 1: raw bytes only.
+        for c in &self.conditions {
+            if !c.pattern.prefilter().may_match(event.raw()) {
+                return Ok(Err(c.condition.mismatch(None)));
+            }
+        }
+        // Phase 2: the parsed event.
+        let value = match event.json() {
+            Ok(v) => v,
+            Err(e) => return Err(StageError::permanent(e.to_string()).with_kind("InvalidEvent")),
+        };
+        for c in &self.conditions {
+            if !c.pattern.matches(value) {
+                return Ok(Err(c.condition.mismatch(Some(value))));
+            }
+        }
+        if let Some((wanted, source)) = &self.tags {
+            let task = value
+                .pointer("/detail/taskArn")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let have = source.tags(task, value).await?;
+            for (k, v) in wanted {
+                match have.get(k) {
+                    Some(actual) if actual == v => {}
+                    Some(actual) => return Ok(Err(format!("tag {k} is {actual:?}, expected {v:?}"))),
+                    None => return Ok(Err(format!("task has no tag {k} (expected {k} = {v:?})"))),
+                }
+            }
+        }
+        Ok(Ok(()))
+    }
+}
+
+impl Condition {
+    fn mismatch(&self, event: Option<&Value>) -> String {
+        let actual = event.map(|e| actual_values(e, self.path)).unwrap_or_default();
+        if self.option == "pattern" {
+            return "does not match the custom pattern".into();
+        }
+        if actual.is_empty() {
+            format!("{} is not {} ({})", self.what, self.expected, self.option)
+        } else {
+            format!(
+                "{} is {}, expected {} ({})",
+                self.what,
+                actual.join(", "),
+                self.expected,
+                self.option
+            )
+        }
+    }
+}
+
+fn actual_values(value: &Value, path: &[&str]) -> Vec<String> {
+    fn walk(v: &Value, path: &[&str], out: &mut Vec<String>) {
+        match (v, path.split_first()) {
+            (Value::Array(items), _) => items.iter().for_each(|i| walk(i, path, out)),
+            (Value::Object(m), Some((k, rest))) => {
+                if let Some(next) = m.get(*k) {
+                    walk(next, rest, out);
+                }
+            }
+            (Value::String(s), None) => out.push(s.clone()),
+            (other, None) => out.push(other.to_string()),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if !path.is_empty() {
+        walk(value, path, &mut out);
+    }
+    out
+}
+
+impl Stage for Filter {
+    fn process<'a>(&'a self, event: Event, next: Next<'a>) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            match self.decide(&event).await {
+                Ok(Ok(())) => next.run(event).await,
+                Ok(Err(reason)) => Outcome::dropped(reason),
+                Err(error) => Outcome::failed(error),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cutover_core::Pipeline;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{}/../tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    fn seed() -> FilterConfig {
+        toml::from_str("cluster = \"catsndogsECScluster\"\ngreen = { container = \"cats-green\" }").unwrap()
+    }
+
+    async fn run(cfg: &FilterConfig, bytes: Vec<u8>) -> Outcome {
+        let stage = cfg.build(&BuildContext::new("unused")).await.unwrap();
+        Pipeline::from_stages("p", vec![("filter".into(), stage)])
+            .run(Event::from_bytes(bytes))
+            .await
+    }
+
+    #[test]
+    fn config_round_trips_through_toml() {
+        let text = r#"
+            cluster = ["catsndogsECScluster", "arn:aws:ecs:us-west-2:111122223333:cluster/other"]
+            last_status = "RUNNING"
+            pattern = '{"detail": {"launchType": ["FARGATE"]}}'
+            [green]
+            container = ["cats-green", { prefix = "cats-" }]
+            image = "cats:v3"
+            tags = { deployment = "green" }
+        "#;
+        let cfg: FilterConfig = toml::from_str(text).unwrap();
+        let again: FilterConfig = toml::from_str(&toml::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(again.compiled_pattern(), cfg.compiled_pattern());
+        assert_eq!(again.green.container, cfg.green.container);
+        assert_eq!(again.green.tags, cfg.green.tags);
+    }
+
+    #[test]
+    fn seed_options_compile_to_one_narrow_pattern() {
+        assert_eq!(
+            seed().compiled_pattern().unwrap(),
+            json!({
+                "detail": {
+                    "containers": {"name": ["cats-green"]},
+                    "clusterArn": [{"suffix": ":cluster/catsndogsECScluster"}],
+                    "lastStatus": ["RUNNING"],
+                    "desiredStatus": ["RUNNING"]
+                },
+                "detail-type": ["ECS Task State Change"],
+                "source": ["aws.ecs"]
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn green_running_passes_and_others_are_dropped_with_the_reason() {
+        let cfg = seed();
+        assert!(run(&cfg, fixture("task-fargate-running.json")).await.is_passed());
+        let out = run(&cfg, fixture("task-fargate-provisioning.json")).await;
+        assert_eq!(
+            out,
+            Outcome::Dropped {
+                stage: "filter".into(),
+                reason: "lastStatus is PROVISIONING, expected RUNNING (last_status)".into()
+            }
+        );
+        let out = run(&cfg, fixture("task-running-desired-stopped.json")).await;
+        assert_eq!(out.stage(), Some("filter"));
+        assert!(
+            format!("{out}").contains("desiredStatus is STOPPED, expected RUNNING"),
+            "{out}"
+        );
+        let out = run(&cfg, fixture("task-ec2-running.json")).await;
+        assert!(
+            format!("{out}").contains("container name is not cats-green (green.container)"),
+            "{out}"
+        );
+    }
+
+    #[tokio::test]
+    async fn most_rejections_do_not_parse_the_event() {
+        let stage = seed().build(&BuildContext::new("unused")).await.unwrap();
+        let event = Event::from_bytes(fixture("task-ec2-running.json"));
+        let filter = format!("{stage:?}");
+        assert!(filter.contains("Filter"));
+        let p = Pipeline::from_stages("p", vec![("filter".into(), stage)]);
+        let e2 = event.clone();
+        p.run(event).await;
+        assert!(!e2.is_parsed());
+    }
+
+    #[test]
+    fn conflicting_options_are_a_validation_error() {
+        let cfg: FilterConfig =
+            toml::from_str("pattern = { detail = { lastStatus = [\"PENDING\"] } }").unwrap();
+        let errors = cfg.validate(&ValidateContext {
+            base_dir: std::path::Path::new("."),
+            pipelines: &[],
+        });
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].message.contains("both constrain \"detail.lastStatus\""),
+            "{}",
+            errors[0].message
+        );
+        let ok: FilterConfig =
+            toml::from_str("last_status = []\npattern = { detail = { lastStatus = [\"PENDING\"] } }")
+                .unwrap();
+        assert!(
+            ok.validate(&ValidateContext {
+                base_dir: std::path::Path::new("."),
+                pipelines: &[]
+            })
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn invalid_patterns_get_the_aws_message() {
+        let cfg: FilterConfig =
+            toml::from_str("pattern = { detail = { launchType = [{ nope = 1 }] } }").unwrap();
+        let errors = cfg.validate(&ValidateContext {
+            base_dir: std::path::Path::new("."),
+            pipelines: &[],
+        });
+        assert!(
+            errors[0].message.contains("Event pattern is not valid"),
+            "{errors:?}"
+        );
+    }
+
+    mod typed_vs_compiled {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn event(
+            cluster: usize,
+            containers: Vec<(usize, usize)>,
+            last: usize,
+            desired: usize,
+            kind: usize,
+            escape: bool,
+        ) -> Value {
+            let clusters = ["catsndogsECScluster", "staging", "catsndogsECScluster-old"];
+            let names = ["cats-green", "cats", "dogs", "cats-green-sidecar"];
+            let statuses = ["PROVISIONING", "PENDING", "RUNNING", "STOPPED"];
+            let kinds = [
+                "ECS Task State Change",
+                "ECS Service Action",
+                "ECS Container Instance State Change",
+            ];
+            let arn = format!("arn:aws:ecs:us-west-2:111122223333:cluster/{}", clusters[cluster]);
+            json!({
+                "source": "aws.ecs",
+                "detail-type": kinds[kind],
+                "detail": {
+                    "clusterArn": if escape { arn.replace('/', "\\/") } else { arn },
+                    "containers": containers.iter().map(|&(n, i)| json!({"name": names[n], "image": format!("repo/{}:v3", names[i])})).collect::<Vec<_>>(),
+                    "lastStatus": statuses[last],
+                    "desiredStatus": statuses[desired],
+                    "group": format!("service:{}", names[containers.first().map_or(0, |c| c.0)]),
+                    "taskDefinitionArn": format!("arn:aws:ecs:us-west-2:111122223333:task-definition/{}:4", names[containers.first().map_or(1, |c| c.1)]),
+                }
+            })
+        }
+
+        fn configs() -> Vec<FilterConfig> {
+            [
+                "cluster = \"catsndogsECScluster\"\ngreen = { container = \"cats-green\" }",
+                "cluster = [\"staging\", \"catsndogsECScluster\"]\ngreen = { family = \"cats-green\", image = \"cats-green:v3\" }",
+                "green = { service = { prefix = \"cats\" }, container = \"cats-*\" }\nlast_status = [\"RUNNING\", \"PENDING\"]",
+                "detail_type = []\nlast_status = []\ndesired_status = []\ngreen = { group = { suffix = \"green\" } }",
+                "green = { container = \"cats-green\", image = \"cats:v3\" }",
+                "green = { container = [\"cats\", \"dogs\"], image = { prefix = \"repo/cats-green\" } }",
+            ]
+            .iter()
+            .map(|t| toml::from_str(t).unwrap())
+            .collect()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+            #[test]
+            fn typed_filter_and_compiled_pattern_decide_the_same(
+                cluster in 0usize..3,
+                containers in proptest::collection::vec((0usize..4, 0usize..4), 0..3),
+                last in 0usize..4,
+                desired in 0usize..4,
+                kind in 0usize..3,
+                escape in any::<bool>(),
+            ) {
+                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                let value = event(cluster, containers, last, desired, kind, escape);
+                let bytes = serde_json::to_vec(&value).unwrap();
+                for cfg in configs() {
+                    let compiled = Pattern::from_value(&cfg.compiled_pattern().unwrap()).unwrap();
+                    let stage = rt.block_on(cfg.build(&BuildContext::new("unused"))).unwrap();
+                    let outcome = rt.block_on(Pipeline::from_stages("p", vec![("filter".into(), stage)]).run(Event::from_bytes(bytes.clone())));
+                    prop_assert_eq!(outcome.is_passed(), compiled.matches(&value), "{:?} on {}", cfg, value);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn family_service_and_image_matchers_read_the_right_fields() {
+        let cfg: FilterConfig = toml::from_str(
+            "green = { family = \"cats-green\", service = \"cats-green\", image = \"cats:v3\", started_by = { prefix = \"ecs-svc/\" } }",
+        )
+        .unwrap();
+        let p = Pattern::from_value(&cfg.compiled_pattern().unwrap()).unwrap();
+        let event: Value = serde_json::from_slice(&fixture("task-fargate-running.json")).unwrap();
+        assert!(p.matches(&event));
+        let blue: Value = serde_json::from_slice(&fixture("task-ec2-running.json")).unwrap();
+        assert!(!p.matches(&blue));
+    }
+}

@@ -1,0 +1,1 @@
+//! `traffic-shift` (in progress).
