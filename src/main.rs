@@ -1,6 +1,7 @@
 //! The `cutover` command: validate and replay pipelines, list stages, and (as the hosts land)
 //! run them in AWS Lambda or as a daemon.
 
+mod dedup_cmd;
 mod input;
 mod pattern_cmd;
 mod replay;
@@ -47,6 +48,9 @@ enum Command {
         cutover rule pipelines/catsndogs.toml --apply --name cutover-ecs-events \\\n      \
         --target-arn arn:aws:lambda:us-west-2:111122223333:function:cutover-ecs-events")]
     Rule(rule::RuleArgs),
+    /// Manage the dedup stage's DynamoDB table; measure the embedded store.
+    #[command(subcommand)]
+    Dedup(dedup_cmd::DedupCommand),
     /// Match EventBridge patterns against events; run conformance cases.
     #[command(subcommand)]
     Pattern(pattern_cmd::PatternCommand),
@@ -88,6 +92,7 @@ fn main() -> ExitCode {
             Command::Replay(args) => replay::run(args).await,
             Command::Rule(args) => rule::run(args).await,
             Command::Pattern(cmd) => pattern_cmd::run(cmd),
+            Command::Dedup(cmd) => dedup_cmd::run(cmd).await,
         }
     });
     match result {

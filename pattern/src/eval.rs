@@ -122,14 +122,21 @@ fn fields_match(fields: &[BranchField], root: &Value, bound: &mut Bindings) -> b
         return true;
     };
     let leaf = &field.leaf;
+    // Bind the arrays within the prefix later fields share, one combination
+    // at a time; below it, which value matches makes no difference to them.
+    let (shared, below) = field.path.split_at(field.shared.min(field.path.len()));
     if leaf.has_positive
-        && walk(root, &field.path, bound, &mut |v, bound| {
-            leaf.matches_value(v) && fields_match(rest, root, bound)
+        && walk(root, shared, bound, &mut |v, bound| {
+            any_below(v, below, bound, &mut |x| leaf.matches_value(x)) && fields_match(rest, root, bound)
         })
     {
         return true;
     }
-    leaf.has_absent && !walk(root, &field.path, bound, &mut |_, _| true) && fields_match(rest, root, bound)
+    leaf.has_absent
+        && !walk(root, shared, bound, &mut |v, bound| {
+            any_below(v, below, bound, &mut |_| true)
+        })
+        && fields_match(rest, root, bound)
 }
 
 impl Leaf {
@@ -283,6 +290,56 @@ mod tests {
         assert!(m(p.clone(), json!({"a": [{"b": [{"c": "1", "d": "2"}]}]})));
         assert!(!m(p.clone(), json!({"a": [{"b": [{"c": "1"}, {"d": "2"}]}]})));
         assert!(!m(p, json!({"a": [{"b": {"c": "1"}}, {"b": {"d": "2"}}]})));
+    }
+
+    mod cut {
+        use crate::Pattern;
+        use proptest::prelude::*;
+        use serde_json::{Value, json};
+
+        fn leaf() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                prop::sample::select(&["x", "y"][..]).prop_map(|s| json!([s])),
+                any::<bool>().prop_map(|b| json!([{"exists": b}])),
+                Just(json!(["x", {"exists": false}])),
+            ]
+        }
+
+        fn pattern() -> impl Strategy<Value = Value> {
+            let key = || prop::sample::select(&["a", "b"][..]);
+            let inner = prop::collection::btree_map(key(), leaf(), 1..3)
+                .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()));
+            prop::collection::btree_map(key(), prop_oneof![leaf(), inner], 1..3)
+                .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()))
+        }
+
+        fn event() -> impl Strategy<Value = Value> {
+            let scalar = prop::sample::select(&["x", "y"][..]).prop_map(|s| json!(s));
+            scalar.prop_recursive(3, 20, 3, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                    prop::collection::btree_map(prop::sample::select(&["a", "b"][..]), inner, 0..3).prop_map(
+                        |m| { Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()) }
+                    ),
+                ]
+            })
+        }
+
+        proptest! {
+            /// Skipping combinations below the shared prefix never changes
+            /// the answer of the full search over array elements.
+            #[test]
+            fn cut_agrees_with_full_search(p in pattern(), e in event()) {
+                let fast = Pattern::from_value(&p).unwrap();
+                let mut slow = fast.clone();
+                for b in &mut slow.branches {
+                    for f in &mut b.fields {
+                        f.shared = f.path.len();
+                    }
+                }
+                prop_assert_eq!(fast.matches(&e), slow.matches(&e));
+            }
+        }
     }
 
     #[test]

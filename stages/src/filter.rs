@@ -426,28 +426,7 @@ impl FilterConfig {
 #[typetag::serde(name = "filter")]
 impl StageConfig for FilterConfig {
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Arc<dyn Stage>, BuildError>> {
-        Box::pin(async move {
-            self.compiled_pattern()
-                .map_err(|m| BuildError::field("pattern", m))?;
-            let mut conditions = Vec::new();
-            for c in self.conditions() {
-                let compiled = Pattern::from_value(&c.pattern)
-                    .map_err(|e| BuildError::field(c.option, e.to_string()))?;
-                conditions.push(Compiled {
-                    condition: c,
-                    pattern: compiled,
-                });
-            }
-            // Cheapest rejections first: the prefilter that most events fail goes first, so a
-            // typical event costs one byte scan and no parse.
-            let tags = if self.green.tags.is_empty() {
-                None
-            } else {
-                let source = self.green.tag_source.clone().unwrap_or_default();
-                Some((self.green.tags.clone(), source.build(cx).await?))
-            };
-            Ok(Arc::new(Filter { conditions, tags }) as Arc<dyn Stage>)
-        })
+        Box::pin(async move { Ok(Arc::new(Filter::build(self, cx).await?) as Arc<dyn Stage>) })
     }
 
     fn validate(&self, _cx: &ValidateContext<'_>) -> Vec<FieldError> {
@@ -504,6 +483,29 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// Builds the runtime filter directly (for embedders and benchmarks).
+    pub async fn from_config(config: &FilterConfig) -> Result<Filter, BuildError> {
+        Self::build(config, &BuildContext::new(".cutover")).await
+    }
+
+    async fn build(config: &FilterConfig, cx: &BuildContext) -> Result<Filter, BuildError> {
+        config.compiled_pattern().map_err(|m| BuildError::field("pattern", m))?;
+        // Conditions keep the order of `conditions()`: green first, the one most events fail,
+        // so a typical event costs one byte scan and no parse.
+        let mut conditions = Vec::new();
+        for c in config.conditions() {
+            let compiled = Pattern::from_value(&c.pattern).map_err(|e| BuildError::field(c.option, e.to_string()))?;
+            conditions.push(Compiled { condition: c, pattern: compiled });
+        }
+        let tags = if config.green.tags.is_empty() {
+            None
+        } else {
+            let source = config.green.tag_source.clone().unwrap_or_default();
+            Some((config.green.tags.clone(), source.build(cx).await?))
+        };
+        Ok(Filter { conditions, tags })
+    }
+
     /// Decides without running the rest of the chain: `Ok(())` to pass, or the drop reason.
     pub async fn decide(&self, event: &Event) -> Result<Result<(), String>, StageError> {
         // Phase 1: raw bytes only.

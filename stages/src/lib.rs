@@ -5,10 +5,14 @@
 //!
 //! | type | module | what it does |
 //! | --- | --- | --- |
+//! | `dedup` | [`dedup`] | lets exactly one event per key (deployment) through, with conditional writes |
 //! | `filter` | [`filter`] | passes only green tasks that reached RUNNING; compiles to the EventBridge rule |
 //! | `health-check` | [`health_check`] | probes green (HTTP, ELBv2 target health) and reports `healthy`/`unhealthy` |
 //! | `traffic-shift` | [`traffic_shift`] | sets blue/green weights (Route 53, embedded weighted DNS) and verifies them |
 
+mod aws;
+mod duration;
+pub mod dedup;
 pub mod filter;
 pub mod health_check;
 pub mod traffic_shift;

@@ -2,10 +2,13 @@
 //! fixtures, and every AWS backend against a real emulator (moto server).
 
 mod cli;
+mod dedup;
 mod fixtures;
+mod health;
 mod moto;
 mod registry;
 mod rule;
+mod traffic;
 
 /// Path of a file in the repository.
 pub(crate) fn repo(path: &str) -> std::path::PathBuf {

@@ -1,0 +1,147 @@
+//! The filter stage on a reject-heavy trace of ~2 KB ECS events, beside the baselines the
+//! issue names: a full `serde_json::Value` parse, a typed borrowing parse of only the needed
+//! fields, and a plain `memmem` scan (the ceiling). The Python baseline runs separately on the
+//! trace this bench writes (`scripts/bench-python-filter.py target/bench/filter-trace.jsonl`).
+//!
+//! Run: `cargo bench -p cutover-stages --bench filter`
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use cutover_core::{BuildContext, Event, StageConfig};
+use cutover_stages::filter::{Filter, FilterConfig};
+use serde::Deserialize;
+use serde_json::Value;
+
+const EVENTS: usize = 20_000;
+
+/// Noise from the fixture traces with fresh ids; one green RUNNING event in 250.
+fn trace() -> Vec<Arc<[u8]>> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
+    let text = std::fs::read_to_string(format!("{dir}/two-revisions-trace.jsonl")).expect("fixtures");
+    let all: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    let is_green = |v: &Value| {
+        v.pointer("/detail/containers/0/name").and_then(Value::as_str) == Some("cats-green")
+            && v.pointer("/detail/clusterArn").and_then(Value::as_str).is_some_and(|c| c.ends_with("/catsndogsECScluster"))
+    };
+    let green: Vec<&Value> = all
+        .iter()
+        .filter(|v| is_green(v) && v.pointer("/detail/lastStatus") == Some(&Value::from("RUNNING")))
+        .collect();
+    let noise: Vec<&Value> = all.iter().filter(|v| !is_green(v)).collect();
+    (0..EVENTS)
+        .map(|i| {
+            let base = if i % 250 == 0 { green[i % green.len()] } else { noise[i % noise.len()] };
+            let mut v = base.clone();
+            v["id"] = Value::from(format!("{i:08x}-bench"));
+            Arc::from(serde_json::to_vec(&v).expect("serialize"))
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+struct Typed<'a> {
+    #[serde(borrow)]
+    source: &'a str,
+    #[serde(rename = "detail-type", borrow)]
+    detail_type: &'a str,
+    #[serde(borrow)]
+    detail: TypedDetail<'a>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TypedDetail<'a> {
+    #[serde(borrow, default)]
+    cluster_arn: &'a str,
+    #[serde(borrow, default)]
+    last_status: &'a str,
+    #[serde(borrow, default)]
+    desired_status: &'a str,
+    #[serde(borrow, default)]
+    containers: Vec<TypedContainer<'a>>,
+}
+
+#[derive(Deserialize)]
+struct TypedContainer<'a> {
+    #[serde(borrow)]
+    name: &'a str,
+}
+
+fn typed_decision(bytes: &[u8]) -> bool {
+    let Ok(t) = serde_json::from_slice::<Typed<'_>>(bytes) else { return false };
+    t.source == "aws.ecs"
+        && t.detail_type == "ECS Task State Change"
+        && t.detail.cluster_arn.ends_with(":cluster/catsndogsECScluster")
+        && t.detail.last_status == "RUNNING"
+        && t.detail.desired_status == "RUNNING"
+        && t.detail.containers.iter().any(|c| c.name == "cats-green")
+}
+
+fn bench(c: &mut Criterion) {
+    let events = trace();
+    let out = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench");
+    std::fs::create_dir_all(out).expect("target/bench");
+    let mut file = Vec::new();
+    for e in &events {
+        file.extend_from_slice(e);
+        file.push(b'\n');
+    }
+    std::fs::write(format!("{out}/filter-trace.jsonl"), file).expect("write trace");
+    let bytes: usize = events.iter().map(|e| e.len()).sum();
+    eprintln!("trace: {} events, {} bytes on average", events.len(), bytes / events.len());
+
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let cfg: FilterConfig =
+        toml::from_str("cluster = \"catsndogsECScluster\"\ngreen = { container = \"cats-green\" }").expect("config");
+    let stage = rt.block_on(cfg.build(&BuildContext::new("unused"))).expect("build");
+    let filter = format!("{stage:?}");
+    assert!(filter.starts_with("Filter"));
+    let filter: Filter = rt.block_on(Filter::from_config(&cfg)).expect("filter");
+
+    let passing = rt.block_on(async {
+        let mut n = 0;
+        for e in &events {
+            n += usize::from(matches!(filter.decide(&Event::from_bytes(e.clone())).await, Ok(Ok(()))));
+        }
+        n
+    });
+    assert_eq!(passing, events.iter().filter(|e| typed_decision(e)).count(), "the baselines decide alike");
+    eprintln!("passing: {passing} of {} ({:.2}%)", events.len(), passing as f64 * 100.0 / events.len() as f64);
+
+    let mut g = c.benchmark_group("filter-trace");
+    g.throughput(Throughput::Elements(events.len() as u64));
+    g.sample_size(20);
+    g.bench_function("filter stage", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let mut n = 0usize;
+                for e in &events {
+                    n += usize::from(matches!(filter.decide(&Event::from_bytes(e.clone())).await, Ok(Ok(()))));
+                }
+                black_box(n)
+            })
+        })
+    });
+    g.bench_function("serde_json::Value parse", |b| {
+        b.iter(|| {
+            let mut n = 0usize;
+            for e in &events {
+                n += usize::from(serde_json::from_slice::<Value>(e).is_ok());
+            }
+            black_box(n)
+        })
+    });
+    g.bench_function("typed borrowed parse + checks", |b| {
+        b.iter(|| black_box(events.iter().filter(|e| typed_decision(e)).count()))
+    });
+    let finder = memchr::memmem::Finder::new("\"cats-green\"");
+    g.bench_function("memmem scan (ceiling)", |b| {
+        b.iter(|| black_box(events.iter().filter(|e| finder.find(e).is_some()).count()))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,1 +1,0 @@
-//! `health-check` (in progress).

@@ -1,0 +1,267 @@
+//! `health-check`: asks whether green is healthy and writes the answer where a Step Functions
+//! Choice state can branch on it.
+//!
+//! The stage adds `{ "State": "healthy" | "unhealthy", "checks": [ … ], "reason": "…" }` to the
+//! context (at its top level, or under `result_key`) and passes the event on either way:
+//! *unhealthy is an answer, not a failure* — the state machine decides to roll back. The stage
+//! fails only when it cannot find out (a target group that does not exist, AWS throttling).
+//! Where the answer comes from is a [`HealthProbe`]:
+//!
+//! - `http` ([`http`]): real HTTP GETs against green's endpoint, with ELB-style consecutive
+//!   healthy/unhealthy thresholds;
+//! - `elbv2` ([`elbv2`]): the target health of a target group — every target, not only the
+//!   first.
+//!
+//! ```toml
+//! [[pipelines.canary.stages]]
+//! type = "health-check"
+//! probe = { type = "http", url = "http://127.0.0.2:8080/health", expect_status = "200-299", healthy_threshold = 3, unhealthy_threshold = 2, interval = "1s", timeout = "2s" }
+//! ```
+//!
+//! `url` and `target_group_arn` are templates, so a Task input can name them:
+//! `url = "{endpoint}/health"`.
+
+pub mod elbv2;
+pub mod http;
+
+use std::fmt;
+use std::sync::Arc;
+
+use cutover_core::{
+    BoxFuture, BuildContext, BuildError, Event, FieldError, Next, Outcome, Stage, StageConfig, StageError,
+    ValidateContext,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use self::elbv2::Elbv2ProbeConfig;
+use self::http::HttpProbeConfig;
+
+cutover_core::register_stage!(
+    "health-check",
+    "Probes green (HTTP with thresholds, or ELBv2 target health) and adds State = healthy | unhealthy for a Choice state."
+);
+
+/// Configuration of the `health-check` stage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// How health is judged: `{ type = "http", url = "…" }` or
+    /// `{ type = "elbv2", target_group_arn = "…" }`.
+    pub probe: ProbeConfig,
+    /// Put the result under this key of the context instead of merging it at the top level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_key: Option<String>,
+}
+
+/// The probe backends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ProbeConfig {
+    /// HTTP GETs with thresholds.
+    Http(HttpProbeConfig),
+    /// ELBv2 `DescribeTargetHealth`.
+    Elbv2(Elbv2ProbeConfig),
+}
+
+/// The answer of one health check: what the Choice state reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthReport {
+    /// Whether green counts as healthy.
+    pub healthy: bool,
+    /// What was looked at (one entry per HTTP attempt, or per target).
+    pub checks: Vec<Value>,
+    /// Why, for humans.
+    pub reason: String,
+}
+
+impl HealthReport {
+    /// `{ "State": "healthy" | "unhealthy", "checks": [...], "reason": "…" }`.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "State": if self.healthy { "healthy" } else { "unhealthy" },
+            "checks": self.checks,
+            "reason": self.reason,
+        })
+    }
+}
+
+/// A way of judging green's health: HTTP, ELBv2, or a test double.
+pub trait HealthProbe: Send + Sync + fmt::Debug {
+    /// Judges health for `event` (templates in the probe's configuration read it). `Err` only
+    /// when health could not be found out; unhealthy is an `Ok` report.
+    fn check<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<HealthReport, StageError>>;
+}
+
+#[typetag::serde(name = "health-check")]
+impl StageConfig for HealthCheckConfig {
+    fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Arc<dyn Stage>, BuildError>> {
+        Box::pin(async move {
+            if let Some(e) = self.own_errors().into_iter().next() {
+                return Err(BuildError::Field(e));
+            }
+            let probe: Arc<dyn HealthProbe> = match &self.probe {
+                ProbeConfig::Http(c) => Arc::new(c.build(cx)?),
+                ProbeConfig::Elbv2(c) => Arc::new(c.build(cx).await),
+            };
+            Ok(Arc::new(HealthCheck::new(probe, self.result_key.clone())) as Arc<dyn Stage>)
+        })
+    }
+
+    fn validate(&self, _cx: &ValidateContext<'_>) -> Vec<FieldError> {
+        self.own_errors()
+    }
+}
+
+impl HealthCheckConfig {
+    fn own_errors(&self) -> Vec<FieldError> {
+        let mut errors = match &self.probe {
+            ProbeConfig::Http(c) => c.validate(),
+            ProbeConfig::Elbv2(c) => c.validate(),
+        };
+        if self.result_key.as_deref() == Some("") {
+            errors.push(FieldError::new("result_key", "must not be empty"));
+        }
+        errors
+    }
+}
+
+/// The runtime `health-check` stage.
+#[derive(Debug)]
+pub struct HealthCheck {
+    probe: Arc<dyn HealthProbe>,
+    result_key: Option<String>,
+}
+
+impl HealthCheck {
+    /// A stage asking `probe`.
+    pub fn new(probe: Arc<dyn HealthProbe>, result_key: Option<String>) -> Self {
+        Self { probe, result_key }
+    }
+}
+
+impl Stage for HealthCheck {
+    fn process<'a>(&'a self, mut event: Event, next: Next<'a>) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            match self.probe.check(&event).await {
+                Ok(report) => {
+                    tracing::info!(healthy = report.healthy, reason = %report.reason, "health checked");
+                    crate::traffic_shift::merge_result(
+                        event.context_mut(),
+                        self.result_key.as_deref(),
+                        report.to_json(),
+                    );
+                    next.run(event).await
+                }
+                Err(error) => Outcome::failed(error),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Fixed(Result<HealthReport, StageError>);
+
+    impl HealthProbe for Fixed {
+        fn check<'a>(&'a self, _event: &'a Event) -> BoxFuture<'a, Result<HealthReport, StageError>> {
+            Box::pin(std::future::ready(self.0.clone()))
+        }
+    }
+
+    async fn run(probe: Fixed, key: Option<&str>) -> Outcome {
+        HealthCheck::new(Arc::new(probe), key.map(str::to_owned))
+            .process(Event::from_value(json!({})), Next::end())
+            .await
+    }
+
+    #[tokio::test]
+    async fn unhealthy_passes_with_the_state_for_a_choice() {
+        let out = run(
+            Fixed(Ok(HealthReport {
+                healthy: false,
+                checks: vec![json!({"status": 500})],
+                reason: "2 consecutive checks failed".into(),
+            })),
+            None,
+        )
+        .await;
+        let Outcome::Passed { context } = out else {
+            panic!("unhealthy must pass, got {out}")
+        };
+        assert_eq!(context["State"], json!("unhealthy"));
+        assert_eq!(context["checks"][0]["status"], json!(500));
+    }
+
+    #[tokio::test]
+    async fn result_key_nests_and_errors_fail() {
+        let out = run(
+            Fixed(Ok(HealthReport {
+                healthy: true,
+                checks: vec![],
+                reason: "ok".into(),
+            })),
+            Some("health"),
+        )
+        .await;
+        let Outcome::Passed { context } = out else {
+            panic!("expected a pass")
+        };
+        assert_eq!(context["health"]["State"], json!("healthy"));
+        let out = run(Fixed(Err(StageError::retryable("throttled").with_kind("Throttling"))), None).await;
+        assert!(out.is_retryable());
+    }
+
+    #[test]
+    fn every_config_round_trips_through_toml() {
+        for text in [
+            "probe = { type = \"http\", url = \"http://127.0.0.2:8080/health\" }",
+            "result_key = \"health\"\nprobe = { type = \"http\", url = \"{endpoint}/health\", expect_status = \"200,204,300-302\", body_contains = \"ok\", timeout = \"500ms\", interval = \"1s\", healthy_threshold = 2, unhealthy_threshold = 3, max_checks = 5 }",
+            "probe = { type = \"elbv2\", target_group_arn = \"arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/green/0123456789abcdef\", min_healthy_percent = 50 }",
+        ] {
+            let cfg: HealthCheckConfig = toml::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert!(
+                cfg.validate(&ValidateContext {
+                    base_dir: std::path::Path::new("."),
+                    pipelines: &[]
+                })
+                .is_empty(),
+                "{text}"
+            );
+            let again = toml::to_string(&cfg).unwrap();
+            let back: HealthCheckConfig = toml::from_str(&again).unwrap_or_else(|e| panic!("{again}: {e}"));
+            assert_eq!(
+                serde_json::to_value(&cfg).unwrap(),
+                serde_json::to_value(&back).unwrap(),
+                "{again}"
+            );
+            let boxed: Box<dyn StageConfig> =
+                toml::from_str(&format!("type = \"health-check\"\n{text}")).unwrap();
+            assert!(format!("{boxed:?}").contains("HealthCheckConfig"));
+        }
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        for (text, field) in [
+            ("probe = { type = \"http\", url = \"https://x/\" }", "probe.url"),
+            ("probe = { type = \"http\", url = \"http://x/\", expect_status = \"2xx\" }", "probe.expect_status"),
+            ("probe = { type = \"http\", url = \"http://x/\", healthy_threshold = 0 }", "probe.healthy_threshold"),
+            ("probe = { type = \"http\", url = \"http://x/\", healthy_threshold = 5, max_checks = 3 }", "probe.max_checks"),
+            ("probe = { type = \"elbv2\", target_group_arn = \"tg\", min_healthy_percent = 101 }", "probe.min_healthy_percent"),
+        ] {
+            let cfg: HealthCheckConfig = toml::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            let errors = cfg.validate(&ValidateContext {
+                base_dir: std::path::Path::new("."),
+                pipelines: &[],
+            });
+            assert_eq!(errors.first().map(|e| e.field.as_str()), Some(field), "{text}: {errors:?}");
+        }
+        let err = toml::from_str::<HealthCheckConfig>("probe = { type = \"http\", url = \"http://x/\", tiemout = \"1s\" }")
+            .unwrap_err();
+        assert!(err.to_string().contains("tiemout"), "{err}");
+    }
+}

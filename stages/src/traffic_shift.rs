@@ -1,1 +1,0 @@
-//! `traffic-shift` (in progress).
