@@ -41,8 +41,10 @@ pub(crate) async fn run(cmd: DedupCommand) -> anyhow::Result<ExitCode> {
         DedupCommand::CreateTable { table } => {
             let cx = BuildContext::default();
             let client = aws_sdk_dynamodb::Client::new(cx.aws_config().await);
-            DynamoStore::create_table(&client, &table).await.map_err(anyhow::Error::msg)?;
-            println!("created table {table} (partition key pk, TTL on expires)");
+            DynamoStore::create_table(&client, &table)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            outln!("created table {table} (partition key pk, TTL on expires)");
             Ok(ExitCode::SUCCESS)
         }
         DedupCommand::Bench { path, claims, prefix } => {
@@ -62,12 +64,17 @@ pub(crate) async fn run(cmd: DedupCommand) -> anyhow::Result<ExitCode> {
                     event_id: String::new(),
                     result: None,
                 };
-                if store.claim(&record, now).await.map_err(|e| anyhow::anyhow!("{e}"))? == Claim::Won {
+                if store
+                    .claim(&record, now)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    == Claim::Won
+                {
                     won += 1;
                 }
             }
             let secs = started.elapsed().as_secs_f64();
-            println!(
+            outln!(
                 "{{\"claims\":{claims},\"won\":{won},\"seconds\":{secs:.3},\"claims_per_second\":{:.0}}}",
                 claims as f64 / secs
             );

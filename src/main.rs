@@ -1,11 +1,28 @@
 //! The `cutover` command: validate and replay pipelines, list stages, and (as the hosts land)
 //! run them in AWS Lambda or as a daemon.
 
+/// `println!` that ends the process quietly when stdout is closed (`cutover … | head`), instead
+/// of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = writeln!(out, $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("error: cannot write to stdout: {e}");
+            std::process::exit(2);
+        }
+    }};
+}
+
 mod dedup_cmd;
 mod input;
 mod pattern_cmd;
 mod replay;
 mod rule;
+mod states_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,6 +65,10 @@ enum Command {
         cutover rule pipelines/catsndogs.toml --apply --name cutover-ecs-events \\\n      \
         --target-arn arn:aws:lambda:us-west-2:111122223333:function:cutover-ecs-events")]
     Rule(rule::RuleArgs),
+    /// Run, check, draw and conformance-test Amazon States Language definitions on the embedded
+    /// engine.
+    #[command(subcommand)]
+    States(states_cmd::StatesCommand),
     /// Manage the dedup stage's DynamoDB table; measure the embedded store.
     #[command(subcommand)]
     Dedup(dedup_cmd::DedupCommand),
@@ -93,10 +114,19 @@ fn main() -> ExitCode {
             Command::Rule(args) => rule::run(args).await,
             Command::Pattern(cmd) => pattern_cmd::run(cmd),
             Command::Dedup(cmd) => dedup_cmd::run(cmd).await,
+            Command::States(cmd) => states_cmd::run(cmd).await,
         }
     });
     match result {
         Ok(code) => code,
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
@@ -115,7 +145,7 @@ fn validate(files: &[PathBuf]) -> ExitCode {
                     .iter()
                     .map(|p| format!("{} ({} stages)", p.name, p.stages.len()))
                     .collect();
-                println!("{}: ok — {}", file.display(), list.join(", "));
+                outln!("{}: ok — {}", file.display(), list.join(", "));
             }
             Err(errors) => {
                 failed = true;
@@ -134,6 +164,6 @@ fn stages() {
     let all = registered_stages();
     let width = all.iter().map(|s| s.name.len()).max().unwrap_or(0);
     for s in all {
-        println!("{:width$}  {}  [{}]", s.name, s.summary, s.provider);
+        outln!("{:width$}  {}  [{}]", s.name, s.summary, s.provider);
     }
 }

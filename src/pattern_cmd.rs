@@ -43,8 +43,8 @@ pub(crate) fn run(cmd: PatternCommand) -> anyhow::Result<ExitCode> {
             };
             let bytes = std::fs::read(&event).with_context(|| format!("reading {}", event.display()))?;
             match compiled.matches_json(&bytes) {
-                Ok(true) => println!("match"),
-                Ok(false) => println!("no match"),
+                Ok(true) => outln!("match"),
+                Ok(false) => outln!("no match"),
                 Err(e) => {
                     eprintln!("{}: not valid JSON: {e}", event.display());
                     return Ok(ExitCode::from(2));
@@ -56,7 +56,7 @@ pub(crate) fn run(cmd: PatternCommand) -> anyhow::Result<ExitCode> {
             let text =
                 std::fs::read_to_string(&cases).with_context(|| format!("reading {}", cases.display()))?;
             let summary = cutover_pattern::conformance::check_all(&text);
-            println!("{summary}");
+            outln!("{summary}");
             Ok(if summary.failed() == 0 {
                 ExitCode::SUCCESS
             } else {

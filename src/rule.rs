@@ -59,7 +59,7 @@ pub(crate) async fn run(args: RuleArgs) -> anyhow::Result<ExitCode> {
             eprintln!("note: stage \"{}\": {note}", stage.name);
         }
     }
-    println!("{}", serde_json::to_string_pretty(&pattern)?);
+    outln!("{}", serde_json::to_string_pretty(&pattern)?);
 
     if !args.trace.is_empty() {
         let seed = Pattern::parse(SEED_RULE).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -92,7 +92,7 @@ pub(crate) async fn run(args: RuleArgs) -> anyhow::Result<ExitCode> {
             "trace: {events} events; seed rule (source + detail-type) invokes {seed_hits} times, \
              compiled rule {compiled_hits} times; {passed} pass the whole pipeline"
         );
-        println!("{report}");
+        outln!("{report}");
     }
 
     if args.apply {

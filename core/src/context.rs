@@ -16,7 +16,9 @@ use std::time::{Duration, SystemTime};
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use tokio::sync::OnceCell;
 
-use crate::stage::BoxFuture;
+use crate::error::BuildError;
+use crate::pipeline::{Pipeline, Siblings, build_stages};
+use crate::stage::{BoxFuture, StageConfig};
 
 /// A source of time. Production reads the wall clock; tests and the demo use virtual or
 /// accelerated time with the same code.
@@ -198,6 +200,51 @@ impl Metrics {
     }
 }
 
+/// Work that outlives the event that started it (an embedded state-machine execution). Hosts
+/// [`drain`](Background::drain) it before they exit, so nothing started is cut off.
+#[derive(Debug, Clone, Default)]
+pub struct Background {
+    tasks: Arc<Mutex<tokio::task::JoinSet<()>>>,
+}
+
+impl Background {
+    /// Runs `future` in the background (needs a Tokio runtime).
+    pub fn spawn(&self, future: impl std::future::Future<Output = ()> + Send + 'static) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            tasks.spawn(future);
+        }
+    }
+
+    /// How many tasks have not finished.
+    pub fn pending(&self) -> usize {
+        self.tasks
+            .lock()
+            .map(|mut t| {
+                while t.try_join_next().is_some() {}
+                t.len()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Waits until every task (including tasks spawned meanwhile) has finished.
+    pub async fn drain(&self) {
+        loop {
+            let mut batch = match self.tasks.lock() {
+                Ok(mut t) => std::mem::take(&mut *t),
+                Err(_) => return,
+            };
+            if batch.is_empty() {
+                return;
+            }
+            while let Some(done) = batch.join_next().await {
+                if let Err(error) = done {
+                    tracing::error!(%error, "a background task failed");
+                }
+            }
+        }
+    }
+}
+
 /// Shared resources handed to [`StageConfig::build`](crate::StageConfig::build).
 #[derive(Debug, Clone)]
 pub struct BuildContext {
@@ -207,6 +254,9 @@ pub struct BuildContext {
     data_dir: PathBuf,
     base_dir: PathBuf,
     metrics: Metrics,
+    background: Background,
+    siblings: Option<Arc<Siblings>>,
+    building: Arc<[String]>,
 }
 
 impl Default for BuildContext {
@@ -225,7 +275,70 @@ impl BuildContext {
             data_dir: data_dir.into(),
             base_dir: PathBuf::from("."),
             metrics: Metrics::default(),
+            background: Background::default(),
+            siblings: None,
+            building: Arc::from(Vec::new()),
         }
+    }
+
+    /// Lets stages build the pipelines of this file ([`build_pipeline`](Self::build_pipeline)).
+    pub fn with_siblings(mut self, siblings: Siblings) -> Self {
+        self.siblings = Some(Arc::new(siblings));
+        self
+    }
+
+    /// Whether sibling pipelines are known.
+    pub fn has_siblings(&self) -> bool {
+        self.siblings.is_some()
+    }
+
+    /// Builds another pipeline of the same file (a state machine's Task handler, say).
+    /// A pipeline that (indirectly) builds itself is an error, not a loop.
+    pub fn build_pipeline<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Pipeline, BuildError>> {
+        Box::pin(async move {
+            let siblings = self.siblings.as_ref().ok_or_else(|| {
+                BuildError::Backend(format!("no pipeline file to take pipeline \"{name}\" from"))
+            })?;
+            let stages = siblings.stages(name).ok_or_else(|| {
+                let names: Vec<&str> = siblings.names().collect();
+                BuildError::Backend(format!(
+                    "{}: no pipeline \"{name}\"; the file has: {}",
+                    siblings.file(),
+                    names.join(", ")
+                ))
+            })?;
+            if self.building.iter().any(|b| b == name) {
+                return Err(BuildError::Backend(format!(
+                    "pipeline \"{name}\" refers to itself through {}",
+                    self.building.join(" → ")
+                )));
+            }
+            let mut cx = self.clone();
+            cx.building = self.building.iter().cloned().chain([name.to_owned()]).collect();
+            let mut configs = Vec::new();
+            for (stage_name, raw) in stages {
+                let config: Box<dyn StageConfig> = serde_json::from_value(raw.clone()).map_err(|e| {
+                    BuildError::Backend(format!("pipeline \"{name}\", stage {stage_name}: {e}"))
+                })?;
+                let type_name = raw.get("type").and_then(|t| t.as_str()).unwrap_or("?").to_owned();
+                configs.push((stage_name.clone(), type_name, config));
+            }
+            let iter = configs
+                .iter()
+                .map(|(n, t, c)| (n.as_str(), t.as_str(), c.as_ref()));
+            build_stages(name, iter, &cx).await.map_err(|errors| {
+                let text: Vec<String> = errors
+                    .into_iter()
+                    .map(|(i, t, e)| format!("pipeline \"{name}\", stage {i} ({t}): {e}"))
+                    .collect();
+                BuildError::Backend(text.join("; "))
+            })
+        })
+    }
+
+    /// Work started by stages that outlives its event.
+    pub fn background(&self) -> &Background {
+        &self.background
     }
 
     /// Uses these AWS overrides (before the configuration is first loaded).

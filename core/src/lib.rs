@@ -26,12 +26,12 @@ pub mod pipeline;
 pub mod stage;
 pub mod template;
 
-pub use context::{AwsSettings, BuildContext, Clock, Counter, ManualClock, Metrics, SystemClock};
+pub use context::{AwsSettings, Background, BuildContext, Clock, Counter, ManualClock, Metrics, SystemClock};
 pub use error::{BuildError, FieldError, LoadError, LoadErrors};
 pub use event::{Event, EventError};
 pub use outcome::{Outcome, StageError};
 pub use path::{FieldPath, PathError};
-pub use pipeline::{Loader, Pipeline, PipelineFile, PipelineSpec, Settings, StageSpec};
+pub use pipeline::{Loader, Pipeline, PipelineFile, PipelineSpec, Settings, Siblings, StageSpec};
 pub use stage::{
     BoxFuture, Next, Stage, StageConfig, StageInfo, StageLayer, StageService, ValidateContext,
     registered_stages, typetag_names,

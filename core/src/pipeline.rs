@@ -82,6 +82,8 @@ pub struct StageSpec {
     pub type_name: String,
     /// The typed configuration.
     pub config: Box<dyn StageConfig>,
+    /// The stage table as loaded (with `type` first, without `name`), after overrides.
+    pub raw: Value,
 }
 
 impl PipelineSpec {
@@ -181,30 +183,97 @@ impl PipelineFile {
                 message,
             }])
         })?;
-        let mut stages = Vec::new();
-        let mut errors = Vec::new();
-        for (i, stage) in spec.stages.iter().enumerate() {
-            match stage.config.build(cx).await {
-                Ok(built) => stages.push((stage.name.clone(), built)),
-                Err(err) => {
-                    let (field, message) = match err {
-                        BuildError::Field(f) => (Some(f.field).filter(|f| !f.is_empty()), f.message),
-                        other => (None, other.to_string()),
-                    };
-                    errors.push(LoadError {
-                        file: self.display.clone(),
-                        pipeline: Some(spec.name.clone()),
-                        stage: Some((i + 1, stage.type_name.clone())),
-                        field,
-                        message,
-                    });
-                }
-            }
+        let cx = if cx.has_siblings() {
+            cx.clone()
+        } else {
+            cx.clone().with_siblings(self.siblings())
+        };
+        let stages = spec
+            .stages
+            .iter()
+            .map(|s| (s.name.as_str(), s.type_name.as_str(), s.config.as_ref()));
+        build_stages(&spec.name, stages, &cx).await.map_err(|errors| {
+            LoadErrors(
+                errors
+                    .into_iter()
+                    .map(|(index, type_name, err)| {
+                        let (field, message) = match err {
+                            BuildError::Field(f) => (Some(f.field).filter(|f| !f.is_empty()), f.message),
+                            other => (None, other.to_string()),
+                        };
+                        LoadError {
+                            file: self.display.clone(),
+                            pipeline: Some(spec.name.clone()),
+                            stage: Some((index, type_name)),
+                            field,
+                            message,
+                        }
+                    })
+                    .collect(),
+            )
+        })
+    }
+
+    /// Every pipeline of the file as raw stage tables, for stages that run a sibling pipeline
+    /// (e.g. a state machine's Task handlers).
+    pub fn siblings(&self) -> Siblings {
+        Siblings {
+            file: self.display.clone(),
+            pipelines: self
+                .pipelines
+                .iter()
+                .map(|p| {
+                    (
+                        p.name.clone(),
+                        p.stages.iter().map(|s| (s.name.clone(), s.raw.clone())).collect(),
+                    )
+                })
+                .collect(),
         }
-        if !errors.is_empty() {
-            return Err(LoadErrors(errors));
+    }
+}
+
+/// The pipelines of one file as raw stage tables, so a stage can build a sibling pipeline
+/// ([`BuildContext::build_pipeline`]).
+#[derive(Debug, Clone, Default)]
+pub struct Siblings {
+    file: String,
+    pipelines: std::collections::BTreeMap<String, Vec<(String, Value)>>,
+}
+
+impl Siblings {
+    /// The pipeline names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.pipelines.keys().map(String::as_str)
+    }
+
+    pub(crate) fn stages(&self, name: &str) -> Option<&[(String, Value)]> {
+        self.pipelines.get(name).map(Vec::as_slice)
+    }
+
+    pub(crate) fn file(&self) -> &str {
+        &self.file
+    }
+}
+
+/// Builds a chain of stages; on failure, every stage that failed with its 1-based index and type.
+pub(crate) async fn build_stages(
+    pipeline: &str,
+    stages: impl Iterator<Item = (&str, &str, &dyn StageConfig)>,
+    cx: &BuildContext,
+) -> Result<Pipeline, Vec<(usize, String, BuildError)>> {
+    let mut built = Vec::new();
+    let mut errors = Vec::new();
+    for (i, (name, type_name, config)) in stages.enumerate() {
+        match config.build(cx).await {
+            Ok(stage) => built.push((name.to_owned(), stage)),
+            Err(err) => errors.push((i + 1, type_name.to_owned(), err)),
         }
-        Ok(Pipeline::from_stages(&spec.name, stages).with_metrics(cx.metrics().clone()))
+    }
+    if errors.is_empty() {
+        Ok(Pipeline::from_stages(pipeline, built).with_metrics(cx.metrics().clone()))
+    } else {
+        Err(errors)
     }
 }
 
@@ -460,7 +529,8 @@ impl Loader {
                         format!("another stage is already named \"{name}\""),
                     ));
                 }
-                match serde_path_to_error::deserialize::<_, Box<dyn StageConfig>>(Value::Object(ordered)) {
+                let raw = Value::Object(ordered);
+                match serde_path_to_error::deserialize::<_, Box<dyn StageConfig>>(raw.clone()) {
                     Ok(config) => {
                         for fe in config.validate(&validate_cx) {
                             let field = Some(fe.field.as_str()).filter(|f| !f.is_empty());
@@ -470,6 +540,7 @@ impl Loader {
                             name,
                             type_name,
                             config,
+                            raw: raw.clone(),
                         });
                     }
                     Err(e) => {

@@ -20,10 +20,15 @@ const EVENTS: usize = 20_000;
 fn trace() -> Vec<Arc<[u8]>> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
     let text = std::fs::read_to_string(format!("{dir}/two-revisions-trace.jsonl")).expect("fixtures");
-    let all: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    let all: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
     let is_green = |v: &Value| {
         v.pointer("/detail/containers/0/name").and_then(Value::as_str) == Some("cats-green")
-            && v.pointer("/detail/clusterArn").and_then(Value::as_str).is_some_and(|c| c.ends_with("/catsndogsECScluster"))
+            && v.pointer("/detail/clusterArn")
+                .and_then(Value::as_str)
+                .is_some_and(|c| c.ends_with("/catsndogsECScluster"))
     };
     let green: Vec<&Value> = all
         .iter()
@@ -32,7 +37,11 @@ fn trace() -> Vec<Arc<[u8]>> {
     let noise: Vec<&Value> = all.iter().filter(|v| !is_green(v)).collect();
     (0..EVENTS)
         .map(|i| {
-            let base = if i % 250 == 0 { green[i % green.len()] } else { noise[i % noise.len()] };
+            let base = if i % 250 == 0 {
+                green[i % green.len()]
+            } else {
+                noise[i % noise.len()]
+            };
             let mut v = base.clone();
             v["id"] = Value::from(format!("{i:08x}-bench"));
             Arc::from(serde_json::to_vec(&v).expect("serialize"))
@@ -70,7 +79,9 @@ struct TypedContainer<'a> {
 }
 
 fn typed_decision(bytes: &[u8]) -> bool {
-    let Ok(t) = serde_json::from_slice::<Typed<'_>>(bytes) else { return false };
+    let Ok(t) = serde_json::from_slice::<Typed<'_>>(bytes) else {
+        return false;
+    };
     t.source == "aws.ecs"
         && t.detail_type == "ECS Task State Change"
         && t.detail.cluster_arn.ends_with(":cluster/catsndogsECScluster")
@@ -90,12 +101,21 @@ fn bench(c: &mut Criterion) {
     }
     std::fs::write(format!("{out}/filter-trace.jsonl"), file).expect("write trace");
     let bytes: usize = events.iter().map(|e| e.len()).sum();
-    eprintln!("trace: {} events, {} bytes on average", events.len(), bytes / events.len());
+    eprintln!(
+        "trace: {} events, {} bytes on average",
+        events.len(),
+        bytes / events.len()
+    );
 
-    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
     let cfg: FilterConfig =
-        toml::from_str("cluster = \"catsndogsECScluster\"\ngreen = { container = \"cats-green\" }").expect("config");
-    let stage = rt.block_on(cfg.build(&BuildContext::new("unused"))).expect("build");
+        toml::from_str("cluster = \"catsndogsECScluster\"\ngreen = { container = \"cats-green\" }")
+            .expect("config");
+    let stage = rt
+        .block_on(cfg.build(&BuildContext::new("unused")))
+        .expect("build");
     let filter = format!("{stage:?}");
     assert!(filter.starts_with("Filter"));
     let filter: Filter = rt.block_on(Filter::from_config(&cfg)).expect("filter");
@@ -103,12 +123,23 @@ fn bench(c: &mut Criterion) {
     let passing = rt.block_on(async {
         let mut n = 0;
         for e in &events {
-            n += usize::from(matches!(filter.decide(&Event::from_bytes(e.clone())).await, Ok(Ok(()))));
+            n += usize::from(matches!(
+                filter.decide(&Event::from_bytes(e.clone())).await,
+                Ok(Ok(()))
+            ));
         }
         n
     });
-    assert_eq!(passing, events.iter().filter(|e| typed_decision(e)).count(), "the baselines decide alike");
-    eprintln!("passing: {passing} of {} ({:.2}%)", events.len(), passing as f64 * 100.0 / events.len() as f64);
+    assert_eq!(
+        passing,
+        events.iter().filter(|e| typed_decision(e)).count(),
+        "the baselines decide alike"
+    );
+    eprintln!(
+        "passing: {passing} of {} ({:.2}%)",
+        events.len(),
+        passing as f64 * 100.0 / events.len() as f64
+    );
 
     let mut g = c.benchmark_group("filter-trace");
     g.throughput(Throughput::Elements(events.len() as u64));
@@ -118,7 +149,10 @@ fn bench(c: &mut Criterion) {
             rt.block_on(async {
                 let mut n = 0usize;
                 for e in &events {
-                    n += usize::from(matches!(filter.decide(&Event::from_bytes(e.clone())).await, Ok(Ok(()))));
+                    n += usize::from(matches!(
+                        filter.decide(&Event::from_bytes(e.clone())).await,
+                        Ok(Ok(()))
+                    ));
                 }
                 black_box(n)
             })

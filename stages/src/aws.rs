@@ -43,7 +43,11 @@ where
         _ => (false, None),
     };
     let message = format!("{operation}: {}", DisplayErrorContext(err));
-    let error = if retryable { StageError::retryable(message) } else { StageError::permanent(message) };
+    let error = if retryable {
+        StageError::retryable(message)
+    } else {
+        StageError::permanent(message)
+    };
     match code {
         Some(c) => error.with_kind(c),
         None => error,

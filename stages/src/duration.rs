@@ -69,7 +69,13 @@ pub(crate) fn format(duration: Duration) -> String {
         return "0s".into();
     }
     let mut out = String::new();
-    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ] {
         if ms >= size {
             let _ = write!(out, "{}{unit}", ms / size);
             ms %= size;

@@ -489,13 +489,19 @@ impl Filter {
     }
 
     async fn build(config: &FilterConfig, cx: &BuildContext) -> Result<Filter, BuildError> {
-        config.compiled_pattern().map_err(|m| BuildError::field("pattern", m))?;
+        config
+            .compiled_pattern()
+            .map_err(|m| BuildError::field("pattern", m))?;
         // Conditions keep the order of `conditions()`: green first, the one most events fail,
         // so a typical event costs one byte scan and no parse.
         let mut conditions = Vec::new();
         for c in config.conditions() {
-            let compiled = Pattern::from_value(&c.pattern).map_err(|e| BuildError::field(c.option, e.to_string()))?;
-            conditions.push(Compiled { condition: c, pattern: compiled });
+            let compiled =
+                Pattern::from_value(&c.pattern).map_err(|e| BuildError::field(c.option, e.to_string()))?;
+            conditions.push(Compiled {
+                condition: c,
+                pattern: compiled,
+            });
         }
         let tags = if config.green.tags.is_empty() {
             None

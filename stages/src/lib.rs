@@ -7,14 +7,16 @@
 //! | --- | --- | --- |
 //! | `dedup` | [`dedup`] | lets exactly one event per key (deployment) through, with conditional writes |
 //! | `filter` | [`filter`] | passes only green tasks that reached RUNNING; compiles to the EventBridge rule |
+//! | `start-state-machine` | [`state_machine`] | starts one canary execution (Step Functions or the embedded ASL engine) |
 //! | `health-check` | [`health_check`] | probes green (HTTP, ELBv2 target health) and reports `healthy`/`unhealthy` |
 //! | `traffic-shift` | [`traffic_shift`] | sets blue/green weights (Route 53, embedded weighted DNS) and verifies them |
 
 mod aws;
-mod duration;
 pub mod dedup;
+mod duration;
 pub mod filter;
 pub mod health_check;
+pub mod state_machine;
 pub mod traffic_shift;
 
 /// Keeps this crate's stage registrations in a binary.

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
 use cutover_core::{BoxFuture, BuildContext, Event, ManualClock, Next, Outcome, Pipeline, Stage, StageError};
-use cutover_stages::dedup::{Claim, DedupConfig, DedupStore, Dedup, DynamoStore, Record, Status};
+use cutover_stages::dedup::{Claim, Dedup, DedupConfig, DedupStore, DynamoStore, Record, Status};
 use serde_json::{Value, json};
 
 use crate::{cutover, moto};
@@ -29,7 +29,10 @@ impl Intercept for Calls {
         _cfg: &mut ConfigBag,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let target = context.request().headers().get("x-amz-target").unwrap_or("?");
-        self.0.lock().unwrap().push(target.rsplit('.').next().unwrap_or(target).to_owned());
+        self.0
+            .lock()
+            .unwrap()
+            .push(target.rsplit('.').next().unwrap_or(target).to_owned());
         Ok(())
     }
 }
@@ -57,7 +60,12 @@ impl Stage for Downstream {
 }
 
 fn started() -> Outcome {
-    Outcome::Passed { context: json!({"execution": "arn:aws:states:us-east-1:1:execution:canary:x"}).as_object().unwrap().clone() }
+    Outcome::Passed {
+        context: json!({"execution": "arn:aws:states:us-east-1:1:execution:canary:x"})
+            .as_object()
+            .unwrap()
+            .clone(),
+    }
 }
 
 fn event(task: &str) -> Event {
@@ -86,18 +94,37 @@ async fn setup(outcome: Outcome) -> Setup {
     let moto = moto::shared();
     let cx = BuildContext::new("unused").with_aws(moto.aws());
     let calls = Calls::default();
-    let conf = aws_sdk_dynamodb::config::Builder::from(cx.aws_config().await).interceptor(calls.clone()).build();
+    let conf = aws_sdk_dynamodb::config::Builder::from(cx.aws_config().await)
+        .interceptor(calls.clone())
+        .build();
     let client = aws_sdk_dynamodb::Client::from_conf(conf);
     let table = moto::unique("dedup");
     DynamoStore::create_table(&client, &table).await.unwrap();
     calls.take();
     let store = Arc::new(DynamoStore::new(client.clone(), &table));
-    let clock = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)));
-    let cfg: DedupConfig = toml::from_str(&format!("store = {{ type = \"dynamodb\", table = \"{table}\" }}")).unwrap();
+    let clock = Arc::new(ManualClock::new(
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+    ));
+    let cfg: DedupConfig =
+        toml::from_str(&format!("store = {{ type = \"dynamodb\", table = \"{table}\" }}")).unwrap();
     let dedup = Arc::new(Dedup::new(cfg, store.clone(), clock.clone()));
-    let downstream = Arc::new(Downstream { calls: AtomicUsize::new(0), outcome });
-    let pipeline = Pipeline::from_stages("p", vec![("dedup".into(), dedup), ("rest".into(), downstream.clone())]);
-    Setup { pipeline, downstream, store, calls, clock, client, table }
+    let downstream = Arc::new(Downstream {
+        calls: AtomicUsize::new(0),
+        outcome,
+    });
+    let pipeline = Pipeline::from_stages(
+        "p",
+        vec![("dedup".into(), dedup), ("rest".into(), downstream.clone())],
+    );
+    Setup {
+        pipeline,
+        downstream,
+        store,
+        calls,
+        clock,
+        client,
+        table,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -114,7 +141,9 @@ async fn dynamodb_64_concurrent_identical_events_pass_once() {
         let out = h.await.unwrap();
         match &out {
             Outcome::Passed { .. } => passed += 1,
-            Outcome::Failed { error, .. } => assert_eq!(error.kind.as_deref(), Some("Dedup.InProgress"), "{out}"),
+            Outcome::Failed { error, .. } => {
+                assert_eq!(error.kind.as_deref(), Some("Dedup.InProgress"), "{out}")
+            }
             Outcome::Dropped { reason, .. } => assert!(reason.starts_with("duplicate of"), "{reason}"),
         }
     }
@@ -128,8 +157,15 @@ async fn dynamodb_happy_path_is_one_conditional_write_and_one_update() {
     assert!(s.pipeline.run(event("a")).await.is_passed());
     assert_eq!(s.calls.take(), ["PutItem", "UpdateItem"]);
     let dup = s.pipeline.run(event("b")).await;
-    assert!(format!("{dup}").contains("result arn:aws:states:us-east-1:1:execution:canary:x"), "{dup}");
-    assert_eq!(s.calls.take(), ["PutItem"], "a lost race reads the winner from the failed write (ALL_OLD)");
+    assert!(
+        format!("{dup}").contains("result arn:aws:states:us-east-1:1:execution:canary:x"),
+        "{dup}"
+    );
+    assert_eq!(
+        s.calls.take(),
+        ["PutItem"],
+        "a lost race reads the winner from the failed write (ALL_OLD)"
+    );
     let item = s
         .client
         .get_item()
@@ -142,7 +178,10 @@ async fn dynamodb_happy_path_is_one_conditional_write_and_one_update() {
         .unwrap();
     let item = item.item().unwrap();
     assert_eq!(item["status"].as_s().unwrap(), "COMPLETED");
-    assert_eq!(item["expires"].as_n().unwrap(), &(1_800_000_000i64 + 86_400).to_string());
+    assert_eq!(
+        item["expires"].as_n().unwrap(),
+        &(1_800_000_000i64 + 86_400).to_string()
+    );
 }
 
 #[tokio::test]
@@ -176,7 +215,10 @@ async fn dynamodb_lease_expiry_lets_a_retry_through() {
     assert_eq!(s.store.claim(&crashed, now).await.unwrap(), Claim::Won);
     let blocked = s.pipeline.run(event("a")).await;
     assert!(blocked.is_retryable(), "{blocked}");
-    assert!(format!("{blocked}").contains("in progress") && format!("{blocked}").contains("evt-0"), "{blocked}");
+    assert!(
+        format!("{blocked}").contains("in progress") && format!("{blocked}").contains("evt-0"),
+        "{blocked}"
+    );
     s.clock.advance(Duration::from_secs(300));
     assert!(s.pipeline.run(event("a")).await.is_passed());
 }
@@ -187,19 +229,37 @@ async fn dynamodb_release_on_retryable_failure() {
     assert!(s.pipeline.run(event("a")).await.is_retryable());
     assert_eq!(s.calls.take(), ["PutItem", "DeleteItem"]);
     assert!(s.pipeline.run(event("a")).await.is_retryable());
-    assert_eq!(s.downstream.calls.load(Ordering::SeqCst), 2, "released, so the redelivery ran again");
+    assert_eq!(
+        s.downstream.calls.load(Ordering::SeqCst),
+        2,
+        "released, so the redelivery ran again"
+    );
 }
 
 #[tokio::test]
 async fn dynamodb_unreachable_is_a_retryable_failure_not_a_pass_or_drop() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let settings = cutover_core::AwsSettings { max_attempts: Some(2), ..cutover_core::AwsSettings::emulator(format!("http://127.0.0.1:{port}")) };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let settings = cutover_core::AwsSettings {
+        max_attempts: Some(2),
+        ..cutover_core::AwsSettings::emulator(format!("http://127.0.0.1:{port}"))
+    };
     let cx = BuildContext::new("unused").with_aws(settings);
-    let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(cx.aws_config().await), "t"));
+    let store = Arc::new(DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(cx.aws_config().await),
+        "t",
+    ));
     let cfg: DedupConfig = toml::from_str("store = { type = \"dynamodb\", table = \"t\" }").unwrap();
     let dedup = Arc::new(Dedup::new(cfg, store, cx.clock()));
-    let out = Pipeline::from_stages("p", vec![("dedup".into(), dedup)]).run(event("a")).await;
-    let Outcome::Failed { stage, error } = out else { panic!("{out}") };
+    let out = Pipeline::from_stages("p", vec![("dedup".into(), dedup)])
+        .run(event("a"))
+        .await;
+    let Outcome::Failed { stage, error } = out else {
+        panic!("{out}")
+    };
     assert_eq!(stage, "dedup");
     assert!(error.retryable, "{error:?}");
     assert!(error.message.starts_with("dynamodb:PutItem"), "{}", error.message);
@@ -209,11 +269,20 @@ async fn dynamodb_unreachable_is_a_retryable_failure_not_a_pass_or_drop() {
 async fn create_table_command_sets_up_ttl() {
     let moto = moto::shared();
     let table = moto::unique("cli-dedup");
-    let out = cutover().args(["dedup", "create-table", "--table", &table]).envs(moto.env()).output().unwrap();
+    let out = cutover()
+        .args(["dedup", "create-table", "--table", &table])
+        .envs(moto.env())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let cx = BuildContext::new("unused").with_aws(moto.aws());
     let client = aws_sdk_dynamodb::Client::new(cx.aws_config().await);
-    let ttl = client.describe_time_to_live().table_name(&table).send().await.unwrap();
+    let ttl = client
+        .describe_time_to_live()
+        .table_name(&table)
+        .send()
+        .await
+        .unwrap();
     let ttl = ttl.time_to_live_description().unwrap();
     assert_eq!(ttl.attribute_name(), Some("expires"));
     let t = client.describe_table().table_name(&table).send().await.unwrap();
@@ -238,7 +307,10 @@ fn trace_with_two_revisions_starts_exactly_two_rollouts() {
     let summary = replay("tests/fixtures/two-revisions-trace.jsonl", dir.path());
     assert_eq!(summary["summary"]["passed"], 2, "{summary}");
     assert_eq!(summary["summary"]["failed"], 0, "{summary}");
-    assert!(summary["summary"]["dropped"]["dedup"].as_u64().unwrap() >= 8, "{summary}");
+    assert!(
+        summary["summary"]["dropped"]["dedup"].as_u64().unwrap() >= 8,
+        "{summary}"
+    );
     // The same trace again, on the same state: every deployment is now a duplicate.
     let again = replay("tests/fixtures/two-revisions-trace.jsonl", dir.path());
     assert_eq!(again["summary"]["passed"], 0, "{again}");
@@ -271,5 +343,8 @@ fn two_processes_racing_on_one_store_start_each_deployment_once() {
             }
         }
     }
-    assert_eq!(passed, 2, "two deployments, two processes: each deployment passes in exactly one process");
+    assert_eq!(
+        passed, 2,
+        "two deployments, two processes: each deployment passes in exactly one process"
+    );
 }

@@ -34,8 +34,7 @@ async fn elbv2_target_group_with_registered_targets_is_healthy() {
         .targets(
             elbv2::types::TargetDescription::builder()
                 .id("arn:aws:lambda:us-east-1:123456789012:function:cats-green")
-                .build()
-                .unwrap(),
+                .build(),
         )
         .send()
         .await
@@ -47,7 +46,9 @@ async fn elbv2_target_group_with_registered_targets_is_healthy() {
         &cx,
     )
     .await;
-    let out = pipeline.run(Event::from_value(json!({ "target_group_arn": arn }))).await;
+    let out = pipeline
+        .run(Event::from_value(json!({ "target_group_arn": arn })))
+        .await;
     let Outcome::Passed { context } = out else {
         panic!("{out}")
     };
@@ -78,14 +79,27 @@ async fn an_empty_target_group_is_unhealthy_and_a_missing_one_fails() {
         panic!("unhealthy is a pass")
     };
     assert_eq!(context["health"]["State"], json!("unhealthy"));
-    assert!(context["health"]["reason"].as_str().unwrap().contains("no registered targets"));
+    assert!(
+        context["health"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no registered targets")
+    );
 
     let missing = arn.replace("targetgroup/", "targetgroup/nope-");
-    let pipeline = load(&format!("probe = {{ type = \"elbv2\", target_group_arn = \"{missing}\" }}"), &cx).await;
+    let pipeline = load(
+        &format!("probe = {{ type = \"elbv2\", target_group_arn = \"{missing}\" }}"),
+        &cx,
+    )
+    .await;
     let out = pipeline.run(Event::from_value(json!({}))).await;
     let Outcome::Failed { error, .. } = out else {
         panic!("expected a failure, got {out}")
     };
     assert!(!error.retryable, "{error:?}");
-    assert!(error.message.contains("probe.target_group_arn"), "{}", error.message);
+    assert!(
+        error.message.contains("probe.target_group_arn"),
+        "{}",
+        error.message
+    );
 }

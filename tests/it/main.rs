@@ -8,6 +8,7 @@ mod health;
 mod moto;
 mod registry;
 mod rule;
+mod state_machine;
 mod traffic;
 
 /// Path of a file in the repository.

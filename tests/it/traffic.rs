@@ -75,7 +75,10 @@ async fn route53_canary_walk_sets_and_verifies_both_weights() {
         assert_eq!(traffic["green"], json!(w));
         assert_eq!(traffic["blue"], json!(100 - w));
         assert_eq!(traffic["status"], json!("INSYNC"));
-        assert!(traffic["change_id"].as_str().is_some_and(|id| !id.is_empty()), "{traffic}");
+        assert!(
+            traffic["change_id"].as_str().is_some_and(|id| !id.is_empty()),
+            "{traffic}"
+        );
         assert_eq!(
             weights(&client, &zone_id, &record).await,
             vec![(blue.clone(), 100 - w), (green.clone(), w)],
@@ -98,7 +101,11 @@ async fn a_hosted_zone_that_does_not_exist_is_a_permanent_error_naming_the_field
     };
     assert_eq!(stage, "traffic-shift");
     assert!(!error.retryable, "{error:?}");
-    assert!(error.message.contains("router.hosted_zone_id"), "{}", error.message);
+    assert!(
+        error.message.contains("router.hosted_zone_id"),
+        "{}",
+        error.message
+    );
     assert_eq!(error.kind.as_deref(), Some("TrafficShift.NoSuchHostedZone"));
 }
 
@@ -120,4 +127,124 @@ async fn bad_weights_and_bad_config_are_clear_errors() {
     let err = load(&format!("weight = 101\n{router}"), &cx).await.unwrap_err();
     assert!(err.contains("field \"weight\""), "{err}");
     assert!(err.contains("between 0 and 100"), "{err}");
+}
+
+/// One EC2 Query API call to moto (the tests have no EC2 SDK); returns the response XML.
+fn ec2(moto: &moto::Moto, params: &str) -> String {
+    use std::io::{Read, Write};
+    let host = moto.url.trim_start_matches("http://");
+    let body = format!("{params}&Version=2016-11-15");
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    // moto routes unsigned requests by the credential scope of the Authorization header.
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=0\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+fn xml_value(xml: &str, tag: &str) -> String {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open).unwrap_or_else(|| panic!("no <{tag}> in {xml}")) + open.len();
+    let end = start + xml[start..].find('<').unwrap();
+    xml[start..end].to_owned()
+}
+
+#[tokio::test]
+async fn alb_listener_weights_follow_the_canary_walk() {
+    use cutover_stages::health_check::elbv2::aws_sdk_elasticloadbalancingv2 as elbv2;
+    use elbv2::types::{Action, ActionTypeEnum, ProtocolEnum};
+
+    let moto = moto::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let cx = BuildContext::new(dir.path()).with_aws(moto.aws());
+    let vpc = xml_value(&ec2(moto, "Action=CreateVpc&CidrBlock=10.9.0.0%2F16"), "vpcId");
+    let subnets: Vec<String> = [("10.9.1.0%2F24", "us-east-1a"), ("10.9.2.0%2F24", "us-east-1b")]
+        .iter()
+        .map(|(cidr, az)| {
+            xml_value(
+                &ec2(
+                    moto,
+                    &format!("Action=CreateSubnet&VpcId={vpc}&CidrBlock={cidr}&AvailabilityZone={az}"),
+                ),
+                "subnetId",
+            )
+        })
+        .collect();
+    let client = elbv2::Client::new(cx.aws_config().await);
+    let lb = client
+        .create_load_balancer()
+        .name(moto::unique("cats"))
+        .set_subnets(Some(subnets))
+        .send()
+        .await
+        .expect("create a load balancer in moto");
+    let lb_arn = lb.load_balancers()[0].load_balancer_arn().unwrap().to_owned();
+    let mut groups = Vec::new();
+    for side in ["blue", "green"] {
+        let tg = client
+            .create_target_group()
+            .name(moto::unique(side))
+            .protocol(ProtocolEnum::Http)
+            .port(80)
+            .vpc_id(&vpc)
+            .send()
+            .await
+            .unwrap();
+        groups.push(tg.target_groups()[0].target_group_arn().unwrap().to_owned());
+    }
+    let listener = client
+        .create_listener()
+        .load_balancer_arn(&lb_arn)
+        .protocol(ProtocolEnum::Http)
+        .port(80)
+        .default_actions(
+            Action::builder()
+                .r#type(ActionTypeEnum::Forward)
+                .target_group_arn(&groups[0])
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let listener_arn = listener.listeners()[0].listener_arn().unwrap().to_owned();
+
+    let router = format!(
+        "router = {{ type = \"alb\", listener_arn = \"{listener_arn}\", blue_target_group = \"{}\", green_target_group = \"{}\" }}",
+        groups[0], groups[1]
+    );
+    let pipeline = load(&router, &cx).await.unwrap();
+    for w in [0i64, 10, 50, 100, 0] {
+        let out = pipeline.run(Event::from_value(json!({ "weight": w }))).await;
+        let Outcome::Passed { context } = out else {
+            panic!("weight {w}: {out}")
+        };
+        assert_eq!(context["traffic"]["green"], json!(w));
+        let described = client
+            .describe_listeners()
+            .listener_arns(&listener_arn)
+            .send()
+            .await
+            .unwrap();
+        let forward = described.listeners()[0].default_actions()[0]
+            .forward_config()
+            .unwrap();
+        let weights: Vec<(String, Option<i32>)> = forward
+            .target_groups()
+            .iter()
+            .map(|t| (t.target_group_arn().unwrap().to_owned(), t.weight()))
+            .collect();
+        assert_eq!(
+            weights,
+            vec![
+                (groups[0].clone(), Some(i32::try_from(100 - w).unwrap())),
+                (groups[1].clone(), Some(i32::try_from(w).unwrap()))
+            ]
+        );
+    }
 }

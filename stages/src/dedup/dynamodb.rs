@@ -24,8 +24,8 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValuesOnConditionCheckFailure,
-    ScalarAttributeType, TimeToLiveSpecification,
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TimeToLiveSpecification,
 };
 use cutover_core::{BoxFuture, StageError};
 
@@ -53,7 +53,12 @@ fn n(v: i64) -> AttributeValue {
 
 /// The names the claim condition uses (DynamoDB rejects unused ones).
 fn claim_names() -> HashMap<String, String> {
-    [("#pk", KEY_ATTRIBUTE), ("#st", "status"), ("#lease", "lease_expires"), ("#exp", TTL_ATTRIBUTE)]
+    [
+        ("#pk", KEY_ATTRIBUTE),
+        ("#st", "status"),
+        ("#lease", "lease_expires"),
+        ("#exp", TTL_ATTRIBUTE),
+    ]
     .into_iter()
     .map(|(a, b)| (a.to_owned(), b.to_owned()))
     .collect()
@@ -61,7 +66,11 @@ fn claim_names() -> HashMap<String, String> {
 
 fn record_from(item: &HashMap<String, AttributeValue>) -> Option<Record> {
     let get_s = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
-    let get_n = |k: &str| item.get(k).and_then(|v| v.as_n().ok()).and_then(|n| n.parse::<i64>().ok());
+    let get_n = |k: &str| {
+        item.get(k)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse::<i64>().ok())
+    };
     Some(Record {
         key: get_s(KEY_ATTRIBUTE)?,
         status: Status::parse(&get_s("status")?)?,
@@ -78,7 +87,10 @@ fn record_from(item: &HashMap<String, AttributeValue>) -> Option<Record> {
 impl DynamoStore {
     /// A store over `table`, using `client` (built from the shared AWS configuration).
     pub fn new(client: Client, table: impl Into<String>) -> Self {
-        Self { client, table: table.into() }
+        Self {
+            client,
+            table: table.into(),
+        }
     }
 
     /// Creates the table with the schema above and TTL on `expires`.
@@ -103,8 +115,16 @@ impl DynamoStore {
             .await
             .map_err(|e| aws_error("dynamodb:CreateTable", &e).message)?;
         for _ in 0..60 {
-            let d = client.describe_table().table_name(table).send().await.map_err(|e| aws_error("dynamodb:DescribeTable", &e).message)?;
-            if d.table().and_then(|t| t.table_status()).is_some_and(|s| s.as_str() == "ACTIVE") {
+            let d = client
+                .describe_table()
+                .table_name(table)
+                .send()
+                .await
+                .map_err(|e| aws_error("dynamodb:DescribeTable", &e).message)?;
+            if d.table()
+                .and_then(|t| t.table_status())
+                .is_some_and(|s| s.as_str() == "ACTIVE")
+            {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
@@ -158,7 +178,9 @@ impl DedupStore for DynamoStore {
                 .put_item()
                 .table_name(&self.table)
                 .set_item(Some(item))
-                .condition_expression("attribute_not_exists(#pk) OR #exp <= :now OR (#st = :inprog AND #lease <= :now)")
+                .condition_expression(
+                    "attribute_not_exists(#pk) OR #exp <= :now OR (#st = :inprog AND #lease <= :now)",
+                )
                 .set_expression_attribute_names(Some(claim_names()))
                 .expression_attribute_values(":now", n(now))
                 .expression_attribute_values(":inprog", s(Status::InProgress.as_str()))
@@ -187,11 +209,23 @@ impl DedupStore for DynamoStore {
         })
     }
 
-    fn complete<'a>(&'a self, key: &'a str, owner: &'a str, result: &'a str, expires: i64) -> BoxFuture<'a, Result<(), StageError>> {
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        result: &'a str,
+        expires: i64,
+    ) -> BoxFuture<'a, Result<(), StageError>> {
         Box::pin(self.finish(key, owner, Status::Completed, result, expires))
     }
 
-    fn fail<'a>(&'a self, key: &'a str, owner: &'a str, error: &'a str, expires: i64) -> BoxFuture<'a, Result<(), StageError>> {
+    fn fail<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        error: &'a str,
+        expires: i64,
+    ) -> BoxFuture<'a, Result<(), StageError>> {
         Box::pin(self.finish(key, owner, Status::Failed, error, expires))
     }
 
@@ -209,8 +243,15 @@ impl DedupStore for DynamoStore {
                 .await;
             match result {
                 Ok(_) => Ok(()),
-                Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
-                    tracing::warn!(stage = "dedup", key, "claim was taken over before it could be released");
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+                {
+                    tracing::warn!(
+                        stage = "dedup",
+                        key,
+                        "claim was taken over before it could be released"
+                    );
                     Ok(())
                 }
                 Err(e) => Err(aws_error("dynamodb:DeleteItem", &e)),
@@ -220,7 +261,14 @@ impl DedupStore for DynamoStore {
 }
 
 impl DynamoStore {
-    async fn finish(&self, key: &str, owner: &str, status: Status, result: &str, expires: i64) -> Result<(), StageError> {
+    async fn finish(
+        &self,
+        key: &str,
+        owner: &str,
+        status: Status,
+        result: &str,
+        expires: i64,
+    ) -> Result<(), StageError> {
         let out = self
             .client
             .update_item()
@@ -240,8 +288,15 @@ impl DynamoStore {
             .await;
         match out {
             Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
-                tracing::warn!(stage = "dedup", key, "claim was taken over before it completed (lease too short?)");
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                tracing::warn!(
+                    stage = "dedup",
+                    key,
+                    "claim was taken over before it completed (lease too short?)"
+                );
                 Ok(())
             }
             Err(e) => Err(aws_error("dynamodb:UpdateItem", &e)),

@@ -35,8 +35,8 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use cutover_core::{
-    BoxFuture, BuildContext, BuildError, Clock, Event, FieldError, Next, Outcome, Stage, StageConfig, StageError,
-    Template, ValidateContext, ValueTemplate,
+    BoxFuture, BuildContext, BuildError, Clock, Event, FieldError, Next, Outcome, Stage, StageConfig,
+    StageError, Template, ValidateContext, ValueTemplate,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -56,19 +56,59 @@ pub const DEFAULT_KEY: &str = "{detail.clusterArn}|{detail.group}|{detail.taskDe
 
 /// Fields of an ECS task state change, for checking key templates at load time.
 const TASK_FIELDS: &[&str] = &[
-    "version", "id", "detail-type", "source", "account", "time", "region", "resources", "detail",
-    "detail.clusterArn", "detail.taskArn", "detail.taskDefinitionArn", "detail.group", "detail.startedBy",
-    "detail.lastStatus", "detail.desiredStatus", "detail.launchType", "detail.version", "detail.stoppedReason",
-    "detail.stopCode", "detail.containers", "detail.cpu", "detail.memory", "detail.createdAt", "detail.startedAt",
-    "detail.stoppedAt", "detail.updatedAt", "detail.availabilityZone", "detail.platformVersion", "detail.connectivity",
-    "detail.containerInstanceArn", "detail.attachments", "detail.attributes", "detail.overrides", "detail.tags",
-    "detail.capacityProviderName", "detail.pullStartedAt", "detail.pullStoppedAt", "detail.executionStoppedAt",
-    "detail.stoppingAt", "detail.connectivityAt", "detail.enableExecuteCommand", "detail.ephemeralStorage",
+    "version",
+    "id",
+    "detail-type",
+    "source",
+    "account",
+    "time",
+    "region",
+    "resources",
+    "detail",
+    "detail.clusterArn",
+    "detail.taskArn",
+    "detail.taskDefinitionArn",
+    "detail.group",
+    "detail.startedBy",
+    "detail.lastStatus",
+    "detail.desiredStatus",
+    "detail.launchType",
+    "detail.version",
+    "detail.stoppedReason",
+    "detail.stopCode",
+    "detail.containers",
+    "detail.cpu",
+    "detail.memory",
+    "detail.createdAt",
+    "detail.startedAt",
+    "detail.stoppedAt",
+    "detail.updatedAt",
+    "detail.availabilityZone",
+    "detail.platformVersion",
+    "detail.connectivity",
+    "detail.containerInstanceArn",
+    "detail.attachments",
+    "detail.attributes",
+    "detail.overrides",
+    "detail.tags",
+    "detail.capacityProviderName",
+    "detail.pullStartedAt",
+    "detail.pullStoppedAt",
+    "detail.executionStoppedAt",
+    "detail.stoppingAt",
+    "detail.connectivityAt",
+    "detail.enableExecuteCommand",
+    "detail.ephemeralStorage",
 ];
 
 /// Fields whose inside is free-form (lists and objects): any path below them is accepted.
 const NESTED_FIELDS: &[&str] = &[
-    "resources", "detail.containers", "detail.attachments", "detail.attributes", "detail.overrides", "detail.tags",
+    "resources",
+    "detail.containers",
+    "detail.attachments",
+    "detail.attributes",
+    "detail.overrides",
+    "detail.tags",
     "detail.ephemeralStorage",
 ];
 
@@ -127,7 +167,9 @@ impl Default for StoreConfig {
 }
 
 fn default_key() -> Template {
-    DEFAULT_KEY.parse().unwrap_or_else(|_| unreachable!("the default key template is valid"))
+    DEFAULT_KEY
+        .parse()
+        .unwrap_or_else(|_| unreachable!("the default key template is valid"))
 }
 fn default_ttl() -> Duration {
     Duration::from_secs(86_400)
@@ -143,7 +185,11 @@ fn default_result_field() -> String {
 }
 
 fn unix(clock: &dyn Clock) -> i64 {
-    clock.now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)).unwrap_or(0)
+    clock
+        .now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 fn secs(d: Duration) -> i64 {
@@ -180,7 +226,10 @@ impl StageConfig for DedupConfig {
         let mut errors = Vec::new();
         let mut fields: Vec<_> = self.key.fields().collect();
         if fields.is_empty() {
-            errors.push(FieldError::new("key", "the key has no {field}: every event would share it; e.g. \"{detail.taskArn}\""));
+            errors.push(FieldError::new(
+                "key",
+                "the key has no {field}: every event would share it; e.g. \"{detail.taskArn}\"",
+            ));
         }
         if let Some(p) = &self.payload {
             fields.extend(p.fields());
@@ -188,24 +237,42 @@ impl StageConfig for DedupConfig {
         for f in fields {
             let text = f.as_str();
             let known = TASK_FIELDS.contains(&text)
-                || NESTED_FIELDS.iter().any(|k| text.starts_with(&format!("{k}.")) || text.starts_with(&format!("{k}[")))
+                || NESTED_FIELDS
+                    .iter()
+                    .any(|k| text.starts_with(&format!("{k}.")) || text.starts_with(&format!("{k}[")))
                 || f.root() == Some("context");
             if !known {
                 let close: Vec<&str> = TASK_FIELDS.iter().filter(|k| similar(k, text)).copied().collect();
-                let hint = if close.is_empty() { String::new() } else { format!("; did you mean {}?", close.join(" or ")) };
-                errors.push(FieldError::new("key", format!("ECS task state change events have no field \"{text}\"{hint}")));
+                let hint = if close.is_empty() {
+                    String::new()
+                } else {
+                    format!("; did you mean {}?", close.join(" or "))
+                };
+                errors.push(FieldError::new(
+                    "key",
+                    format!("ECS task state change events have no field \"{text}\"{hint}"),
+                ));
             }
         }
         if self.lease.is_zero() {
-            errors.push(FieldError::new("lease", "must be longer than the rest of the pipeline takes, e.g. \"5m\""));
+            errors.push(FieldError::new(
+                "lease",
+                "must be longer than the rest of the pipeline takes, e.g. \"5m\"",
+            ));
         }
         if self.ttl < self.lease {
-            errors.push(FieldError::new("ttl", "shorter than the lease: a completed key would be forgotten before an abandoned claim is"));
+            errors.push(FieldError::new(
+                "ttl",
+                "shorter than the lease: a completed key would be forgotten before an abandoned claim is",
+            ));
         }
         if let StoreConfig::Dynamodb { table } = &self.store
             && table.trim().is_empty()
         {
-            errors.push(FieldError::new("store.table", "empty: name the DynamoDB table (create it with `cutover dedup create-table`)"));
+            errors.push(FieldError::new(
+                "store.table",
+                "empty: name the DynamoDB table (create it with `cutover dedup create-table`)",
+            ));
         }
         errors
     }
@@ -218,7 +285,9 @@ fn similar(a: &str, b: &str) -> bool {
     for (i, ca) in a.iter().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }
@@ -237,12 +306,20 @@ pub struct Dedup {
 impl Dedup {
     /// A stage over `store`.
     pub fn new(config: DedupConfig, store: Arc<dyn DedupStore>, clock: Arc<dyn Clock>) -> Self {
-        Self { config, store, clock, owner: owner_prefix() }
+        Self {
+            config,
+            store,
+            clock,
+            owner: owner_prefix(),
+        }
     }
 
     fn payload_hash(&self, event: &Event, key: &str) -> Result<String, StageError> {
         let payload = match &self.config.payload {
-            Some(t) => t.render(event).map_err(|e| StageError::permanent(format!("dedup payload: {e}")))?.to_string(),
+            Some(t) => t
+                .render(event)
+                .map_err(|e| StageError::permanent(format!("dedup payload: {e}")))?
+                .to_string(),
             None => key.to_owned(),
         };
         let digest = Sha256::digest(payload.as_bytes());
@@ -252,7 +329,11 @@ impl Dedup {
     async fn run<'a>(&'a self, event: Event, next: Next<'a>) -> Outcome {
         let key = match self.config.key.render(&event) {
             Ok(k) => k,
-            Err(e) => return Outcome::failed(StageError::permanent(format!("dedup key: {e}")).with_kind("Dedup.KeyMissing")),
+            Err(e) => {
+                return Outcome::failed(
+                    StageError::permanent(format!("dedup key: {e}")).with_kind("Dedup.KeyMissing"),
+                );
+            }
         };
         let hash = match self.payload_hash(&event, &key) {
             Ok(h) => h,
@@ -292,9 +373,13 @@ impl Dedup {
                         self.store.complete(&key, &owner, &result, expires).await
                     }
                     Outcome::Failed { error, stage } if !error.retryable => {
-                        self.store.fail(&key, &owner, &format!("{stage}: {}", error.message), expires).await
+                        self.store
+                            .fail(&key, &owner, &format!("{stage}: {}", error.message), expires)
+                            .await
                     }
-                    Outcome::Failed { .. } | Outcome::Dropped { .. } => self.store.release(&key, &owner).await,
+                    Outcome::Failed { .. } | Outcome::Dropped { .. } => {
+                        self.store.release(&key, &owner).await
+                    }
                 };
                 match bookkeeping {
                     Ok(()) => outcome,
@@ -316,8 +401,16 @@ impl Dedup {
 
 fn duplicate(existing: &Record, hash: &str, now: i64) -> Outcome {
     let ago = now.saturating_sub(existing.claimed_at);
-    let differs = if existing.payload_hash != hash { " (its payload differed)" } else { "" };
-    let by = if existing.event_id.is_empty() { String::new() } else { format!(" by event {}", existing.event_id) };
+    let differs = if existing.payload_hash != hash {
+        " (its payload differed)"
+    } else {
+        ""
+    };
+    let by = if existing.event_id.is_empty() {
+        String::new()
+    } else {
+        format!(" by event {}", existing.event_id)
+    };
     match existing.status {
         Status::Completed => Outcome::dropped(format!(
             "duplicate of {}: claimed {ago}s ago{by}{differs}, result {}",

@@ -46,7 +46,11 @@ fn db_error(path: &Path, e: &rusqlite::Error) -> StageError {
     let busy = matches!(e, rusqlite::Error::SqliteFailure(f, _)
         if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked));
     let message = format!("dedup store {}: {e}", path.display());
-    if busy { StageError::retryable(message).with_kind("Dedup.StoreBusy") } else { StageError::permanent(message) }
+    if busy {
+        StageError::retryable(message).with_kind("Dedup.StoreBusy")
+    } else {
+        StageError::permanent(message)
+    }
 }
 
 impl SqliteStore {
@@ -56,12 +60,21 @@ impl SqliteStore {
             std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
         let conn = Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(|e| e.to_string())?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| e.to_string())?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| e.to_string())?;
-        conn.execute_batch(SCHEMA).map_err(|e| format!("cannot create the dedup table in {}: {e}", path.display()))?;
-        conn.execute("DELETE FROM dedup WHERE expires <= ?1", [now]).map_err(|e| e.to_string())?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), path: path.to_owned(), claims: Arc::new(AtomicU32::new(0)) })
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(|e| e.to_string())?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| e.to_string())?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| e.to_string())?;
+        conn.execute_batch(SCHEMA)
+            .map_err(|e| format!("cannot create the dedup table in {}: {e}", path.display()))?;
+        conn.execute("DELETE FROM dedup WHERE expires <= ?1", [now])
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_owned(),
+            claims: Arc::new(AtomicU32::new(0)),
+        })
     }
 
     async fn blocking<T: Send + 'static>(
@@ -71,7 +84,9 @@ impl SqliteStore {
         let conn = self.conn.clone();
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().map_err(|_| StageError::permanent("dedup store connection poisoned"))?;
+            let mut guard = conn
+                .lock()
+                .map_err(|_| StageError::permanent("dedup store connection poisoned"))?;
             f(&mut guard).map_err(|e| db_error(&path, &e))
         })
         .await
@@ -129,7 +144,13 @@ impl DedupStore for SqliteStore {
         }))
     }
 
-    fn complete<'a>(&'a self, key: &'a str, owner: &'a str, result: &'a str, expires: i64) -> BoxFuture<'a, Result<(), StageError>> {
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        result: &'a str,
+        expires: i64,
+    ) -> BoxFuture<'a, Result<(), StageError>> {
         let (key, owner, result) = (key.to_owned(), owner.to_owned(), result.to_owned());
         Box::pin(self.blocking(move |conn| {
             conn.execute(
@@ -140,7 +161,13 @@ impl DedupStore for SqliteStore {
         }))
     }
 
-    fn fail<'a>(&'a self, key: &'a str, owner: &'a str, error: &'a str, expires: i64) -> BoxFuture<'a, Result<(), StageError>> {
+    fn fail<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        error: &'a str,
+        expires: i64,
+    ) -> BoxFuture<'a, Result<(), StageError>> {
         let (key, owner, error) = (key.to_owned(), owner.to_owned(), error.to_owned());
         Box::pin(self.blocking(move |conn| {
             conn.execute(
@@ -154,7 +181,11 @@ impl DedupStore for SqliteStore {
     fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFuture<'a, Result<(), StageError>> {
         let (key, owner) = (key.to_owned(), owner.to_owned());
         Box::pin(self.blocking(move |conn| {
-            conn.execute("DELETE FROM dedup WHERE key = ?1 AND owner = ?2", params![key, owner]).map(drop)
+            conn.execute(
+                "DELETE FROM dedup WHERE key = ?1 AND owner = ?2",
+                params![key, owner],
+            )
+            .map(drop)
         }))
     }
 }

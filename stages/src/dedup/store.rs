@@ -90,9 +90,21 @@ pub trait DedupStore: Send + Sync + fmt::Debug {
     /// Claims `record.key` with one conditional write (see the module docs).
     fn claim<'a>(&'a self, record: &'a Record, now: i64) -> BoxFuture<'a, Result<Claim, StageError>>;
     /// Marks the key completed with `result`, if `owner` still holds it.
-    fn complete<'a>(&'a self, key: &'a str, owner: &'a str, result: &'a str, expires: i64) -> BoxFuture<'a, Result<(), StageError>>;
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        result: &'a str,
+        expires: i64,
+    ) -> BoxFuture<'a, Result<(), StageError>>;
     /// Records a permanent failure, if `owner` still holds the key.
-    fn fail<'a>(&'a self, key: &'a str, owner: &'a str, error: &'a str, expires: i64) -> BoxFuture<'a, Result<(), StageError>>;
+    fn fail<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        error: &'a str,
+        expires: i64,
+    ) -> BoxFuture<'a, Result<(), StageError>>;
     /// Deletes the claim so a redelivered event can proceed, if `owner` still holds it.
     fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFuture<'a, Result<(), StageError>>;
 }
@@ -105,7 +117,10 @@ pub struct MemoryStore {
 
 impl MemoryStore {
     fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, Record>) -> T) -> Result<T, StageError> {
-        let mut guard = self.records.lock().map_err(|_| StageError::permanent("dedup memory store poisoned"))?;
+        let mut guard = self
+            .records
+            .lock()
+            .map_err(|_| StageError::permanent("dedup memory store poisoned"))?;
         Ok(f(&mut guard))
     }
 }
@@ -123,7 +138,13 @@ impl DedupStore for MemoryStore {
         })
     }
 
-    fn complete<'a>(&'a self, key: &'a str, owner: &'a str, result: &'a str, expires: i64) -> BoxFuture<'a, Result<(), StageError>> {
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        result: &'a str,
+        expires: i64,
+    ) -> BoxFuture<'a, Result<(), StageError>> {
         Box::pin(async move {
             self.with(|m| {
                 if let Some(r) = m.get_mut(key).filter(|r| r.owner == owner) {
@@ -135,7 +156,13 @@ impl DedupStore for MemoryStore {
         })
     }
 
-    fn fail<'a>(&'a self, key: &'a str, owner: &'a str, error: &'a str, expires: i64) -> BoxFuture<'a, Result<(), StageError>> {
+    fn fail<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        error: &'a str,
+        expires: i64,
+    ) -> BoxFuture<'a, Result<(), StageError>> {
         Box::pin(async move {
             self.with(|m| {
                 if let Some(r) = m.get_mut(key).filter(|r| r.owner == owner) {

@@ -17,7 +17,11 @@ struct Downstream {
 
 impl Downstream {
     fn new(outcome: Outcome) -> Arc<Self> {
-        Arc::new(Self { calls: AtomicUsize::new(0), outcome, delay: Duration::ZERO })
+        Arc::new(Self {
+            calls: AtomicUsize::new(0),
+            outcome,
+            delay: Duration::ZERO,
+        })
     }
 }
 
@@ -29,7 +33,9 @@ impl Stage for Downstream {
             match &self.outcome {
                 Outcome::Passed { context } => {
                     event.context_mut().extend(context.clone());
-                    Outcome::Passed { context: event.into_context() }
+                    Outcome::Passed {
+                        context: event.into_context(),
+                    }
                 }
                 other => other.clone(),
             }
@@ -38,7 +44,9 @@ impl Stage for Downstream {
 }
 
 fn started() -> Outcome {
-    Outcome::Passed { context: json!({"execution": "arn:exec:1"}).as_object().unwrap().clone() }
+    Outcome::Passed {
+        context: json!({"execution": "arn:exec:1"}).as_object().unwrap().clone(),
+    }
 }
 
 fn event(task: &str, revision: u32) -> Event {
@@ -54,7 +62,9 @@ fn event(task: &str, revision: u32) -> Event {
 }
 
 fn config(store: StoreConfig) -> DedupConfig {
-    toml::from_str::<DedupConfig>("").map(|c| DedupConfig { store, ..c }).unwrap()
+    toml::from_str::<DedupConfig>("")
+        .map(|c| DedupConfig { store, ..c })
+        .unwrap()
 }
 
 struct Fixture {
@@ -66,15 +76,27 @@ struct Fixture {
 
 async fn fixture(store: &str, downstream: Arc<Downstream>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)));
+    let clock = Arc::new(ManualClock::new(
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+    ));
     let cx = BuildContext::new(dir.path()).with_clock(clock.clone());
     let store = match store {
         "memory" => StoreConfig::Memory,
-        _ => StoreConfig::Local { path: "dedup.sqlite".into() },
+        _ => StoreConfig::Local {
+            path: "dedup.sqlite".into(),
+        },
     };
     let stage = config(store).build(&cx).await.unwrap();
-    let pipeline = Pipeline::from_stages("p", vec![("dedup".into(), stage), ("rest".into(), downstream.clone())]);
-    Fixture { pipeline, downstream, clock, _dir: dir }
+    let pipeline = Pipeline::from_stages(
+        "p",
+        vec![("dedup".into(), stage), ("rest".into(), downstream.clone())],
+    );
+    Fixture {
+        pipeline,
+        downstream,
+        clock,
+        _dir: dir,
+    }
 }
 
 const STORES: [&str; 2] = ["memory", "local"];
@@ -82,26 +104,37 @@ const STORES: [&str; 2] = ["memory", "local"];
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_identical_events_pass_exactly_once() {
     for store in STORES {
-        let down = Arc::new(Downstream { calls: AtomicUsize::new(0), outcome: started(), delay: Duration::from_millis(20) });
+        let down = Arc::new(Downstream {
+            calls: AtomicUsize::new(0),
+            outcome: started(),
+            delay: Duration::from_millis(20),
+        });
         let f = fixture(store, down).await;
         let mut handles = Vec::new();
         for i in 0..64 {
             let p = f.pipeline.clone();
-            handles.push(tokio::spawn(async move { p.run(event(&format!("t{}", i % 3), 7)).await }));
+            handles.push(tokio::spawn(async move {
+                p.run(event(&format!("t{}", i % 3), 7)).await
+            }));
         }
         let mut passed = 0;
         let mut in_progress = 0;
         for h in handles {
             match h.await.unwrap() {
                 Outcome::Passed { .. } => passed += 1,
-                Outcome::Failed { error, .. } if error.kind.as_deref() == Some("Dedup.InProgress") => in_progress += 1,
+                Outcome::Failed { error, .. } if error.kind.as_deref() == Some("Dedup.InProgress") => {
+                    in_progress += 1
+                }
                 Outcome::Dropped { reason, .. } => assert!(reason.starts_with("duplicate of"), "{reason}"),
                 other => panic!("{store}: {other}"),
             }
         }
         assert_eq!(passed, 1, "{store}");
         assert_eq!(f.downstream.calls.load(Ordering::SeqCst), 1, "{store}");
-        assert!(in_progress > 0, "{store}: duplicates during the first run report in-progress, retryable");
+        assert!(
+            in_progress > 0,
+            "{store}: duplicates during the first run report in-progress, retryable"
+        );
     }
 }
 
@@ -111,12 +144,23 @@ async fn completed_keys_block_until_ttl_and_new_revisions_pass() {
         let f = fixture(store, Downstream::new(started())).await;
         assert!(f.pipeline.run(event("a", 1)).await.is_passed());
         let dup = f.pipeline.run(event("b", 1)).await;
-        let Outcome::Dropped { stage, reason } = &dup else { panic!("{store}: {dup}") };
+        let Outcome::Dropped { stage, reason } = &dup else {
+            panic!("{store}: {dup}")
+        };
         assert_eq!(stage, "dedup");
-        assert!(reason.contains("result arn:exec:1") && reason.contains("by event evt-a-1"), "{reason}");
-        assert!(f.pipeline.run(event("c", 2)).await.is_passed(), "{store}: the next revision is a new deployment");
+        assert!(
+            reason.contains("result arn:exec:1") && reason.contains("by event evt-a-1"),
+            "{reason}"
+        );
+        assert!(
+            f.pipeline.run(event("c", 2)).await.is_passed(),
+            "{store}: the next revision is a new deployment"
+        );
         f.clock.advance(Duration::from_secs(86_400 + 1));
-        assert!(f.pipeline.run(event("d", 1)).await.is_passed(), "{store}: after the TTL the key is free");
+        assert!(
+            f.pipeline.run(event("d", 1)).await.is_passed(),
+            "{store}: after the TTL the key is free"
+        );
         assert_eq!(f.downstream.calls.load(Ordering::SeqCst), 3);
     }
 }
@@ -124,16 +168,30 @@ async fn completed_keys_block_until_ttl_and_new_revisions_pass() {
 #[tokio::test]
 async fn retryable_failure_releases_and_permanent_failure_is_recorded() {
     for store in STORES {
-        let f = fixture(store, Downstream::new(Outcome::failed(StageError::retryable("throttled")))).await;
+        let f = fixture(
+            store,
+            Downstream::new(Outcome::failed(StageError::retryable("throttled"))),
+        )
+        .await;
         assert!(f.pipeline.run(event("a", 1)).await.is_retryable());
-        assert!(f.pipeline.run(event("a", 1)).await.is_retryable(), "{store}: released, so the retry runs again");
+        assert!(
+            f.pipeline.run(event("a", 1)).await.is_retryable(),
+            "{store}: released, so the retry runs again"
+        );
         assert_eq!(f.downstream.calls.load(Ordering::SeqCst), 2);
 
-        let f = fixture(store, Downstream::new(Outcome::failed(StageError::permanent("bad input")))).await;
+        let f = fixture(
+            store,
+            Downstream::new(Outcome::failed(StageError::permanent("bad input"))),
+        )
+        .await;
         let first = f.pipeline.run(event("a", 1)).await;
         assert_eq!(first.stage(), Some("rest"));
         let again = f.pipeline.run(event("a", 1)).await;
-        assert!(format!("{again}").contains("failed permanently: rest: bad input"), "{store}: {again}");
+        assert!(
+            format!("{again}").contains("failed permanently: rest: bad input"),
+            "{store}: {again}"
+        );
         assert_eq!(f.downstream.calls.load(Ordering::SeqCst), 1);
     }
 }
@@ -142,9 +200,17 @@ async fn retryable_failure_releases_and_permanent_failure_is_recorded() {
 async fn abandoned_claims_expire_with_their_lease() {
     for store in STORES {
         let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)));
+        let clock = Arc::new(ManualClock::new(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        ));
         let cx = BuildContext::new(dir.path()).with_clock(clock.clone());
-        let cfg = config(if store == "memory" { StoreConfig::Memory } else { StoreConfig::Local { path: "d.sqlite".into() } });
+        let cfg = config(if store == "memory" {
+            StoreConfig::Memory
+        } else {
+            StoreConfig::Local {
+                path: "d.sqlite".into(),
+            }
+        });
         let stage = cfg.build(&cx).await.unwrap();
         // A claimer that "crashed": it claimed through the store and never completed.
         let crashed = Record {
@@ -167,13 +233,22 @@ async fn abandoned_claims_expire_with_their_lease() {
         } else {
             stage
         };
-        assert_eq!(store_impl.claim(&crashed, 1_700_000_000).await.unwrap(), Claim::Won);
+        assert_eq!(
+            store_impl.claim(&crashed, 1_700_000_000).await.unwrap(),
+            Claim::Won
+        );
         let down = Downstream::new(started());
         let p = Pipeline::from_stages("p", vec![("dedup".into(), stage), ("rest".into(), down.clone())]);
         let blocked = p.run(event("a", 1)).await;
-        assert!(blocked.is_retryable() && format!("{blocked}").contains("by event evt-crashed"), "{store}: {blocked}");
+        assert!(
+            blocked.is_retryable() && format!("{blocked}").contains("by event evt-crashed"),
+            "{store}: {blocked}"
+        );
         clock.advance(Duration::from_secs(301));
-        assert!(p.run(event("a", 1)).await.is_passed(), "{store}: the lease ran out, the retry takes over");
+        assert!(
+            p.run(event("a", 1)).await.is_passed(),
+            "{store}: the lease ran out, the retry takes over"
+        );
         assert_eq!(down.calls.load(Ordering::SeqCst), 1);
     }
 }
@@ -189,8 +264,13 @@ async fn downstream_drop_releases_the_key() {
 #[tokio::test]
 async fn a_missing_key_field_fails_that_event_clearly() {
     let f = fixture("memory", Downstream::new(started())).await;
-    let out = f.pipeline.run(Event::from_value(json!({"detail": {"group": "g"}}))).await;
-    let Outcome::Failed { error, .. } = out else { panic!() };
+    let out = f
+        .pipeline
+        .run(Event::from_value(json!({"detail": {"group": "g"}})))
+        .await;
+    let Outcome::Failed { error, .. } = out else {
+        panic!()
+    };
     assert!(!error.retryable);
     assert!(error.message.contains("detail.clusterArn"), "{}", error.message);
 }
@@ -201,14 +281,26 @@ fn config_round_trips_and_validates_key_fields() {
     let cfg: DedupConfig = toml::from_str(text).unwrap();
     let again: DedupConfig = toml::from_str(&toml::to_string(&cfg).unwrap()).unwrap();
     assert_eq!(again.store, cfg.store);
-    assert_eq!((again.ttl, again.lease), (Duration::from_secs(7200), Duration::from_secs(90)));
+    assert_eq!(
+        (again.ttl, again.lease),
+        (Duration::from_secs(7200), Duration::from_secs(90))
+    );
     assert_eq!(again.key.as_str(), "{detail.taskArn}");
 
-    let vcx = ValidateContext { base_dir: std::path::Path::new("."), pipelines: &[] };
+    let vcx = ValidateContext {
+        base_dir: std::path::Path::new("."),
+        pipelines: &[],
+    };
     assert!(cfg.validate(&vcx).is_empty());
     let bad: DedupConfig = toml::from_str("key = \"{detail.gruop}\"\nttl = \"1m\"").unwrap();
     let errors = bad.validate(&vcx);
     assert_eq!(errors.len(), 2, "{errors:?}");
-    assert!(errors[0].message.contains("no field \"detail.gruop\"; did you mean detail.group?"), "{}", errors[0].message);
+    assert!(
+        errors[0]
+            .message
+            .contains("no field \"detail.gruop\"; did you mean detail.group?"),
+        "{}",
+        errors[0].message
+    );
     assert_eq!(errors[1].field, "ttl");
 }

@@ -142,7 +142,10 @@ impl HealthProbe for Elbv2Probe {
                 .await
                 .map_err(|e| {
                     let mut error = aws_error("DescribeTargetHealth", &e);
-                    if matches!(error.kind.as_deref(), Some("TargetGroupNotFound" | "ValidationError")) {
+                    if matches!(
+                        error.kind.as_deref(),
+                        Some("TargetGroupNotFound" | "ValidationError")
+                    ) {
                         error.message = format!("field \"probe.target_group_arn\": {}", error.message);
                         error.kind = Some(format!("HealthCheck.{}", error.kind.unwrap_or_default()));
                     }
@@ -211,8 +214,16 @@ mod tests {
         let targets = recorded();
         let report = evaluate("tg/green", &targets, 100);
         assert!(!report.healthy);
-        assert!(report.reason.starts_with("1 of 3 targets healthy (33 %"), "{}", report.reason);
-        assert!(report.reason.contains("i-0f76fade unhealthy (Target.ResponseCodeMismatch)"));
+        assert!(
+            report.reason.starts_with("1 of 3 targets healthy (33 %"),
+            "{}",
+            report.reason
+        );
+        assert!(
+            report
+                .reason
+                .contains("i-0f76fade unhealthy (Target.ResponseCodeMismatch)")
+        );
         assert!(report.reason.contains("i-0123456789abcdef0 initial"));
         assert_eq!(report.checks.len(), 4, "every target is reported, draining too");
         assert!(evaluate("tg/green", &targets, 33).healthy);

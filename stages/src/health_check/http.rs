@@ -87,7 +87,9 @@ fn parse_statuses(text: &str) -> Result<Vec<(u16, u16)>, String> {
                 .parse::<u16>()
                 .ok()
                 .filter(|c| (100..=599).contains(c))
-                .ok_or_else(|| format!("\"{part}\" is not a status code or range (e.g. \"200-299\" or \"200,204\")"))
+                .ok_or_else(|| {
+                    format!("\"{part}\" is not a status code or range (e.g. \"200-299\" or \"200,204\")")
+                })
         };
         let (lo, hi) = (parse(lo)?, parse(hi)?);
         if lo > hi {
@@ -143,7 +145,8 @@ impl HttpProbeConfig {
             return Err(BuildError::Field(e));
         }
         Ok(HttpProbe {
-            statuses: parse_statuses(&self.expect_status).map_err(|e| BuildError::field("probe.expect_status", e))?,
+            statuses: parse_statuses(&self.expect_status)
+                .map_err(|e| BuildError::field("probe.expect_status", e))?,
             config: self.clone(),
             clock: cx.clock(),
         })
@@ -198,10 +201,7 @@ impl HttpProbe {
             Ok(Ok((status, body))) => {
                 let mut error = None;
                 if !self.statuses.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status)) {
-                    error = Some(format!(
-                        "status {status} is not in {}",
-                        self.config.expect_status
-                    ));
+                    error = Some(format!("status {status} is not in {}", self.config.expect_status));
                 } else if let Some(needle) = &self.config.body_contains
                     && !body.contains(needle.as_str())
                 {
@@ -221,9 +221,10 @@ impl HttpProbe {
     async fn get(&self, uri: &Uri) -> Result<(u16, String), String> {
         let host = uri.host().ok_or("the URL has no host")?;
         let port = uri.port_u16().unwrap_or(80);
-        let stream = tokio::net::TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port))
-            .await
-            .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+        let stream =
+            tokio::net::TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port))
+                .await
+                .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("HTTP handshake: {e}"))?;
@@ -305,11 +306,10 @@ impl HttpProbe {
 impl HealthProbe for HttpProbe {
     fn check<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<HealthReport, StageError>> {
         Box::pin(async move {
-            let url = self
-                .config
-                .url
-                .render(event)
-                .map_err(|e| StageError::permanent(format!("field \"probe.url\": {e}")).with_kind("HealthCheck.InvalidInput"))?;
+            let url = self.config.url.render(event).map_err(|e| {
+                StageError::permanent(format!("field \"probe.url\": {e}"))
+                    .with_kind("HealthCheck.InvalidInput")
+            })?;
             let uri = url
                 .parse::<Uri>()
                 .ok()
@@ -349,7 +349,9 @@ mod tests {
         let script = Arc::new(Mutex::new(VecDeque::from(script)));
         tokio::spawn(async move {
             loop {
-                let Ok((mut socket, _)) = listener.accept().await else { return };
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
                 let reply = {
                     let mut s = script.lock().unwrap();
                     if s.len() > 1 { s.pop_front().unwrap() } else { s[0] }
@@ -406,7 +408,11 @@ mod tests {
         assert!(report.healthy, "{report:?}");
         assert_eq!(report.checks.len(), 3);
         assert_eq!(report.checks[0]["status"], json!(200));
-        assert_eq!(elapsed(&c), Duration::from_secs(2), "two 1 s intervals on the pipeline clock");
+        assert_eq!(
+            elapsed(&c),
+            Duration::from_secs(2),
+            "two 1 s intervals on the pipeline clock"
+        );
     }
 
     #[tokio::test]
@@ -415,7 +421,11 @@ mod tests {
         let report = check(addr, "", clock()).await;
         assert!(!report.healthy);
         assert_eq!(report.checks.len(), 2);
-        assert!(report.reason.contains("status 500 is not in 200-299"), "{}", report.reason);
+        assert!(
+            report.reason.contains("status 500 is not in 200-299"),
+            "{}",
+            report.reason
+        );
     }
 
     #[tokio::test]
@@ -423,7 +433,11 @@ mod tests {
         let addr = server(vec![Reply::Hang]).await;
         let report = check(addr, "timeout = \"200ms\"", clock()).await;
         assert!(!report.healthy);
-        assert!(report.reason.contains("no answer within 200ms"), "{}", report.reason);
+        assert!(
+            report.reason.contains("no answer within 200ms"),
+            "{}",
+            report.reason
+        );
     }
 
     #[tokio::test]
@@ -431,8 +445,17 @@ mod tests {
         let addr = server(vec![Reply::Close]).await;
         let report = check(addr, "", clock()).await;
         assert!(!report.healthy);
-        assert!(report.checks[0]["error"].as_str().unwrap().contains("request failed"), "{report:?}");
-        let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        assert!(
+            report.checks[0]["error"]
+                .as_str()
+                .unwrap()
+                .contains("request failed"),
+            "{report:?}"
+        );
+        let nobody = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let report = check(nobody, "", clock()).await;
         assert!(report.reason.contains("cannot connect"), "{}", report.reason);
     }
@@ -440,14 +463,35 @@ mod tests {
     #[tokio::test]
     async fn a_failure_resets_the_pass_count() {
         use Reply::Status as S;
-        let addr = server(vec![S(200, ""), S(200, ""), S(503, ""), S(200, ""), S(200, ""), S(200, "")]).await;
+        let addr = server(vec![
+            S(200, ""),
+            S(200, ""),
+            S(503, ""),
+            S(200, ""),
+            S(200, ""),
+            S(200, ""),
+        ])
+        .await;
         let report = check(addr, "", clock()).await;
         assert!(report.healthy);
         assert_eq!(report.checks.len(), 6, "2 passes, a failure, then 3 passes");
-        let addr = server(vec![S(200, ""), S(503, ""), S(200, ""), S(503, ""), S(200, ""), S(503, ""), S(200, "")]).await;
+        let addr = server(vec![
+            S(200, ""),
+            S(503, ""),
+            S(200, ""),
+            S(503, ""),
+            S(200, ""),
+            S(503, ""),
+            S(200, ""),
+        ])
+        .await;
         let report = check(addr, "max_checks = 6", clock()).await;
         assert!(!report.healthy);
-        assert!(report.reason.starts_with("no verdict after 6 checks"), "{}", report.reason);
+        assert!(
+            report.reason.starts_with("no verdict after 6 checks"),
+            "{}",
+            report.reason
+        );
     }
 
     #[tokio::test]
@@ -456,8 +500,17 @@ mod tests {
         let report = check(addr, "expect_status = \"200\"\nunhealthy_threshold = 1", clock()).await;
         assert!(!report.healthy);
         let addr = server(vec![Reply::Status(200, "starting")]).await;
-        let report = check(addr, "body_contains = \"ready\"\nunhealthy_threshold = 1", clock()).await;
-        assert!(report.reason.contains("does not contain \"ready\""), "{}", report.reason);
+        let report = check(
+            addr,
+            "body_contains = \"ready\"\nunhealthy_threshold = 1",
+            clock(),
+        )
+        .await;
+        assert!(
+            report.reason.contains("does not contain \"ready\""),
+            "{}",
+            report.reason
+        );
 
         let addr = server(vec![Reply::Status(200, "")]).await;
         let p = probe("url = \"{endpoint}/health\"\nhealthy_threshold = 1", clock());

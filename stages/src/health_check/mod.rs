@@ -211,7 +211,11 @@ mod tests {
             panic!("expected a pass")
         };
         assert_eq!(context["health"]["State"], json!("healthy"));
-        let out = run(Fixed(Err(StageError::retryable("throttled").with_kind("Throttling"))), None).await;
+        let out = run(
+            Fixed(Err(StageError::retryable("throttled").with_kind("Throttling"))),
+            None,
+        )
+        .await;
         assert!(out.is_retryable());
     }
 
@@ -248,20 +252,38 @@ mod tests {
     fn bad_configs_name_the_field() {
         for (text, field) in [
             ("probe = { type = \"http\", url = \"https://x/\" }", "probe.url"),
-            ("probe = { type = \"http\", url = \"http://x/\", expect_status = \"2xx\" }", "probe.expect_status"),
-            ("probe = { type = \"http\", url = \"http://x/\", healthy_threshold = 0 }", "probe.healthy_threshold"),
-            ("probe = { type = \"http\", url = \"http://x/\", healthy_threshold = 5, max_checks = 3 }", "probe.max_checks"),
-            ("probe = { type = \"elbv2\", target_group_arn = \"tg\", min_healthy_percent = 101 }", "probe.min_healthy_percent"),
+            (
+                "probe = { type = \"http\", url = \"http://x/\", expect_status = \"2xx\" }",
+                "probe.expect_status",
+            ),
+            (
+                "probe = { type = \"http\", url = \"http://x/\", healthy_threshold = 0 }",
+                "probe.healthy_threshold",
+            ),
+            (
+                "probe = { type = \"http\", url = \"http://x/\", healthy_threshold = 5, max_checks = 3 }",
+                "probe.max_checks",
+            ),
+            (
+                "probe = { type = \"elbv2\", target_group_arn = \"tg\", min_healthy_percent = 101 }",
+                "probe.min_healthy_percent",
+            ),
         ] {
             let cfg: HealthCheckConfig = toml::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"));
             let errors = cfg.validate(&ValidateContext {
                 base_dir: std::path::Path::new("."),
                 pipelines: &[],
             });
-            assert_eq!(errors.first().map(|e| e.field.as_str()), Some(field), "{text}: {errors:?}");
+            assert_eq!(
+                errors.first().map(|e| e.field.as_str()),
+                Some(field),
+                "{text}: {errors:?}"
+            );
         }
-        let err = toml::from_str::<HealthCheckConfig>("probe = { type = \"http\", url = \"http://x/\", tiemout = \"1s\" }")
-            .unwrap_err();
+        let err = toml::from_str::<HealthCheckConfig>(
+            "probe = { type = \"http\", url = \"http://x/\", tiemout = \"1s\" }",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("tiemout"), "{err}");
     }
 }

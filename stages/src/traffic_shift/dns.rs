@@ -3,9 +3,9 @@
 //! weights, as Route 53 does for the seed's weighted records.
 //!
 //! It answers `A` (and `AAAA`) queries for each served record with blue's or green's addresses
-//! as [`WeightStore::pick`] decides, NXDOMAIN for other names in the zone, and REFUSED for
-//! names outside it; every answer is authoritative, over UDP and TCP on the same port. The
-//! protocol work (framing, truncation, TCP timeouts) is `hickory-server`'s.
+//! as [`WeightStore::pick`] decides, NXDOMAIN for other names in the zone (no data at the
+//! apex), and REFUSED for names outside it; every answer is authoritative, over UDP and TCP on
+//! the same port. The protocol work (framing, truncation, TCP timeouts) is `hickory-server`'s.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -74,9 +74,7 @@ impl LocalDnsServer {
 
         let zones = Arc::new(Zones::default());
         zones.add(store);
-        let mut server = hickory_server::Server::new(Handler {
-            zones: zones.clone(),
-        });
+        let mut server = hickory_server::Server::new(Handler { zones: zones.clone() });
         server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(5), 64);
         let (stop, stopped) = oneshot::channel::<()>();
@@ -161,7 +159,10 @@ impl Drop for LocalDnsServer {
 
 impl Zones {
     fn add(&self, store: Arc<WeightStore>) {
-        let mut stores = self.stores.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut stores = self
+            .stores
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         stores.retain(|s| s.spec().record != store.spec().record);
         stores.push(store);
     }
@@ -169,7 +170,10 @@ impl Zones {
     /// The answer to one question: a response code and the records.
     fn answer(&self, name: &LowerName, rtype: RecordType) -> (ResponseCode, Vec<Record>) {
         let text = super::local::normalise(&name.to_string());
-        let stores = self.stores.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let stores = self
+            .stores
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(store) = stores.iter().find(|s| s.spec().record == text) {
             if !matches!(rtype, RecordType::A | RecordType::AAAA | RecordType::ANY) {
                 return (ResponseCode::NoError, Vec::new());
@@ -191,9 +195,13 @@ impl Zones {
                 .collect();
             return (ResponseCode::NoError, records);
         }
+        // The apex exists (it would hold the SOA), so it has no data rather than no name.
+        if stores.iter().any(|s| text == s.spec().zone) {
+            return (ResponseCode::NoError, Vec::new());
+        }
         let in_zone = stores
             .iter()
-            .any(|s| text == s.spec().zone || text.ends_with(&format!(".{}", s.spec().zone)));
+            .any(|s| text.ends_with(&format!(".{}", s.spec().zone)));
         if in_zone {
             (ResponseCode::NXDomain, Vec::new())
         } else {
@@ -283,7 +291,10 @@ mod tests {
         assert!(a.metadata.authoritative);
         assert_eq!(a.metadata.response_code, ResponseCode::NoError);
         assert_eq!(a.answers.len(), 1);
-        assert_eq!(a.answers[0].data, RData::from("127.0.0.2".parse::<IpAddr>().unwrap()));
+        assert_eq!(
+            a.answers[0].data,
+            RData::from("127.0.0.2".parse::<IpAddr>().unwrap())
+        );
         assert_eq!(a.answers[0].ttl, 5);
         let aaaa = ask(addr, "www.catsndogs.lol.", RecordType::AAAA).await;
         assert_eq!(aaaa.answers.len(), 1);
@@ -292,6 +303,29 @@ mod tests {
         assert_eq!(other.metadata.response_code, ResponseCode::NXDomain);
         let outside = ask(addr, "example.com.", RecordType::A).await;
         assert_eq!(outside.metadata.response_code, ResponseCode::Refused);
+        let apex = ask(addr, "catsndogs.lol.", RecordType::A).await;
+        assert_eq!(apex.metadata.response_code, ResponseCode::NoError);
+        assert!(apex.answers.is_empty());
+
+        // The same answer over TCP (two-byte length prefix), as `dig +tcp` asks.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut query = Message::new(9, MessageType::Query, OpCode::Query);
+        query.add_query(Query::query("www.catsndogs.lol.".parse().unwrap(), RecordType::A));
+        let bytes = query.to_vec().unwrap();
+        tcp.write_all(&u16::try_from(bytes.len()).unwrap().to_be_bytes())
+            .await
+            .unwrap();
+        tcp.write_all(&bytes).await.unwrap();
+        let len = usize::from(tcp.read_u16().await.unwrap());
+        let mut buf = vec![0u8; len];
+        tcp.read_exact(&mut buf).await.unwrap();
+        let over_tcp = Message::from_vec(&buf).unwrap();
+        assert_eq!(over_tcp.metadata.id, 9);
+        assert_eq!(
+            over_tcp.answers[0].data,
+            RData::from("127.0.0.2".parse::<IpAddr>().unwrap())
+        );
         server.shutdown().await;
     }
 
@@ -318,14 +352,24 @@ mod tests {
         let second = LocalDnsServer::shared(addr, api).unwrap();
         assert!(Arc::ptr_eq(&first, &second));
         let www = ask(addr, "www.catsndogs.lol.", RecordType::A).await;
-        assert_eq!(www.answers[0].data, RData::from("127.0.0.1".parse::<IpAddr>().unwrap()));
+        assert_eq!(
+            www.answers[0].data,
+            RData::from("127.0.0.1".parse::<IpAddr>().unwrap())
+        );
         let api = ask(addr, "api.catsndogs.lol.", RecordType::A).await;
-        assert_eq!(api.answers[0].data, RData::from("127.0.0.2".parse::<IpAddr>().unwrap()));
+        assert_eq!(
+            api.answers[0].data,
+            RData::from("127.0.0.2".parse::<IpAddr>().unwrap())
+        );
         first.shutdown().await;
     }
 
     fn free_port() -> u16 {
-        std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
     }
 
     async fn greens(addr: SocketAddr, queries: usize) -> usize {
@@ -354,11 +398,14 @@ mod tests {
         );
         let config: Box<dyn StageConfig> = toml::from_str(&text).unwrap();
         let cx = BuildContext::new(dir.path());
-        let pipeline = Pipeline::from_stages("canary", vec![("shift".into(), config.build(&cx).await.unwrap())]);
+        let pipeline =
+            Pipeline::from_stages("canary", vec![("shift".into(), config.build(&cx).await.unwrap())]);
 
         const QUERIES: usize = 400;
         for green in [0usize, 10, 50, 100] {
-            let out = pipeline.run(Event::from_value(serde_json::json!({ "weight": green }))).await;
+            let out = pipeline
+                .run(Event::from_value(serde_json::json!({ "weight": green })))
+                .await;
             assert!(out.is_passed(), "{out}");
             let seen = greens(addr, QUERIES).await;
             match green {
@@ -366,7 +413,10 @@ mod tests {
                 100 => assert_eq!(seen, QUERIES),
                 _ => {
                     let expected = QUERIES * green / 100;
-                    assert!(seen.abs_diff(expected) <= QUERIES / 20, "{green} %: {seen} of {QUERIES} green");
+                    assert!(
+                        seen.abs_diff(expected) <= QUERIES / 20,
+                        "{green} %: {seen} of {QUERIES} green"
+                    );
                 }
             }
         }

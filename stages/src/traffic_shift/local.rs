@@ -249,7 +249,9 @@ impl WeightStore {
             green: weights.green,
             change,
         };
-        let tmp = self.path.with_extension(format!("json.tmp{}", std::process::id()));
+        let tmp = self
+            .path
+            .with_extension(format!("json.tmp{}", std::process::id()));
         fs::write(&tmp, serde_json::to_vec_pretty(&file).map_err(io::Error::other)?)?;
         fs::rename(&tmp, &self.path)?;
         state.weights = weights;
@@ -279,7 +281,9 @@ impl WeightStore {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn reload_if_changed(&self) -> io::Result<()> {
@@ -399,7 +403,11 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(leftovers, vec![std::ffi::OsString::from("w.json")], "no temp files left");
+        assert_eq!(
+            leftovers,
+            vec![std::ffi::OsString::from("w.json")],
+            "no temp files left"
+        );
     }
 
     #[test]

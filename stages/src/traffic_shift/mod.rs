@@ -10,7 +10,9 @@
 //! - `route53` ([`route53`]): both weighted records UPSERTed in one change batch, `GetChange`
 //!   polled until `INSYNC`, then the records read back and compared;
 //! - `local` ([`local`]): the embedded default, weights kept in a small JSON file in the data
-//!   directory and answered by an authoritative DNS server ([`dns::LocalDnsServer`]).
+//!   directory and answered by an authoritative DNS server ([`dns::LocalDnsServer`]);
+//! - `alb` ([`alb`]): an ALB listener forwarding to blue's and green's target groups with the
+//!   two weights (no DNS caching in the way).
 //!
 //! ```toml
 //! [[pipelines.canary.stages]]
@@ -23,6 +25,7 @@
 //! `TrafficShift.NotInSync` (the Step Functions error name), weights that read back wrong with
 //! `TrafficShift.NotApplied`, a bad input weight with `TrafficShift.InvalidWeight`.
 
+pub mod alb;
 pub mod dns;
 pub mod local;
 pub mod route53;
@@ -37,6 +40,7 @@ use cutover_core::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use self::alb::AlbRouterConfig;
 use self::local::LocalRouterConfig;
 use self::route53::Route53RouterConfig;
 
@@ -56,8 +60,8 @@ pub const INVALID_WEIGHT: &str = "TrafficShift.InvalidWeight";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrafficShiftConfig {
-    /// Where the weights are set: `{ type = "local", … }` (embedded DNS server) or
-    /// `{ type = "route53", … }`.
+    /// Where the weights are set: `{ type = "local", … }` (embedded DNS server),
+    /// `{ type = "route53", … }` or `{ type = "alb", … }`.
     pub router: RouterConfig,
     /// A fixed green weight, 0–100 (blue gets `100 - weight`). When absent, the weight is read
     /// from the event at `weight_field`.
@@ -85,6 +89,8 @@ pub enum RouterConfig {
     Route53(Route53RouterConfig),
     /// The embedded weighted zone and DNS server.
     Local(LocalRouterConfig),
+    /// An ALB listener forwarding to two weighted target groups.
+    Alb(AlbRouterConfig),
 }
 
 /// Blue and green weights.
@@ -138,6 +144,7 @@ impl StageConfig for TrafficShiftConfig {
             let router: Arc<dyn TrafficRouter> = match &self.router {
                 RouterConfig::Route53(c) => Arc::new(c.build(cx).await?),
                 RouterConfig::Local(c) => Arc::new(c.build(cx)?),
+                RouterConfig::Alb(c) => Arc::new(c.build(cx).await),
             };
             let source = match self.weight {
                 Some(w) => WeightSource::Fixed(Weights::green(u8::try_from(w).unwrap_or(100))),
@@ -176,6 +183,7 @@ impl TrafficShiftConfig {
         match &self.router {
             RouterConfig::Route53(c) => errors.extend(c.validate()),
             RouterConfig::Local(c) => errors.extend(c.validate()),
+            RouterConfig::Alb(c) => errors.extend(c.validate()),
         }
         errors
     }
@@ -314,7 +322,13 @@ mod tests {
         }
 
         fn weights(&self) -> BoxFuture<'_, Result<Weights, StageError>> {
-            let last = self.set.lock().unwrap().last().copied().unwrap_or(Weights::green(0));
+            let last = self
+                .set
+                .lock()
+                .unwrap()
+                .last()
+                .copied()
+                .unwrap_or(Weights::green(0));
             Box::pin(std::future::ready(Ok(last)))
         }
     }
@@ -330,7 +344,11 @@ mod tests {
     #[tokio::test]
     async fn reads_the_weight_from_the_task_input_and_reports_the_shift() {
         let router = Arc::new(FakeRouter::default());
-        let s = stage(router.clone(), WeightSource::Field("weight".parse().unwrap()), None);
+        let s = stage(
+            router.clone(),
+            WeightSource::Field("weight".parse().unwrap()),
+            None,
+        );
         let out = run(&s, json!({"weight": 10})).await;
         assert_eq!(
             out,
@@ -343,7 +361,10 @@ mod tests {
         );
         let out = run(&s, json!({"weight": "50"})).await;
         assert!(out.is_passed());
-        assert_eq!(*router.set.lock().unwrap(), vec![Weights::green(10), Weights::green(50)]);
+        assert_eq!(
+            *router.set.lock().unwrap(),
+            vec![Weights::green(10), Weights::green(50)]
+        );
     }
 
     #[tokio::test]
@@ -360,7 +381,11 @@ mod tests {
     #[tokio::test]
     async fn bad_weights_are_permanent_failures_naming_the_field() {
         let router = Arc::new(FakeRouter::default());
-        let s = stage(router.clone(), WeightSource::Field("input.weight".parse().unwrap()), None);
+        let s = stage(
+            router.clone(),
+            WeightSource::Field("input.weight".parse().unwrap()),
+            None,
+        );
         for input in [
             json!({"input": {"weight": 101}}),
             json!({"input": {"weight": -1}}),
@@ -376,7 +401,10 @@ mod tests {
             assert_eq!(error.kind.as_deref(), Some(INVALID_WEIGHT));
             assert!(error.message.contains("input.weight"), "{}", error.message);
         }
-        assert!(router.set.lock().unwrap().is_empty(), "nothing may be shifted on bad input");
+        assert!(
+            router.set.lock().unwrap().is_empty(),
+            "nothing may be shifted on bad input"
+        );
     }
 
     #[tokio::test]
@@ -422,6 +450,7 @@ mod tests {
         for text in [
             "router = { type = \"local\", zone = \"catsndogs.lol\", record = \"www.catsndogs.lol\", blue = \"127.0.0.1\", green = [\"127.0.0.2\", \"::2\"], listen = \"127.0.0.1:5353\", ttl = \"5s\" }",
             "weight = 10\nresult_key = \"traffic\"\nrouter = { type = \"local\", zone = \"catsndogs.lol\", record = \"www.catsndogs.lol\", blue = \"127.0.0.1\", green = \"127.0.0.2\", serve = false, state_file = \"/tmp/w.json\" }",
+            "router = { type = \"alb\", listener_arn = \"arn:aws:elasticloadbalancing:us-east-1:123456789012:listener/app/c/1/2\", blue_target_group = \"arn:tg/blue\", green_target_group = \"arn:tg/green\" }",
             "weight_field = \"input.weight\"\n[router]\ntype = \"route53\"\nhosted_zone_id = \"Z0123\"\nrecord = \"www.catsndogs.lol\"\nttl = \"1m\"\nsync_timeout = \"2m\"\nblue = { set_identifier = \"blue\", alias = { dns_name = \"blue-123.us-east-1.elb.amazonaws.com\", hosted_zone_id = \"Z35SXDOTRQ7X7K\", evaluate_target_health = true } }\ngreen = { set_identifier = \"green\", values = [\"192.0.2.10\"], type = \"A\" }",
         ] {
             let cfg: TrafficShiftConfig = toml::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"));

@@ -266,7 +266,12 @@ impl RecordApi for SdkRecordApi {
                 } else {
                     set = set.ttl(change.ttl);
                     for value in &target.values {
-                        set = set.resource_records(ResourceRecord::builder().value(value).build().map_err(build_error)?);
+                        set = set.resource_records(
+                            ResourceRecord::builder()
+                                .value(value)
+                                .build()
+                                .map_err(build_error)?,
+                        );
                     }
                 }
                 changes.push(
@@ -364,7 +369,11 @@ impl RecordApi for SdkRecordApi {
                         weight: set.weight(),
                     });
                 }
-                match (page.is_truncated(), page.next_record_name(), page.next_record_type()) {
+                match (
+                    page.is_truncated(),
+                    page.next_record_name(),
+                    page.next_record_type(),
+                ) {
                     (true, Some(name), Some(rtype)) if !past => {
                         next = Some((
                             name.to_owned(),
@@ -408,7 +417,9 @@ impl Route53Router {
                 ))
                 .with_kind(NOT_IN_SYNC));
             }
-            self.clock.sleep(delay.min(self.config.sync_timeout - waited)).await;
+            self.clock
+                .sleep(delay.min(self.config.sync_timeout - waited))
+                .await;
             delay = (delay * 2).min(self.config.max_poll_interval.max(self.config.poll_interval));
             status = self.api.change_status(change_id.to_owned()).await?;
             polls += 1;
@@ -526,11 +537,21 @@ mod tests {
 
         fn change_status(&self, _id: String) -> BoxFuture<'_, Result<String, StageError>> {
             *self.polls.lock().unwrap() += 1;
-            let next = self.statuses.lock().unwrap().pop_front().unwrap_or_else(|| "PENDING".into());
+            let next = self
+                .statuses
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or_else(|| "PENDING".into());
             Box::pin(std::future::ready(Ok(next)))
         }
 
-        fn list(&self, _z: String, record: String, _t: String) -> BoxFuture<'_, Result<Vec<ObservedRecord>, StageError>> {
+        fn list(
+            &self,
+            _z: String,
+            record: String,
+            _t: String,
+        ) -> BoxFuture<'_, Result<Vec<ObservedRecord>, StageError>> {
             let sets = self
                 .applied
                 .lock()
@@ -562,7 +583,11 @@ mod tests {
     #[tokio::test]
     async fn polls_pending_until_insync_with_backoff() {
         let api = Arc::new(ScriptedApi {
-            statuses: Mutex::new(["PENDING", "PENDING", "PENDING", "INSYNC"].map(String::from).into()),
+            statuses: Mutex::new(
+                ["PENDING", "PENDING", "PENDING", "INSYNC"]
+                    .map(String::from)
+                    .into(),
+            ),
             ..ScriptedApi::default()
         });
         let (router, clock) = router(api.clone());
@@ -628,11 +653,89 @@ mod tests {
 
     #[test]
     fn explained_errors_name_the_field() {
-        let e = explain(StageError::permanent("ChangeResourceRecordSets: no zone").with_kind("NoSuchHostedZone"));
-        assert!(e.message.starts_with("field \"router.hosted_zone_id\""), "{}", e.message);
+        let e =
+            explain(StageError::permanent("ChangeResourceRecordSets: no zone").with_kind("NoSuchHostedZone"));
+        assert!(
+            e.message.starts_with("field \"router.hosted_zone_id\""),
+            "{}",
+            e.message
+        );
         assert_eq!(e.kind.as_deref(), Some("TrafficShift.NoSuchHostedZone"));
         let throttled = explain(StageError::retryable("slow down").with_kind("Throttling"));
         assert!(throttled.retryable);
         assert_eq!(throttled.kind.as_deref(), Some("Throttling"));
+    }
+
+    /// Answers every request with Route 53's throttling error; counts the requests.
+    async fn throttling_server() -> (String, Arc<std::sync::atomic::AtomicU32>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let count = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let seen = count.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut data = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let Ok(n) = socket.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        data.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&data).to_ascii_lowercase();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let length = text
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            if data.len() >= end + 4 + length {
+                                break;
+                            }
+                        }
+                    }
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let body = "<?xml version=\"1.0\"?>\n<ErrorResponse xmlns=\"https://route53.amazonaws.com/doc/2013-04-01/\"><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error><RequestId>r-1</RequestId></ErrorResponse>";
+                    let response = format!(
+                        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        (url, count)
+    }
+
+    #[tokio::test]
+    async fn persistent_throttling_is_retried_then_a_retryable_error() {
+        let (url, requests) = throttling_server().await;
+        let cx = BuildContext::new("unused").with_aws(cutover_core::AwsSettings {
+            max_attempts: Some(2),
+            ..cutover_core::AwsSettings::emulator(url)
+        });
+        let api = SdkRecordApi::new(aws_sdk_route53::Client::new(cx.aws_config().await));
+        let cfg = config();
+        let err = api
+            .upsert(WeightedChange {
+                hosted_zone_id: "Z1".into(),
+                record: cfg.record.clone(),
+                ttl: 60,
+                records: vec![(cfg.blue.clone(), 90), (cfg.green.clone(), 10)],
+            })
+            .await
+            .unwrap_err();
+        assert!(err.retryable, "{err:?}");
+        assert_eq!(err.kind.as_deref(), Some("Throttling"));
+        assert_eq!(
+            requests.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "the SDK retried with backoff first"
+        );
     }
 }

@@ -1,0 +1,274 @@
+//! The embedded engine: `cutover-asl` running a definition file, its Task resources served by
+//! pipelines, executions persisted in the data directory (`executions/`, one JSON file each) so
+//! a restarted process resumes them from their last completed state.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use cutover_asl::{
+    Definition, Engine, ExecutionStatus, ExecutionStore, FileStore, TaskContext, TaskFailure, TaskHandler,
+};
+use cutover_core::{
+    Background, BoxFuture, BuildContext, BuildError, Clock, Event, FieldError, Outcome, Pipeline, StageError,
+    ValidateContext,
+};
+use serde_json::Value;
+
+use super::{Resource, Started, StateMachineEngine};
+
+/// The core clock seen through the engine's clock trait, so the engine runs on the same
+/// (possibly virtual or accelerated) time as every stage.
+#[derive(Debug, Clone)]
+pub struct CoreClock(pub Arc<dyn Clock>);
+
+impl cutover_asl::Clock for CoreClock {
+    fn now(&self) -> SystemTime {
+        self.0.now()
+    }
+
+    fn sleep(&self, d: Duration) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        self.0.sleep(d)
+    }
+}
+
+/// Serves Task resources with pipelines: the Task input is the event, the passed context the
+/// output; a drop or failure fails the Task with the stage's error kind as the error name.
+#[derive(Debug, Clone, Default)]
+pub struct PipelineTasks {
+    handlers: HashMap<String, Pipeline>,
+}
+
+impl PipelineTasks {
+    /// Serves `resource` with `pipeline`.
+    pub fn insert(&mut self, resource: impl Into<String>, pipeline: Pipeline) {
+        self.handlers.insert(resource.into(), pipeline);
+    }
+}
+
+impl TaskHandler for PipelineTasks {
+    fn invoke<'a>(
+        &'a self,
+        resource: &'a str,
+        input: Value,
+        _cx: TaskContext<'a>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, TaskFailure>> + Send + 'a>> {
+        Box::pin(async move {
+            let Some(pipeline) = self.handlers.get(resource) else {
+                return Err(TaskFailure::new(
+                    "States.TaskFailed",
+                    format!("no handler is mapped to resource {resource}"),
+                ));
+            };
+            match pipeline.run(Event::from_value(input)).await {
+                Outcome::Passed { context } => Ok(Value::Object(context)),
+                Outcome::Dropped { stage, reason } => Err(TaskFailure::new(
+                    "Cutover.Dropped",
+                    format!("{}: dropped by {stage}: {reason}", pipeline.name()),
+                )),
+                Outcome::Failed { stage, error } => Err(TaskFailure::new(
+                    error.kind.clone().unwrap_or_else(|| "States.TaskFailed".into()),
+                    format!("{}: {stage}: {}", pipeline.name(), error.message),
+                )),
+            }
+        })
+    }
+}
+
+/// Runs executions of one definition on the embedded engine.
+#[derive(Debug, Clone)]
+pub struct LocalEngine {
+    engine: Engine,
+    definition: Arc<Definition>,
+    store: Arc<FileStore>,
+    background: Background,
+    wait: bool,
+}
+
+fn read_definition(path: &Path) -> Result<Definition, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(|n| n.trim_end_matches(".json").trim_end_matches(".asl"))
+        .unwrap_or("state-machine");
+    Definition::parse(&text)
+        .map(|d| d.with_name(name))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+pub(super) fn validate(
+    cx: &ValidateContext<'_>,
+    definition: &Path,
+    resources: &BTreeMap<String, Resource>,
+) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let def = match read_definition(&cx.base_dir.join(definition)) {
+        Ok(d) => d,
+        Err(m) => return vec![FieldError::new("engine.definition", m)],
+    };
+    for resource in def.task_resources() {
+        if !resources.contains_key(&resource) {
+            errors.push(FieldError::new(
+                "engine.resources",
+                format!("the definition's Task resource {resource:?} is not mapped: add it with a pipeline name or a stage table"),
+            ));
+        }
+    }
+    for (resource, target) in resources {
+        match target {
+            Resource::Pipeline(name) if !cx.pipelines.iter().any(|p| p == name) => {
+                errors.push(FieldError::new(
+                    format!("engine.resources.{resource:?}"),
+                    format!(
+                        "no pipeline {name:?} in this file (it has: {})",
+                        cx.pipelines.join(", ")
+                    ),
+                ))
+            }
+            Resource::Stage(stage) => {
+                for e in stage.validate(cx) {
+                    errors.push(FieldError::new(
+                        format!("engine.resources.{resource:?}.{}", e.field),
+                        e.message,
+                    ));
+                }
+            }
+            Resource::Pipeline(_) => {}
+        }
+    }
+    errors
+}
+
+impl LocalEngine {
+    pub(super) async fn build(
+        cx: &BuildContext,
+        definition: &Path,
+        resources: &BTreeMap<String, Resource>,
+        wait: bool,
+        resume: bool,
+    ) -> Result<Self, BuildError> {
+        let definition = Arc::new(
+            read_definition(&cx.config_path(definition))
+                .map_err(|m| BuildError::field("engine.definition", m))?,
+        );
+        let mut tasks = PipelineTasks::default();
+        for (resource, target) in resources {
+            let pipeline = match target {
+                Resource::Pipeline(name) => cx.build_pipeline(name).await?,
+                Resource::Stage(stage) => {
+                    let built = stage.build(cx).await?;
+                    Pipeline::from_stages(resource, vec![(resource.clone(), built)])
+                        .with_metrics(cx.metrics().clone())
+                }
+            };
+            tasks.insert(resource.clone(), pipeline);
+        }
+        let store = Arc::new(
+            FileStore::new(cx.data_path("executions"))
+                .map_err(|m| BuildError::Backend(format!("execution store: {m}")))?,
+        );
+        let engine = Engine::new(
+            Arc::new(tasks),
+            Arc::new(CoreClock(cx.clock())),
+            Some(store.clone() as Arc<dyn ExecutionStore>),
+        );
+        let this = Self {
+            engine,
+            definition,
+            store,
+            background: cx.background().clone(),
+            wait,
+        };
+        if resume {
+            this.resume_unfinished()?;
+        }
+        Ok(this)
+    }
+
+    /// An engine over explicit parts (for embedders and tests).
+    pub fn new(
+        engine: Engine,
+        definition: Arc<Definition>,
+        store: Arc<FileStore>,
+        background: Background,
+        wait: bool,
+    ) -> Self {
+        Self {
+            engine,
+            definition,
+            store,
+            background,
+            wait,
+        }
+    }
+
+    fn resume_unfinished(&self) -> Result<(), BuildError> {
+        let unfinished = self
+            .engine
+            .unfinished()
+            .map_err(|e| BuildError::Backend(format!("execution store: {e}")))?;
+        for record in unfinished
+            .into_iter()
+            .filter(|r| r.state_machine == self.definition.name())
+        {
+            let engine = self.engine.clone();
+            let def = self.definition.clone();
+            tracing::info!(execution = %record.execution_arn, state = ?record.next_state, "resuming an unfinished execution");
+            self.background.spawn(async move {
+                if let Err(error) = engine.resume(def, &record.execution_arn).await {
+                    tracing::error!(execution = %record.execution_arn, %error, "could not resume the execution");
+                }
+            });
+        }
+        Ok(())
+    }
+}
+
+fn status_name(s: &ExecutionStatus) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{s:?}"))
+}
+
+impl StateMachineEngine for LocalEngine {
+    fn start<'a>(&'a self, name: &'a str, input: &'a Value) -> BoxFuture<'a, Result<Started, StageError>> {
+        Box::pin(async move {
+            let arn = self.engine.execution_arn(&self.definition, name);
+            match self.store.load(&arn) {
+                Ok(Some(existing)) if &existing.input == input => return Ok(Started::Duplicate { arn }),
+                Ok(Some(_)) => {
+                    return Err(StageError::permanent(format!(
+                        "an execution named {name} already exists with a different input ({arn})"
+                    ))
+                    .with_kind("ExecutionAlreadyExists"));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(StageError::retryable(format!("execution store: {e}"))),
+            }
+            let engine = self.engine.clone();
+            let def = self.definition.clone();
+            let (name_owned, input_owned) = (name.to_owned(), input.clone());
+            if self.wait {
+                let outcome = engine
+                    .start(def, &name_owned, input_owned)
+                    .await
+                    .map_err(|e| StageError::permanent(format!("execution {name}: {e}")))?;
+                return Ok(Started::New {
+                    arn: outcome.execution_arn,
+                    status: Some(status_name(&outcome.status)),
+                });
+            }
+            let arn_for_log = arn.clone();
+            self.background.spawn(async move {
+                match engine.start(def, &name_owned, input_owned).await {
+                    Ok(outcome) => tracing::info!(execution = %outcome.execution_arn, status = ?outcome.status, "execution finished"),
+                    Err(error) => tracing::error!(execution = %arn_for_log, %error, "execution could not run"),
+                }
+            });
+            Ok(Started::New { arn, status: None })
+        })
+    }
+}
