@@ -14,11 +14,12 @@ export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
 export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
 
 MOTO_VERSION="5.2.5"
+CFN_LINT_VERSION="1.58.0"  # lints the generated CloudFormation templates (scripts/cfn-lint.sh)
 VENV=".venv"
-if ! "$VENV/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
-  echo "test.sh: installing moto[server]==$MOTO_VERSION into $VENV" >&2
+if ! "$VENV/bin/python" -c "import moto, cfnlint.version, sys; sys.exit(moto.__version__ != '$MOTO_VERSION' or cfnlint.version.__version__ != '$CFN_LINT_VERSION')" 2>/dev/null; then
+  echo "test.sh: installing moto[server]==$MOTO_VERSION and cfn-lint==$CFN_LINT_VERSION into $VENV" >&2
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" "cfn-lint==$CFN_LINT_VERSION"
 fi
 export CUTOVER_MOTO_SERVER="$PWD/$VENV/bin/moto_server"
 

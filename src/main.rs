@@ -18,11 +18,14 @@ macro_rules! outln {
 }
 
 mod dedup_cmd;
+mod demo;
 mod input;
 mod pattern_cmd;
 mod replay;
 mod rule;
+mod serve;
 mod states_cmd;
+mod template;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +43,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Watch the whole canary on this machine: blue and green web services, the weighted DNS
+    /// zone, a recorded green deployment, one rollout 10% → 50% → 100% (or a rollback).
+    #[command(after_help = "Examples:\n  cutover demo\n  cutover demo --fail-green      # green fails at 50%: automatic rollback, exit status 1\n  \
+        cutover demo --json --speed 60")]
+    Demo(demo::DemoArgs),
     /// Check pipeline files; print every problem, exit non-zero if any.
     #[command(after_help = "Examples:\n  cutover validate pipelines/*.toml\n  \
         CUTOVER_PIPELINES__ECS_EVENTS__STAGES__1__CLUSTER=prod cutover validate pipelines/catsndogs.toml")]
@@ -69,12 +77,36 @@ enum Command {
     /// engine.
     #[command(subcommand)]
     States(states_cmd::StatesCommand),
+    /// Serve Lambda invocations (the `provided.al2023` runtime; also what a binary named
+    /// `bootstrap` does). Reads CUTOVER_CONFIG and CUTOVER_PIPELINE.
+    #[command(after_help = "Environment:\n  CUTOVER_CONFIG    pipeline file (default: cutover.toml next to the binary)\n  \
+        CUTOVER_PIPELINE  pipeline to run (default: the file's)\n  \
+        CUTOVER_PIPELINES__<P>__STAGES__<N>__<FIELD>  value overrides")]
+    Lambda,
     /// Manage the dedup stage's DynamoDB table; measure the embedded store.
     #[command(subcommand)]
     Dedup(dedup_cmd::DedupCommand),
     /// Match EventBridge patterns against events; run conformance cases.
     #[command(subcommand)]
     Pattern(pattern_cmd::PatternCommand),
+    /// Run a pipeline as a daemon: events from HTTP (an EventBridge API destination), an SQS
+    /// queue or stdin; permanent failures to a dead-letter file or queue.
+    #[command(after_help = "Examples:\n  \
+        CUTOVER_API_KEY=s3cret cutover serve pipelines/catsndogs.toml --api-key-env CUTOVER_API_KEY --listen 0.0.0.0:8080\n  \
+        cutover serve pipelines/catsndogs.toml --source sqs --queue-url https://sqs.us-west-2.amazonaws.com/111122223333/ecs-events\n  \
+        tail -f events.jsonl | cutover serve pipelines/catsndogs.toml --source stdin\n\n\
+        HTTP: POST /events (one event or a JSON array), GET /healthz, GET /metrics (Prometheus).\n\
+        SIGTERM/SIGINT: stop taking events, finish those in flight, exit 0.")]
+    Serve(serve::ServeArgs),
+    /// Print a least-privilege CloudFormation template deploying a pipeline file to AWS Lambda.
+    #[command(after_help = "Example:\n  cutover template pipelines/catsndogs-aws.toml --arch arm64 --output cutover.yaml")]
+    Template(template::TemplateArgs),
+}
+
+fn init_json_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CUTOVER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).json().with_writer(std::io::stderr).init();
 }
 
 fn init_logs() {
@@ -92,10 +124,17 @@ fn init_logs() {
 }
 
 fn main() -> ExitCode {
-    cutover_plugin_notify::link();
-    cutover_stages::link();
-    let cli = Cli::parse();
-    init_logs();
+    cutover::link_builtin_stages();
+    let invoked_as_bootstrap = std::env::args_os()
+        .next()
+        .and_then(|a| std::path::Path::new(&a).file_name().map(|n| n == "bootstrap"))
+        .unwrap_or(false);
+    let cli = if invoked_as_bootstrap { Cli { command: Command::Lambda } } else { Cli::parse() };
+    if matches!(cli.command, Command::Lambda) {
+        init_json_logs();
+    } else {
+        init_logs();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -106,6 +145,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Validate { files } => Ok(validate(&files)),
+            Command::Demo(args) => demo::run(args).await,
             Command::Stages => {
                 stages();
                 Ok(ExitCode::SUCCESS)
@@ -115,6 +155,13 @@ fn main() -> ExitCode {
             Command::Pattern(cmd) => pattern_cmd::run(cmd),
             Command::Dedup(cmd) => dedup_cmd::run(cmd).await,
             Command::States(cmd) => states_cmd::run(cmd).await,
+            Command::Serve(args) => serve::run(args).await,
+            Command::Template(args) => template::run(args),
+            Command::Lambda => {
+                let handler = cutover::lambda::LambdaHandler::from_env().await?;
+                cutover::lambda::run(handler).await.map_err(|e| anyhow::anyhow!("lambda runtime: {e}"))?;
+                Ok(ExitCode::SUCCESS)
+            }
         }
     });
     match result {

@@ -36,6 +36,10 @@ pub(crate) struct ReplayArgs {
     /// Exit with status 1 if any event failed.
     #[arg(long)]
     strict: bool,
+    /// Run on the wall clock. By default replay runs on virtual time: state-machine waits and
+    /// health-check intervals take no real time, so the rollouts a trace starts finish at once.
+    #[arg(long)]
+    real_time: bool,
 }
 
 #[derive(Debug, Default)]
@@ -94,7 +98,11 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             temp.path().to_owned()
         }
     };
-    let cx = file.build_context().with_data_dir(data_dir);
+    let mut cx = file.build_context().with_data_dir(data_dir);
+    if !args.real_time {
+        let virtual_time = cutover_stages::state_machine::VirtualTime::starting_at(std::time::SystemTime::now());
+        cx = cx.with_clock(std::sync::Arc::new(virtual_time));
+    }
     let pipeline = file
         .build(&spec.name, &cx)
         .await
@@ -145,6 +153,10 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    // Rollouts the trace started run in the background; let them finish (on virtual time, at
+    // once) so none is cut off.
+    out.flush()?;
+    cx.background().drain().await;
     if args.json || args.summary {
         writeln!(out, "{}", summary.to_json())?;
     } else {

@@ -18,6 +18,7 @@
 //! ```
 
 pub mod context;
+pub mod deploy;
 pub mod error;
 pub mod event;
 pub mod outcome;
@@ -27,6 +28,7 @@ pub mod stage;
 pub mod template;
 
 pub use context::{AwsSettings, Background, BuildContext, Clock, Counter, ManualClock, Metrics, SystemClock};
+pub use deploy::{DeployContext, Deployment, Statement};
 pub use error::{BuildError, FieldError, LoadError, LoadErrors};
 pub use event::{Event, EventError};
 pub use outcome::{Outcome, StageError};

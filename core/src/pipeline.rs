@@ -47,6 +47,8 @@ pub struct Settings {
     /// Where embedded backends keep their files (default `.cutover`, relative to the working
     /// directory).
     pub data_dir: Option<PathBuf>,
+    /// The pipeline commands run when none is named (default: the only one).
+    pub default_pipeline: Option<String>,
 }
 
 /// A loaded, validated pipeline file.
@@ -153,6 +155,10 @@ impl PipelineFile {
                 .pipeline(n)
                 .ok_or_else(|| format!("{}: no pipeline \"{n}\"; the file has: {}", self.display, names())),
             None if self.pipelines.len() == 1 => Ok(&self.pipelines[0]),
+            None if self.settings.default_pipeline.is_some() => {
+                let n = self.settings.default_pipeline.as_deref().unwrap_or_default();
+                self.pipeline(n).ok_or_else(|| format!("{}: settings.default_pipeline names no pipeline \"{n}\"; the file has: {}", self.display, names()))
+            }
             None => Err(format!(
                 "{}: the file has several pipelines ({}); choose one with --pipeline",
                 self.display,
@@ -373,12 +379,22 @@ impl Loader {
                         )),
                         None => {}
                     }
+                    match s.shift_remove("default_pipeline") {
+                        Some(Value::String(d)) => settings.default_pipeline = Some(d),
+                        Some(other) => errors.push(err(
+                            None,
+                            None,
+                            Some("settings.default_pipeline"),
+                            format!("expected a pipeline name, found {other}"),
+                        )),
+                        None => {}
+                    }
                     for k in s.keys() {
                         errors.push(err(
                             None,
                             None,
                             None,
-                            format!("unknown setting \"{k}\" in [settings], expected one of: data_dir"),
+                            format!("unknown setting \"{k}\" in [settings], expected one of: data_dir, default_pipeline"),
                         ));
                     }
                 }

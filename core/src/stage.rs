@@ -52,6 +52,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::context::BuildContext;
+use crate::deploy::{DeployContext, Deployment};
 use crate::error::{BuildError, FieldError};
 use crate::event::Event;
 use crate::outcome::Outcome;
@@ -92,6 +93,15 @@ pub trait StageConfig: fmt::Debug + Send + Sync {
     /// express (e.g. ECS resource tags, which events do not carry), for `cutover rule` to say.
     fn checks_beyond_pattern(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    /// What this stage adds to the AWS stack `cutover template` generates: resources,
+    /// parameters, outputs, the IAM permissions of its function's role, and environment
+    /// variables of the function (see [`crate::deploy`]). An error (naming the field and what to
+    /// change) means the stage as configured cannot run in Lambda, e.g. an embedded-only backend.
+    /// The default adds nothing: right for a stage that calls no AWS API and keeps no state.
+    fn deployment(&self, _cx: &DeployContext<'_>) -> Result<Deployment, FieldError> {
+        Ok(Deployment::default())
     }
 }
 

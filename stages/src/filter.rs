@@ -25,8 +25,8 @@ use std::sync::Arc;
 
 use cutover_core::pipeline::merge_patterns;
 use cutover_core::{
-    BoxFuture, BuildContext, BuildError, Event, FieldError, Next, Outcome, Stage, StageConfig, StageError,
-    ValidateContext,
+    BoxFuture, BuildContext, BuildError, DeployContext, Deployment, Event, FieldError, Next, Outcome, Stage,
+    StageConfig, StageError, Statement, ValidateContext,
 };
 use cutover_pattern::Pattern;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -466,6 +466,48 @@ impl StageConfig for FilterConfig {
             "ECS tags {} are checked in the filter stage (events carry no tags), not in the rule",
             tags.join(", ")
         )]
+    }
+
+    // The rule itself is not this stage's to add: `cutover template` builds it from the
+    // pipeline's merged `event_pattern`. Only the tag source may call AWS.
+    fn deployment(&self, _cx: &DeployContext<'_>) -> Result<Deployment, FieldError> {
+        match &self.green.tag_source {
+            None | Some(TagSourceConfig::Event) => Ok(Deployment::default()),
+            Some(TagSourceConfig::File { .. }) => Err(FieldError::new(
+                "green.tag_source",
+                "a tags file is not packaged with the function: use { type = \"ecs\" } \
+                 (DescribeTasks) or { type = \"event\" } on AWS",
+            )),
+            Some(TagSourceConfig::Ecs { .. }) if !cfg!(feature = "ecs") => Err(FieldError::new(
+                "green.tag_source",
+                "this cutover was built without the `ecs` feature, so { type = \"ecs\" } cannot run; \
+                 rebuild with it or use { type = \"event\" }",
+            )),
+            Some(TagSourceConfig::Ecs { cluster }) => {
+                let clusters: Vec<&str> = match cluster {
+                    Some(c) => vec![c.as_str()],
+                    None => self.cluster.iter().map(String::as_str).collect(),
+                };
+                let tasks = |cluster: &str| {
+                    let name = cluster.rsplit(":cluster/").next().unwrap_or(cluster);
+                    json!({"Fn::Sub": format!(
+                        "arn:${{AWS::Partition}}:ecs:${{AWS::Region}}:${{AWS::AccountId}}:task/{name}/*"
+                    )})
+                };
+                let resources: Vec<Value> = if clusters.is_empty() {
+                    vec![
+                        json!({"Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task/*"}),
+                    ]
+                } else {
+                    clusters.into_iter().map(tasks).collect()
+                };
+                Ok(Deployment::default().allow(Statement::new(
+                    ["ecs:DescribeTasks"],
+                    resources,
+                    "read the green task's resource tags (events carry none) in the filter's cluster",
+                )))
+            }
+        }
     }
 }
 

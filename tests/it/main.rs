@@ -3,12 +3,16 @@
 
 mod cli;
 mod dedup;
+mod demo;
 mod fixtures;
+mod lambda;
 mod health;
 mod moto;
 mod registry;
 mod rule;
+mod serve;
 mod state_machine;
+mod template;
 mod traffic;
 
 /// Path of a file in the repository.

@@ -35,8 +35,8 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use cutover_core::{
-    BoxFuture, BuildContext, BuildError, Clock, Event, FieldError, Next, Outcome, Stage, StageConfig,
-    StageError, Template, ValidateContext, ValueTemplate,
+    BoxFuture, BuildContext, BuildError, Clock, DeployContext, Deployment, Event, FieldError, Next, Outcome,
+    Stage, StageConfig, StageError, Statement, Template, ValidateContext, ValueTemplate,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -275,6 +275,52 @@ impl StageConfig for DedupConfig {
             ));
         }
         errors
+    }
+
+    fn deployment(&self, cx: &DeployContext<'_>) -> Result<Deployment, FieldError> {
+        if !matches!(self.store, StoreConfig::Dynamodb { .. }) {
+            return Err(FieldError::new(
+                "store",
+                "the embedded stores (local SQLite, memory) live inside one process and cannot \
+                 serve Lambda, where concurrent invocations share nothing: use \
+                 store = { type = \"dynamodb\", table = \"…\" } (the stack creates the table)",
+            ));
+        }
+        // The stack creates and names the table (so two stacks never collide) and points the
+        // function at it; the table named in the file is what runs outside this stack.
+        let table = cx.logical_id("Table");
+        Ok(Deployment::default()
+            .resource(
+                &table,
+                json!({
+                    "Type": "AWS::DynamoDB::Table",
+                    "Properties": {
+                        "BillingMode": "PAY_PER_REQUEST",
+                        "AttributeDefinitions": [{"AttributeName": KEY_ATTRIBUTE, "AttributeType": "S"}],
+                        "KeySchema": [{"AttributeName": KEY_ATTRIBUTE, "KeyType": "HASH"}],
+                        "TimeToLiveSpecification": {"AttributeName": TTL_ATTRIBUTE, "Enabled": true},
+                    },
+                }),
+            )
+            .output(
+                format!("{table}Name"),
+                json!({
+                    "Description": format!("The dedup table of stage \"{}\" of pipeline \"{}\"", cx.stage_name, cx.pipeline),
+                    "Value": {"Ref": table},
+                }),
+            )
+            .env(cx.override_var("store.table"), json!({"Ref": table}))
+            .allow(Statement::new(
+                [
+                    "dynamodb:GetItem",
+                    "dynamodb:PutItem",
+                    "dynamodb:UpdateItem",
+                    "dynamodb:DeleteItem",
+                ],
+                [json!({"Fn::GetAtt": [table, "Arn"]})],
+                "claim a key (conditional PutItem), read the winner (GetItem), mark it completed or \
+                 failed (UpdateItem), release it (DeleteItem)",
+            )))
     }
 }
 

@@ -33,6 +33,45 @@ impl cutover_asl::Clock for CoreClock {
     }
 }
 
+/// Virtual time for the whole process (replay, tests, the demo's `--virtual-time`): the
+/// engine's deadline-ordered virtual clock seen as a core clock, so concurrent sleepers (a
+/// Task racing its timeout, several executions) wake in deadline order instead of each
+/// pushing time forward.
+#[derive(Debug, Clone, Default)]
+pub struct VirtualTime(pub Arc<cutover_asl::VirtualClock>);
+
+impl VirtualTime {
+    /// Virtual time starting at `start`.
+    pub fn starting_at(start: SystemTime) -> Self {
+        Self(Arc::new(cutover_asl::VirtualClock::starting_at(start)))
+    }
+}
+
+impl Clock for VirtualTime {
+    fn now(&self) -> SystemTime {
+        cutover_asl::Clock::now(self.0.as_ref())
+    }
+
+    fn sleep(&self, d: Duration) -> BoxFuture<'_, ()> {
+        cutover_asl::Clock::sleep(self.0.as_ref(), d)
+    }
+}
+
+/// Any engine clock (e.g. `cutover_asl::ScaledClock` for an accelerated demo) seen as a core
+/// clock.
+#[derive(Debug, Clone)]
+pub struct EngineClock(pub Arc<dyn cutover_asl::Clock>);
+
+impl Clock for EngineClock {
+    fn now(&self) -> SystemTime {
+        self.0.now()
+    }
+
+    fn sleep(&self, d: Duration) -> BoxFuture<'_, ()> {
+        self.0.sleep(d)
+    }
+}
+
 /// Serves Task resources with pipelines: the Task input is the event, the passed context the
 /// output; a drop or failure fails the Task with the stage's error kind as the error name.
 #[derive(Debug, Clone, Default)]

@@ -17,10 +17,23 @@
 //! "arn:aws:lambda:us-east-1:111122223333:function:cutover-health-check" = { type = "health-check", probe = { type = "http", url = "http://127.0.0.1:8082/" } }
 //! ```
 //!
+//! On AWS, `type = "step-functions"` starts executions of the machine `state_machine_arn`
+//! names. For a machine that the stack `cutover template` generates creates, give its
+//! `definition` and `resources` instead (same shapes as above, but every resource must name a
+//! pipeline: each pipeline is deployed as its own Lambda function, and the template substitutes
+//! that function's ARN for the Task `Resource`); the template then sets `state_machine_arn` on
+//! the function through the environment override
+//! `CUTOVER_PIPELINES__<PIPELINE>__STAGES__<N>__ENGINE__STATE_MACHINE_ARN`:
+//!
+//! ```toml
+//! engine = { type = "step-functions", definition = "canary.asl.json", resources = { "arn:aws:lambda:us-east-1:111122223333:function:cutover-traffic-shift" = "traffic-shift", "arn:aws:lambda:us-east-1:111122223333:function:cutover-health-check" = "health-check" } }
+//! ```
+//!
 //! The execution name is derived from the dedup key by default, so an event that slipped past
 //! dedup cannot start a second execution: both engines refuse a second execution of one name,
 //! and a repeat with the same input is reported as a duplicate, not an error.
 
+mod deploy;
 mod local;
 mod sfn;
 
@@ -29,14 +42,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cutover_core::{
-    BoxFuture, BuildContext, BuildError, Event, FieldError, Next, Outcome, Stage, StageConfig, StageError,
-    Template, ValidateContext, ValueTemplate,
+    BoxFuture, BuildContext, BuildError, DeployContext, Deployment, Event, FieldError, Next, Outcome, Stage,
+    StageConfig, StageError, Template, ValidateContext, ValueTemplate,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-pub use self::local::{CoreClock, LocalEngine, PipelineTasks};
+pub use self::local::{CoreClock, EngineClock, LocalEngine, PipelineTasks, VirtualTime};
 pub use self::sfn::SfnEngine;
 
 cutover_core::register_stage!(
@@ -70,8 +83,19 @@ pub struct StartStateMachineConfig {
 pub enum EngineConfig {
     /// AWS Step Functions (`StartExecution`).
     StepFunctions {
-        /// The state machine's ARN.
+        /// The state machine's ARN. May be left out when `definition` is given: the stack
+        /// `cutover template` generates creates the state machine and sets this field on the
+        /// function with an environment override.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
         state_machine_arn: String,
+        /// For `cutover template`: the Amazon States Language definition (JSON, relative to the
+        /// pipeline file) of the state machine the stack creates.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        definition: Option<PathBuf>,
+        /// For `cutover template`: the pipeline of this file that serves each Task `Resource`
+        /// of `definition`; the stack substitutes the ARN of that pipeline's function.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        resources: BTreeMap<String, Resource>,
     },
     /// The embedded engine.
     Local {
@@ -186,10 +210,21 @@ impl StageConfig for StartStateMachineConfig {
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Arc<dyn Stage>, BuildError>> {
         Box::pin(async move {
             let engine: Arc<dyn StateMachineEngine> = match &self.engine {
-                EngineConfig::StepFunctions { state_machine_arn } => Arc::new(SfnEngine::new(
-                    aws_sdk_sfn::Client::new(cx.aws_config().await),
-                    state_machine_arn,
-                )),
+                EngineConfig::StepFunctions {
+                    state_machine_arn, ..
+                } => {
+                    if state_machine_arn.is_empty() {
+                        return Err(BuildError::field(
+                            "engine.state_machine_arn",
+                            "not set: give the state machine's ARN (the stack `cutover template` \
+                             generates sets it on the function through an environment override)",
+                        ));
+                    }
+                    Arc::new(SfnEngine::new(
+                        aws_sdk_sfn::Client::new(cx.aws_config().await),
+                        state_machine_arn,
+                    ))
+                }
                 EngineConfig::Local {
                     definition,
                     resources,
@@ -208,17 +243,42 @@ impl StageConfig for StartStateMachineConfig {
 
     fn validate(&self, cx: &ValidateContext<'_>) -> Vec<FieldError> {
         match &self.engine {
-            EngineConfig::StepFunctions { state_machine_arn } => {
-                if state_machine_arn.starts_with("arn:") && state_machine_arn.contains(":stateMachine:") {
-                    Vec::new()
-                } else {
-                    vec![FieldError::new(
+            EngineConfig::StepFunctions {
+                state_machine_arn,
+                definition,
+                resources,
+            } => {
+                // With the ARN given (in Lambda, by the template's environment override), the
+                // definition is not used and not packaged: only check it when it is the source.
+                let mut errors = match definition {
+                    Some(definition) if state_machine_arn.is_empty() => {
+                        local::validate(cx, definition, resources)
+                    }
+                    Some(_) => Vec::new(),
+                    None if !resources.is_empty() => vec![FieldError::new(
+                        "engine.resources",
+                        "only used with `definition` (the state machine `cutover template` creates)",
+                    )],
+                    None => Vec::new(),
+                };
+                if state_machine_arn.is_empty() && definition.is_none() {
+                    errors.push(FieldError::new(
+                        "engine.state_machine_arn",
+                        "missing: give the ARN of the state machine, or its `definition` and \
+                         `resources` for `cutover template` to create it",
+                    ));
+                } else if !state_machine_arn.is_empty()
+                    && !(state_machine_arn.starts_with("arn:")
+                        && state_machine_arn.contains(":stateMachine:"))
+                {
+                    errors.push(FieldError::new(
                         "engine.state_machine_arn",
                         format!(
                             "{state_machine_arn:?} is not a state machine ARN (arn:aws:states:REGION:ACCOUNT:stateMachine:NAME)"
                         ),
-                    )]
+                    ));
                 }
+                errors
             }
             EngineConfig::Local {
                 definition,
@@ -226,6 +286,10 @@ impl StageConfig for StartStateMachineConfig {
                 ..
             } => local::validate(cx, definition, resources),
         }
+    }
+
+    fn deployment(&self, cx: &DeployContext<'_>) -> Result<Deployment, FieldError> {
+        deploy::deployment(&self.engine, cx)
     }
 }
 

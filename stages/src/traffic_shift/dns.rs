@@ -248,6 +248,35 @@ impl RequestHandler for Handler {
     }
 }
 
+/// Asks `server` for the `A`/`AAAA` address of `name` over UDP, the way `dig` does; `None` when
+/// the answer holds no address. For the demo and for checking a zone from code.
+pub async fn query_address(server: SocketAddr, name: &str) -> io::Result<Option<IpAddr>> {
+    use hickory_proto::op::{Message, MessageType, Query};
+    let bind = if server.is_ipv4() { "127.0.0.1:0" } else { "[::1]:0" };
+    let socket = tokio::net::UdpSocket::bind(bind).await?;
+    let name: Name = name.parse().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{e}")))?;
+    let mut query = Message::new(rand_id(), MessageType::Query, OpCode::Query);
+    query.add_query(Query::query(name, RecordType::A));
+    let bytes = query.to_vec().map_err(io::Error::other)?;
+    socket.send_to(&bytes, server).await?;
+    let mut buf = [0u8; 1500];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no DNS answer within 2 s"))??;
+    let answer = Message::from_vec(&buf[..n]).map_err(io::Error::other)?;
+    Ok(answer.answers.iter().find_map(|r| match &r.data {
+        RData::A(a) => Some(IpAddr::V4(a.0)),
+        RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+        _ => None,
+    }))
+}
+
+fn rand_id() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 #[cfg(test)]
 mod tests {
     use hickory_proto::op::{Message, MessageType, Query};

@@ -1,0 +1,324 @@
+//! `cutover demo`: the whole canary on one machine, on embedded backends only.
+//!
+//! Starts blue ("cats v2", 127.0.0.1) and green ("cats v3", 127.0.0.2) web services on one
+//! loopback port and the embedded weighted DNS server for `www.catsndogs.lol`, then replays a
+//! recorded ECS trace of a green deployment (3 tasks, duplicates, noise from other services and
+//! clusters) through the shipped pipeline `pipelines/catsndogs.toml`: one rollout starts, the
+//! embedded engine runs `pipelines/canary.asl.json` (10% → 50% → 100%, health checks between),
+//! and the demo shows each weight step with DNS answers sampled from the zone, each health
+//! check, and the end. `--fail-green` makes green answer 500 once it has 50% of the traffic, so
+//! the state machine rolls back to 100% blue.
+
+use std::convert::Infallible;
+use std::io::IsTerminal;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use cutover_core::{Event, Loader, Outcome};
+use cutover_stages::state_machine::EngineClock;
+use cutover_stages::traffic_shift::dns::query_address;
+use cutover_stages::traffic_shift::local::{LocalRouterConfig, WeightStore};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use serde_json::{Value, json};
+
+const PIPELINE: &str = include_str!("../pipelines/catsndogs.toml");
+const CANARY: &str = include_str!("../pipelines/canary.asl.json");
+const TRACE: &str = include_str!("../tests/fixtures/deployment-trace.jsonl");
+const BLUE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+const GREEN: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+const DNS_SAMPLES: usize = 100;
+
+/// Arguments of `cutover demo`.
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// How much faster than real time the state machine's waits and the health checks run
+    /// (the canary bakes 60 s per step; the default makes the demo take a few seconds).
+    #[arg(long, default_value_t = 30.0)]
+    speed: f64,
+    /// Make green answer HTTP 500 once it serves 50%: the canary rolls back to 100% blue and the
+    /// demo exits with status 1.
+    #[arg(long)]
+    fail_green: bool,
+    /// Progress as JSON lines, ending with a summary line.
+    #[arg(long)]
+    json: bool,
+    /// Keep the embedded state here instead of a temporary directory.
+    #[arg(long)]
+    state: Option<PathBuf>,
+}
+
+struct Reporter {
+    json: bool,
+    tty: bool,
+}
+
+impl Reporter {
+    fn say(&self, human: &str, machine: Value) {
+        if self.json {
+            outln!("{machine}");
+        } else {
+            outln!("{human}");
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    for _ in 0..20 {
+        let port = std::net::TcpListener::bind((BLUE, 0))?.local_addr()?.port();
+        if std::net::TcpListener::bind((GREEN, port)).is_ok() && std::net::UdpSocket::bind((BLUE, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no loopback port free on both 127.0.0.1 and 127.0.0.2")
+}
+
+/// A tiny web service: the cats page, or a 500 while `sick()` says so.
+async fn serve_page(
+    addr: SocketAddr,
+    page: &'static str,
+    sick: impl Fn() -> bool + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let sick = Arc::new(sick);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let sick = sick.clone();
+            let service = hyper::service::service_fn(move |_req| {
+                let sick = sick();
+                async move {
+                    let (status, body) = if sick { (500, "cats v3 is sick\n") } else { (200, page) };
+                    let response = hyper::Response::builder()
+                        .status(status)
+                        .header("content-type", "text/html")
+                        .body(Full::new(Bytes::from_static(body.as_bytes())));
+                    Ok::<_, Infallible>(response.unwrap_or_default())
+                }
+            });
+            tokio::spawn(async move {
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+            });
+        }
+    });
+    Ok(())
+}
+
+async fn sample_dns(server: SocketAddr) -> (usize, usize) {
+    let (mut blue, mut green) = (0, 0);
+    for _ in 0..DNS_SAMPLES {
+        match query_address(server, "www.catsndogs.lol").await {
+            Ok(Some(IpAddr::V4(ip))) if ip == GREEN => green += 1,
+            Ok(Some(_)) => blue += 1,
+            _ => {}
+        }
+    }
+    (blue, green)
+}
+
+/// The executions the engine has persisted, by file.
+fn executions(dir: &Path) -> Vec<Value> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut out: Vec<(PathBuf, Value)> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .filter_map(|p| Some((p.clone(), serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?)))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.into_iter().map(|(_, v)| v).collect()
+}
+
+#[derive(Default)]
+struct Progress {
+    seen: usize,
+    weights: Vec<[u64; 2]>,
+    status: Option<String>,
+    cause: Option<String>,
+}
+
+/// Reports the history events of the (single) execution not yet reported.
+async fn report_history(dir: &Path, progress: &mut Progress, dns: SocketAddr, out: &Reporter) {
+    let Some(record) = executions(dir).into_iter().next() else { return };
+    let history = record["history"].as_array().cloned().unwrap_or_default();
+    for event in history.iter().skip(progress.seen) {
+        progress.seen += 1;
+        let resource = event["resource"].as_str().unwrap_or_default();
+        match event["type"].as_str() {
+            Some("TaskSucceeded") if resource.ends_with("cutover-traffic-shift") => {
+                let (b, g) = (event["output"]["blue"].as_u64().unwrap_or(0), event["output"]["green"].as_u64().unwrap_or(0));
+                progress.weights.push([b, g]);
+                let (db, dg) = sample_dns(dns).await;
+                out.say(
+                    &format!("  shift   blue {b:>3}% / green {g:>3}%   dig www.catsndogs.lol ×{DNS_SAMPLES}: {db} blue, {dg} green"),
+                    json!({"step": "shift", "blue": b, "green": g, "dns": {"blue": db, "green": dg}}),
+                );
+            }
+            Some("TaskSucceeded") if resource.ends_with("cutover-health-check") => {
+                let state = event["output"]["State"].as_str().unwrap_or("?");
+                let reason = event["output"]["reason"].as_str().unwrap_or("");
+                out.say(
+                    &format!("  health  green is {state}{}", if reason.is_empty() { String::new() } else { format!(": {reason}") }),
+                    json!({"step": "health", "state": state, "reason": reason}),
+                );
+            }
+            Some("WaitStarted") => out.say(
+                &format!("  bake    {}", event["name"].as_str().unwrap_or("")),
+                json!({"step": "bake", "state": event["name"]}),
+            ),
+            Some(kind @ ("ExecutionSucceeded" | "ExecutionFailed" | "ExecutionTimedOut" | "ExecutionAborted")) => {
+                progress.status = Some(kind.trim_start_matches("Execution").to_uppercase());
+                progress.cause = event["cause"].as_str().map(str::to_owned);
+            }
+            _ => {}
+        }
+    }
+}
+
+pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    if !(args.speed.is_finite() && args.speed > 0.0) {
+        bail!("--speed must be a positive number, e.g. 30");
+    }
+    let out = Reporter { json: args.json, tty: std::io::stdout().is_terminal() };
+    let temp;
+    let root = match &args.state {
+        Some(dir) => dir.clone(),
+        None => {
+            temp = tempfile::Builder::new().prefix("cutover-demo-").tempdir()?;
+            temp.path().to_owned()
+        }
+    };
+    let pipelines_dir = root.join("pipelines");
+    std::fs::create_dir_all(&pipelines_dir)?;
+    std::fs::write(pipelines_dir.join("catsndogs.toml"), PIPELINE)?;
+    std::fs::write(pipelines_dir.join("canary.asl.json"), CANARY)?;
+    let data = root.join("state");
+
+    let http_port = free_port()?;
+    let dns_port = free_port()?;
+    let dns = SocketAddr::from((BLUE, dns_port));
+    let loader = Loader::new()
+        .with_var("CUTOVER_PIPELINES__TRAFFIC_SHIFT__STAGES__1__ROUTER__LISTEN", dns.to_string())
+        .with_var("CUTOVER_PIPELINES__TRAFFIC_SHIFT__STAGES__1__ROUTER__SERVE", "true")
+        .with_var("CUTOVER_PIPELINES__HEALTH_CHECK__STAGES__1__PROBE__URL", format!("http://{GREEN}:{http_port}/"));
+    let file = loader.load_file(pipelines_dir.join("catsndogs.toml")).map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    // Green reads the same weights file the router writes, to fall sick at 50%.
+    let router_raw = file
+        .pipeline("traffic-shift")
+        .and_then(|p| p.stages.first())
+        .and_then(|s| s.raw.get("router").cloned())
+        .context("the demo pipeline has no traffic-shift router")?;
+    let mut router: LocalRouterConfig = serde_json::from_value(strip_type(router_raw)).context("reading the local router")?;
+    router.serve = false;
+    let spec = router.spec().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let weights_path = data.join(format!("traffic/{}.json", spec.record));
+    let weights = WeightStore::open(spec, &weights_path)?;
+    let fail_green = args.fail_green;
+    let green_weights = weights.clone();
+    serve_page(SocketAddr::from((BLUE, http_port)), "<h1>cats v2</h1>\n", || false).await?;
+    serve_page(SocketAddr::from((GREEN, http_port)), "<h1>cats v3</h1>\n", move || {
+        fail_green && green_weights.weights().green >= 50
+    })
+    .await?;
+
+    let speed = args.speed;
+    let clock = EngineClock(Arc::new(cutover_asl::ScaledClock::new(speed)));
+    let cx = file.build_context().with_data_dir(&data).with_clock(Arc::new(clock));
+    let pipeline = file.build("ecs-events", &cx).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    out.say(
+        &format!(
+            "cutover demo: blue http://{BLUE}:{http_port}/ (cats v2), green http://{GREEN}:{http_port}/ (cats v3), \
+             DNS {dns} for www.catsndogs.lol; time ×{speed}{}",
+            if fail_green { "; green will fail at 50%" } else { "" }
+        ),
+        json!({"demo": {"blue": format!("{BLUE}:{http_port}"), "green": format!("{GREEN}:{http_port}"), "dns": dns.to_string(), "speed": speed, "fail_green": fail_green}}),
+    );
+    let (b, g) = sample_dns(dns).await;
+    out.say(&format!("  before  dig www.catsndogs.lol ×{DNS_SAMPLES}: {b} blue, {g} green"), json!({"step": "before", "dns": {"blue": b, "green": g}}));
+
+    let started = Instant::now();
+    let (mut events, mut filtered, mut duplicates, mut rollouts, mut failed) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    for (i, line) in TRACE.lines().enumerate() {
+        events += 1;
+        let outcome = pipeline.run(Event::from_bytes(line.as_bytes().to_vec())).await;
+        match &outcome {
+            Outcome::Dropped { stage, .. } if stage == "filter" => filtered += 1,
+            Outcome::Dropped { stage, reason } if stage == "dedup" => {
+                duplicates += 1;
+                out.say(
+                    &format!("event {:>2}: same deployment again (another task or a redelivery): dropped by dedup", i + 1),
+                    json!({"event": i + 1, "outcome": "dropped", "stage": "dedup", "reason": reason}),
+                );
+            }
+            Outcome::Passed { context } => {
+                rollouts += 1;
+                out.say(
+                    &format!("event {:>2}: green deployment → rollout started: {}", i + 1, context["execution"].as_str().unwrap_or("")),
+                    json!({"event": i + 1, "outcome": "passed", "execution": context["execution"]}),
+                );
+            }
+            Outcome::Dropped { .. } => filtered += 1,
+            Outcome::Failed { stage, error } => {
+                failed += 1;
+                out.say(
+                    &format!("event {:>2}: failed in {stage}: {}", i + 1, error.message),
+                    json!({"event": i + 1, "outcome": "failed", "stage": stage, "reason": error.message}),
+                );
+            }
+        }
+    }
+    out.say(
+        &format!("events: {events} in, {filtered} filtered, {duplicates} duplicates, {failed} failed, {rollouts} rollout started"),
+        json!({"events": {"in": events, "filtered": filtered, "duplicates": duplicates, "failed": failed, "rollouts": rollouts}}),
+    );
+
+    let executions_dir = data.join("executions");
+    let mut progress = Progress::default();
+    let drained = cx.background().drain();
+    tokio::pin!(drained);
+    loop {
+        tokio::select! {
+            () = &mut drained => break,
+            () = tokio::time::sleep(Duration::from_millis(if out.tty { 50 } else { 20 })) => {
+                report_history(&executions_dir, &mut progress, dns, &out).await;
+            }
+        }
+    }
+    report_history(&executions_dir, &mut progress, dns, &out).await;
+    let final_weights = weights.weights();
+    let (b, g) = sample_dns(dns).await;
+    let executions_count = executions(&executions_dir).len();
+    let rolled_back = progress.status.as_deref() != Some("SUCCEEDED");
+    let status = progress.status.clone().unwrap_or_else(|| "NOT STARTED".into());
+    out.say(
+        &format!(
+            "{}: {status}{} — final blue {}% / green {}%; dig ×{DNS_SAMPLES}: {b} blue, {g} green; {executions_count} execution(s); {:.1} s",
+            if rolled_back { "rolled back" } else { "promoted" },
+            progress.cause.as_deref().map(|c| format!(" ({c})")).unwrap_or_default(),
+            final_weights.blue,
+            final_weights.green,
+            started.elapsed().as_secs_f64()
+        ),
+        json!({"summary": {
+            "events": events,
+            "executions": executions_count,
+            "weights": progress.weights,
+            "final": {"blue": final_weights.blue, "green": final_weights.green},
+            "rolled_back": rolled_back,
+            "status": status,
+        }}),
+    );
+    Ok(if rolled_back { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn strip_type(mut v: Value) -> Value {
+    if let Value::Object(m) = &mut v {
+        m.shift_remove("type");
+    }
+    v
+}

@@ -1,0 +1,181 @@
+//! The AWS Lambda host: a pipeline as a Lambda function (`provided.al2023`, binary `bootstrap`).
+//!
+//! Configuration: `CUTOVER_CONFIG` names the pipeline file (default `cutover.toml` next to the
+//! executable, as `cutover package` bundles it), `CUTOVER_PIPELINE` the pipeline (default: the
+//! file's), `CUTOVER_PIPELINES__…` override values. Everything expensive — the AWS
+//! configuration, clients, compiled patterns — is built once at init, not per invoke.
+//!
+//! Two kinds of payloads arrive:
+//! - **EventBridge events** (`source` and `detail-type` present): a passed or dropped event is
+//!   a successful invocation (the response says which); a failure is an error, so Lambda's
+//!   retries and the function's on-failure destination keep the event.
+//! - **Step Functions Task input** (anything else): the passed context is the Task's output; a
+//!   drop or failure is an error whose type is the stage's error kind (`TrafficShift.NotInSync`),
+//!   so the state machine's `Retry`/`Catch` can match it.
+//!
+//! Errors carry `Cutover.Retryable` / `Cutover.Failed` when the stage named no kind. Logs are
+//! JSON (`tracing`); after every invoke one CloudWatch Embedded Metric Format line goes to
+//! stdout.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), lambda_runtime::Error> {
+//! let handler = cutover::lambda::LambdaHandler::from_env().await?;
+//! cutover::lambda::run(handler).await
+//! # }
+//! ```
+
+use std::path::PathBuf;
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use cutover_core::{BoxFuture, BuildContext, Event, Outcome, Pipeline};
+use lambda_runtime::{Diagnostic, LambdaEvent};
+use serde_json::{Value, json};
+
+use crate::{HostError, Hosted};
+
+/// The default name of the bundled pipeline file.
+pub const BUNDLED_CONFIG: &str = "cutover.toml";
+
+/// A pipeline as a Lambda handler: a `tower::Service<LambdaEvent<Value>>`.
+#[derive(Debug, Clone)]
+pub struct LambdaHandler {
+    pipeline: Pipeline,
+    context: BuildContext,
+}
+
+impl LambdaHandler {
+    /// Hosts a built pipeline (pipelines built in code, with your own stages, welcome).
+    pub fn new(pipeline: Pipeline, context: BuildContext) -> Self {
+        Self { pipeline, context }
+    }
+
+    /// Loads the pipeline `CUTOVER_CONFIG` / `CUTOVER_PIPELINE` name.
+    pub async fn from_env() -> Result<Self, HostError> {
+        let config = std::env::var_os("CUTOVER_CONFIG").map(PathBuf::from).unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(|d| d.join(BUNDLED_CONFIG)))
+                .unwrap_or_else(|| PathBuf::from(BUNDLED_CONFIG))
+        });
+        let name = std::env::var("CUTOVER_PIPELINE").ok().filter(|n| !n.is_empty());
+        let Hosted { pipeline, context } = crate::load(&config, name.as_deref()).await?;
+        Ok(Self::new(pipeline, context))
+    }
+
+    /// Runs one payload; `Ok` is the function's response.
+    pub async fn handle(&self, payload: Value) -> Result<Value, Diagnostic> {
+        let started = Instant::now();
+        let eventbridge = payload.get("detail-type").is_some() && payload.get("source").is_some();
+        let outcome = self.pipeline.run(Event::from_value(payload)).await;
+        // Embedded work started by this event (a local state machine) must finish before the
+        // sandbox freezes.
+        self.context.background().drain().await;
+        emit_emf(self.pipeline.name(), &outcome, started.elapsed().as_secs_f64() * 1000.0);
+        respond(outcome, eventbridge)
+    }
+}
+
+fn respond(outcome: Outcome, eventbridge: bool) -> Result<Value, Diagnostic> {
+    match outcome {
+        Outcome::Passed { context } if eventbridge => Ok(json!({"outcome": "passed", "context": context})),
+        Outcome::Passed { context } => Ok(Value::Object(context)),
+        Outcome::Dropped { stage, reason } if eventbridge => {
+            Ok(json!({"outcome": "dropped", "stage": stage, "reason": reason}))
+        }
+        Outcome::Dropped { stage, reason } => Err(Diagnostic {
+            error_type: "Cutover.Dropped".into(),
+            error_message: format!("dropped by {stage}: {reason}"),
+        }),
+        Outcome::Failed { stage, error } => {
+            tracing::warn!(%stage, error = %error.message, retryable = error.retryable, "event failed");
+            let fallback = if error.retryable { "Cutover.Retryable" } else { "Cutover.Failed" };
+            Err(Diagnostic {
+                error_type: error.kind.unwrap_or_else(|| fallback.into()),
+                error_message: format!("{stage}: {}", error.message),
+            })
+        }
+    }
+}
+
+/// One CloudWatch Embedded Metric Format line per invoke.
+fn emit_emf(pipeline: &str, outcome: &Outcome, latency_ms: f64) {
+    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let (passed, dropped, failed) = match outcome {
+        Outcome::Passed { .. } => (1, 0, 0),
+        Outcome::Dropped { .. } => (0, 1, 0),
+        Outcome::Failed { .. } => (0, 0, 1),
+    };
+    let duplicate = u8::from(matches!(outcome, Outcome::Dropped { stage, .. } if stage == "dedup"));
+    let started = u8::from(matches!(outcome, Outcome::Passed { context } if context.contains_key("execution")));
+    let line = json!({
+        "_aws": {
+            "Timestamp": ms,
+            "CloudWatchMetrics": [{
+                "Namespace": "cutover",
+                "Dimensions": [["Pipeline"], ["Pipeline", "Stage"]],
+                "Metrics": [
+                    {"Name": "EventsSeen", "Unit": "Count"},
+                    {"Name": "Passed", "Unit": "Count"},
+                    {"Name": "Dropped", "Unit": "Count"},
+                    {"Name": "Failed", "Unit": "Count"},
+                    {"Name": "Duplicates", "Unit": "Count"},
+                    {"Name": "ExecutionsStarted", "Unit": "Count"},
+                    {"Name": "Latency", "Unit": "Milliseconds"}
+                ]
+            }]
+        },
+        "Pipeline": pipeline,
+        "Stage": outcome.stage().unwrap_or("end"),
+        "EventsSeen": 1,
+        "Passed": passed,
+        "Dropped": dropped,
+        "Failed": failed,
+        "Duplicates": duplicate,
+        "ExecutionsStarted": started,
+        "Latency": latency_ms,
+    });
+    println!("{line}");
+}
+
+impl tower::Service<LambdaEvent<Value>> for LambdaHandler {
+    type Response = Value;
+    type Error = Diagnostic;
+    type Future = BoxFuture<'static, Result<Value, Diagnostic>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: LambdaEvent<Value>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.handle(req.payload).await })
+    }
+}
+
+/// Serves invocations until the runtime stops.
+pub async fn run(handler: LambdaHandler) -> Result<(), lambda_runtime::Error> {
+    lambda_runtime::run(handler).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cutover_core::StageError;
+
+    #[test]
+    fn outcomes_map_to_responses_and_error_types() {
+        let passed = Outcome::Passed { context: json!({"State": "healthy"}).as_object().unwrap().clone() };
+        assert_eq!(respond(passed.clone(), false).unwrap(), json!({"State": "healthy"}));
+        assert_eq!(respond(passed, true).unwrap()["outcome"], "passed");
+        let dropped = Outcome::Dropped { stage: "filter".into(), reason: "not green".into() };
+        assert_eq!(respond(dropped.clone(), true).unwrap()["reason"], "not green");
+        assert_eq!(respond(dropped, false).unwrap_err().error_type, "Cutover.Dropped");
+        let failed = |e: StageError| Outcome::Failed { stage: "traffic-shift".into(), error: e };
+        let e = respond(failed(StageError::retryable("slow").with_kind("TrafficShift.NotInSync")), false).unwrap_err();
+        assert_eq!(e.error_type, "TrafficShift.NotInSync");
+        assert_eq!(e.error_message, "traffic-shift: slow");
+        assert_eq!(respond(failed(StageError::retryable("x")), true).unwrap_err().error_type, "Cutover.Retryable");
+        assert_eq!(respond(failed(StageError::permanent("x")), true).unwrap_err().error_type, "Cutover.Failed");
+    }
+}

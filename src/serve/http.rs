@@ -1,0 +1,372 @@
+//! The `http` source, made to be the target of an EventBridge API destination (which POSTs the
+//! event as the body and retries on 429 and 5xx):
+//!
+//! - `POST /events` — one event or a JSON array of events. 200 with
+//!   `{"results":[{"id","outcome","stage","reason",…}]}` when every event is finished (passed,
+//!   dropped, or failed permanently and dead-lettered); 503 with the same results and an
+//!   `error` when any is not (a retryable failure, or a dead letter that could not be
+//!   written), so the sender retries — the whole request, which is safe because the dedup
+//!   stage makes redelivery harmless. 401 without accepted credentials, 413 over `--max-body`,
+//!   400 for a body that is not JSON events; error bodies are `{"error":"…"}`.
+//! - `GET /healthz` — 200 `{"status":"ok"}` while serving.
+//! - `GET /metrics` — Prometheus text.
+//!
+//! Each event runs in a task of its own once it has a permit, so a client that hangs up does
+//! not cut an event off halfway; shutdown waits for those tasks.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use cutover_core::{Outcome, StageError};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::auth::Auth;
+use super::{Handled, Host, Input, metrics, read_event, stopped};
+
+/// How long a client may take to send the request head, and then the body.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Settings of the HTTP source.
+#[derive(Debug)]
+pub(crate) struct Config {
+    /// Accepted credentials.
+    pub(crate) auth: Auth,
+    /// The largest body accepted.
+    pub(crate) max_body: usize,
+}
+
+#[derive(Debug)]
+struct Server {
+    host: Arc<Host>,
+    config: Config,
+}
+
+type Body = Full<Bytes>;
+
+/// Serves until shutdown is requested, then lets every connection finish its request.
+pub(crate) async fn serve(
+    host: Arc<Host>,
+    listen: SocketAddr,
+    config: Config,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    eprintln!("cutover serve: listening on http://{addr}");
+    tracing::info!(%addr, pipeline = %host.pipeline().name(), "serving POST /events");
+    let server = Arc::new(Server { host, config });
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = stopped(&mut shutdown) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    connections.spawn(connection(server.clone(), stream, peer, shutdown.clone()));
+                }
+                Err(error) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    tracing::info!(
+        connections = connections.len(),
+        "stopped accepting; finishing open requests"
+    );
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn connection(
+    server: Arc<Server>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let service = service_fn(move |request| {
+        let server = server.clone();
+        async move { Ok::<_, Infallible>(server.route(request, peer).await) }
+    });
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(READ_TIMEOUT);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        }
+        () = stopped(&mut shutdown) => {
+            // Finishes the request in progress, if any, then closes.
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.as_mut().await;
+        }
+    }
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+    json_response(status, &json!({ "error": message.into() }))
+}
+
+impl Server {
+    async fn route(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let path = request.uri().path().to_owned();
+        let method = request.method().clone();
+        let (route, response) = match (&method, path.as_str()) {
+            (&Method::POST, "/events") => ("/events", self.events(request, peer).await),
+            (&Method::GET, "/healthz") => (
+                "/healthz",
+                json_response(StatusCode::OK, &json!({"status": "ok"})),
+            ),
+            (&Method::GET, "/metrics") => ("/metrics", self.metrics()),
+            (_, "/events" | "/healthz" | "/metrics") => {
+                let allow = if path == "/events" { "POST" } else { "GET" };
+                let mut r = error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{method} {path}: use {allow}"),
+                );
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+                ("other", r)
+            }
+            _ => (
+                "other",
+                error(
+                    StatusCode::NOT_FOUND,
+                    format!("no route {path}; POST events to /events"),
+                ),
+            ),
+        };
+        self.host.pipeline().metrics().add(
+            "cutover_http_requests_total",
+            &[("route", route), ("status", response.status().as_str())],
+            1,
+        );
+        response
+    }
+
+    fn metrics(&self) -> Response<Body> {
+        let host = &self.host;
+        let text = metrics::render(
+            &host.pipeline().metrics().snapshot(),
+            &[
+                (
+                    "cutover_serve_in_flight",
+                    "Events running now.",
+                    host.in_flight() as u64,
+                ),
+                (
+                    "cutover_serve_concurrency",
+                    "The most events run at once (--concurrency).",
+                    u64::from(host.concurrency()),
+                ),
+            ],
+        );
+        let mut response = Response::new(Full::new(Bytes::from(text)));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(metrics::CONTENT_TYPE),
+        );
+        response
+    }
+
+    async fn events(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let auth = &self.config.auth;
+        if !auth.allows(request.headers()) {
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong credentials: send the API key in x-api-key (or Authorization: Bearer), \
+                 or HTTP Basic credentials, as configured",
+            );
+            if auth.wants_basic() {
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"cutover\""),
+                );
+            }
+            return r;
+        }
+        let max = self.config.max_body;
+        let too_large = || {
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than {max} bytes (--max-body)"),
+            )
+        };
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max as u64) {
+            return too_large();
+        }
+        let body = match tokio::time::timeout(READ_TIMEOUT, Limited::new(request.into_body(), max).collect())
+            .await
+        {
+            Err(_) => {
+                return error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("the body did not arrive within {} s", READ_TIMEOUT.as_secs()),
+                );
+            }
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
+            Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}")),
+            Ok(Ok(collected)) => collected.to_bytes(),
+        };
+        let inputs = match split(&body, &format!("http:{peer}")) {
+            Ok(inputs) => inputs,
+            Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        };
+        let handled = self.run_all(inputs).await;
+        let results: Vec<Value> = handled.iter().map(Handled::to_json).collect();
+        let unsettled = handled.iter().filter(|h| !h.settled).count();
+        if unsettled == 0 {
+            return json_response(StatusCode::OK, &json!({ "results": results }));
+        }
+        let mut r = json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({
+                "error": format!(
+                    "{unsettled} of {} event(s) not finished (a retryable failure, or the dead letter could not be written); send the request again",
+                    handled.len()
+                ),
+                "results": results,
+            }),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        r
+    }
+
+    /// Runs every event of a request, each in its own task under a permit, and returns what
+    /// became of them in request order.
+    async fn run_all(&self, inputs: Vec<Input>) -> Vec<Handled> {
+        let mut tasks = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let permit = self.host.permit().await;
+            let host = self.host.clone();
+            let id = input.id.clone();
+            let task = tokio::spawn(async move {
+                let handled = host.handle(&input).await;
+                drop(permit);
+                handled
+            });
+            tasks.push((id, task));
+        }
+        let mut handled = Vec::with_capacity(tasks.len());
+        for (id, task) in tasks {
+            handled.push(task.await.unwrap_or_else(|e| {
+                tracing::error!(error = %e, id = id.as_deref().unwrap_or("-"), "an event's task panicked");
+                Handled {
+                    id,
+                    outcome: Outcome::Failed {
+                        stage: "serve".into(),
+                        error: StageError::retryable(format!("internal error: {e}")),
+                    },
+                    settled: false,
+                    dead_lettered: false,
+                }
+            }));
+        }
+        handled
+    }
+}
+
+/// Splits a request body into events: one JSON object, or an array of them.
+fn split(body: &[u8], origin: &str) -> Result<Vec<Input>, String> {
+    let trimmed = body.trim_ascii_start();
+    if trimmed.is_empty() {
+        return Err("empty body: send one EventBridge event or a JSON array of them".into());
+    }
+    if !trimmed.starts_with(b"[") {
+        let id = read_event(body).map_err(|e| format!("invalid event: {e}"))?;
+        return Ok(vec![Input {
+            raw: Arc::from(body),
+            id,
+            origin: origin.to_owned(),
+        }]);
+    }
+    let items: Vec<&RawValue> =
+        serde_json::from_slice(body).map_err(|e| format!("invalid JSON array of events: {e}"))?;
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            let bytes = raw.get().as_bytes();
+            let id = read_event(bytes).map_err(|e| format!("invalid event [{i}]: {e}"))?;
+            Ok(Input {
+                raw: Arc::from(bytes),
+                id,
+                origin: format!("{origin}[{i}]"),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origins(body: &str) -> Result<Vec<(String, Option<String>)>, String> {
+        split(body.as_bytes(), "http:x").map(|v| v.into_iter().map(|i| (i.origin, i.id)).collect())
+    }
+
+    #[test]
+    fn splits_one_event_or_a_batch() {
+        assert_eq!(
+            origins(r#"{"id":"a"}"#),
+            Ok(vec![("http:x".into(), Some("a".into()))])
+        );
+        assert_eq!(
+            origins(r#" [{"id":"a"}, {"detail":{}}] "#),
+            Ok(vec![
+                ("http:x[0]".into(), Some("a".into())),
+                ("http:x[1]".into(), None)
+            ])
+        );
+        assert_eq!(origins("[]"), Ok(vec![]));
+    }
+
+    #[test]
+    fn rejects_what_is_not_json_events() {
+        assert!(origins("").unwrap_err().starts_with("empty body"));
+        assert!(
+            origins("{\"id\":")
+                .unwrap_err()
+                .starts_with("invalid event: not valid JSON")
+        );
+        assert!(origins("[{}, 3]").unwrap_err().starts_with("invalid event [1]"));
+        assert!(origins("[{}").unwrap_err().starts_with("invalid JSON array"));
+        assert!(origins("\"text\"").unwrap_err().contains("JSON object"));
+    }
+}

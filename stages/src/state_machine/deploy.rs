@@ -1,0 +1,229 @@
+//! What `start-state-machine` adds to the stack `cutover template` generates: the state
+//! machine (from `definition`, each mapped Task `Resource` replaced by the ARN of the function
+//! running the mapped pipeline) with a role that may invoke exactly those functions, and the
+//! permission to start and describe its executions.
+
+use std::collections::BTreeMap;
+
+use cutover_core::{DeployContext, Deployment, FieldError, Statement};
+use serde_json::{Value, json};
+
+use super::{EngineConfig, Resource};
+
+pub(super) fn deployment(engine: &EngineConfig, cx: &DeployContext<'_>) -> Result<Deployment, FieldError> {
+    let (arn, definition, resources) = match engine {
+        EngineConfig::Local { .. } => {
+            return Err(FieldError::new(
+                "engine",
+                "the embedded engine (type = \"local\") runs inside one process and cannot run in \
+                 Lambda: use engine = { type = \"step-functions\", definition = \"…\", resources = { … } } \
+                 for the stack to create the state machine, or state_machine_arn of an existing one",
+            ));
+        }
+        EngineConfig::StepFunctions {
+            state_machine_arn,
+            definition,
+            resources,
+        } => (state_machine_arn, definition, resources),
+    };
+    let Some(definition) = definition else {
+        let executions = arn.replacen(":stateMachine:", ":execution:", 1) + ":*";
+        return Ok(Deployment::default().allow(starts(json!(arn), json!(executions))));
+    };
+
+    let mut functions = BTreeMap::new();
+    for (resource, target) in resources {
+        match target {
+            Resource::Pipeline(pipeline) => {
+                functions.insert(resource.clone(), cx.function_id(pipeline));
+            }
+            Resource::Stage(_) => {
+                return Err(FieldError::new(
+                    format!("engine.resources.{resource:?}"),
+                    "an inline stage cannot be deployed on its own: move it into a pipeline of this \
+                     file and name that pipeline here (each pipeline becomes one Lambda function)",
+                ));
+            }
+        }
+    }
+    let path = cx.base_dir.join(definition);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        FieldError::new(
+            "engine.definition",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    let mut tree: Value = serde_json::from_str(&text)
+        .map_err(|e| FieldError::new("engine.definition", format!("{}: {e}", path.display())))?;
+    substitute(&mut tree, &functions);
+    let body = serde_json::to_string_pretty(&tree)
+        .map_err(|e| FieldError::new("engine.definition", e.to_string()))?;
+
+    let machine = cx.logical_id("StateMachine");
+    let role = cx.logical_id("StateMachineRole");
+    let invoked: Vec<Value> = functions
+        .values()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|id| json!({"Fn::GetAtt": [id, "Arn"]}))
+        .collect();
+    let mut role_resource = json!({
+        "Type": "AWS::IAM::Role",
+        "Properties": {
+            "AssumeRolePolicyDocument": {
+                "Version": "2012-10-17",
+                "Statement": [{
+                    "Effect": "Allow",
+                    "Principal": {"Service": "states.amazonaws.com"},
+                    "Action": "sts:AssumeRole",
+                }],
+            },
+        },
+    });
+    if !invoked.is_empty() {
+        role_resource["Properties"]["Policies"] = json!([{
+            "PolicyName": "invoke-task-functions",
+            "PolicyDocument": {
+                "Version": "2012-10-17",
+                "Statement": [{
+                    "Effect": "Allow",
+                    "Action": "lambda:InvokeFunction",
+                    "Resource": invoked,
+                }],
+            },
+        }]);
+    }
+    let executions = json!({"Fn::Sub": format!(
+        "arn:${{AWS::Partition}}:states:${{AWS::Region}}:${{AWS::AccountId}}:execution:${{{machine}.Name}}:*"
+    )});
+    Ok(Deployment::default()
+        .resource(&role, role_resource)
+        .resource(
+            &machine,
+            json!({
+                "Type": "AWS::StepFunctions::StateMachine",
+                "Properties": {
+                    "RoleArn": {"Fn::GetAtt": [role, "Arn"]},
+                    "DefinitionString": {"Fn::Sub": body},
+                },
+            }),
+        )
+        .output(
+            format!("{machine}Arn"),
+            json!({
+                "Description": format!("The state machine stage \"{}\" of pipeline \"{}\" starts", cx.stage_name, cx.pipeline),
+                "Value": {"Ref": machine},
+            }),
+        )
+        .env(cx.override_var("engine.state_machine_arn"), json!({"Ref": machine}))
+        .allow(starts(json!({"Ref": machine}), executions)))
+}
+
+fn starts(machine: Value, executions: Value) -> Statement {
+    Statement::new(
+        ["states:StartExecution", "states:DescribeExecution"],
+        [machine, executions],
+        "start one canary execution per deployment; on a name clash, read the existing \
+         execution's input to tell a duplicate from a conflict",
+    )
+}
+
+/// Escapes `${` for `Fn::Sub` everywhere, then replaces mapped Task resources with the ARN of
+/// the function serving them (`${Id.Arn}`), in branches and map processors too.
+fn substitute(value: &mut Value, functions: &BTreeMap<String, String>) {
+    match value {
+        Value::String(s) if s.contains("${") => *s = s.replace("${", "${!"),
+        Value::Array(items) => items.iter_mut().for_each(|v| substitute(v, functions)),
+        Value::Object(map) => {
+            let is_task = map.get("Type").and_then(Value::as_str) == Some("Task");
+            for v in map.values_mut() {
+                substitute(v, functions);
+            }
+            if is_task
+                && let Some(Value::String(resource)) = map.get_mut("Resource")
+                && let Some(id) = functions.get(resource.as_str())
+            {
+                *resource = format!("${{{id}.Arn}}");
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state_machine::StartStateMachineConfig;
+
+    fn deploy(engine: &str) -> Result<Deployment, FieldError> {
+        let config: StartStateMachineConfig = toml::from_str(&format!("engine = {engine}")).unwrap();
+        let pipelines = vec!["e".to_owned(), "shift".to_owned()];
+        let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines");
+        let cx = DeployContext {
+            file: "x.toml",
+            base_dir: &base,
+            pipeline: "e",
+            stage_index: 3,
+            stage_name: "start",
+            pipelines: &pipelines,
+        };
+        deployment(&config.engine, &cx)
+    }
+
+    #[test]
+    fn a_definition_becomes_a_state_machine_the_function_is_pointed_at() {
+        let d = deploy(
+            "{ type = \"step-functions\", definition = \"canary.asl.json\", resources = { \"arn:aws:lambda:us-east-1:111122223333:function:cutover-traffic-shift\" = \"shift\", \"arn:aws:lambda:us-east-1:111122223333:function:cutover-health-check\" = \"shift\" } }",
+        )
+        .unwrap();
+        assert_eq!(
+            d.environment["CUTOVER_PIPELINES__E__STAGES__3__ENGINE__STATE_MACHINE_ARN"],
+            json!({"Ref": "EStartStateMachine"})
+        );
+        let body = d.resources["EStartStateMachine"]["Properties"]["DefinitionString"]["Fn::Sub"]
+            .as_str()
+            .unwrap();
+        assert!(body.contains("\"Resource\": \"${ShiftFunction.Arn}\""), "{body}");
+        assert!(!body.contains("arn:aws:lambda"), "{body}");
+        assert_eq!(
+            d.resources["EStartStateMachineRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+                [0]["Resource"],
+            json!([{"Fn::GetAtt": ["ShiftFunction", "Arn"]}]),
+            "invoke exactly the mapped functions, once each"
+        );
+    }
+
+    #[test]
+    fn an_existing_machine_is_only_permitted_and_the_local_engine_is_refused() {
+        let d = deploy("{ type = \"step-functions\", state_machine_arn = \"arn:aws:states:us-east-1:1:stateMachine:canary\" }")
+            .unwrap();
+        assert!(d.resources.is_empty());
+        assert_eq!(
+            d.statements[0].resources,
+            vec![
+                json!("arn:aws:states:us-east-1:1:stateMachine:canary"),
+                json!("arn:aws:states:us-east-1:1:execution:canary:*")
+            ]
+        );
+        let err = deploy("{ type = \"local\", definition = \"canary.asl.json\" }").unwrap_err();
+        assert_eq!(err.field, "engine");
+    }
+
+    #[test]
+    fn task_resources_become_function_arns_and_dollar_braces_are_escaped() {
+        let mut tree = json!({"States": {
+            "A": {"Type": "Task", "Resource": "arn:x", "Comment": "costs ${5}"},
+            "P": {"Type": "Parallel", "Branches": [{"States": {"B": {"Type": "Task", "Resource": "arn:x"}}}]},
+            "C": {"Type": "Pass", "Resource": "arn:x"}
+        }});
+        let functions = BTreeMap::from([("arn:x".to_owned(), "ShiftFunction".to_owned())]);
+        substitute(&mut tree, &functions);
+        assert_eq!(tree["States"]["A"]["Resource"], "${ShiftFunction.Arn}");
+        assert_eq!(tree["States"]["A"]["Comment"], "costs ${!5}");
+        assert_eq!(
+            tree["States"]["P"]["Branches"][0]["States"]["B"]["Resource"],
+            "${ShiftFunction.Arn}"
+        );
+        assert_eq!(tree["States"]["C"]["Resource"], "arn:x");
+    }
+}

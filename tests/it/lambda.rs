@@ -1,0 +1,221 @@
+//! The Lambda host against an in-test server speaking the Lambda Runtime API over HTTP
+//! (`/2018-06-01/runtime/invocation/next`, `/response`, `/error`).
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::cutover;
+
+/// What the function answered for one invocation.
+#[derive(Debug, Clone)]
+struct Answer {
+    id: String,
+    kind: &'static str,
+    body: Value,
+    error_type: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<(String, Value)>,
+    answers: Vec<Answer>,
+    first_poll: Option<Instant>,
+}
+
+/// A minimal Runtime API: hands out queued events, records responses and errors.
+struct RuntimeApi {
+    addr: String,
+    state: Arc<Mutex<State>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl RuntimeApi {
+    fn start(events: Vec<(&str, Value)>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let state = Arc::new(Mutex::new(State {
+            queue: events.into_iter().map(|(id, v)| (id.to_owned(), v)).collect(),
+            ..State::default()
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st) = (state.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let (s, st) = (s.clone(), st.clone());
+                std::thread::spawn(move || serve(conn, &s, &st));
+            }
+        });
+        Self { addr, state, stop }
+    }
+
+    fn wait_for_answers(&self, n: usize) -> Vec<Answer> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let answers = self.state.lock().unwrap().answers.clone();
+            if answers.len() >= n || Instant::now() > deadline {
+                return answers;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RuntimeApi {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn serve(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut writer = conn;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let (method, path) = (parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or("").to_owned());
+        let mut length = 0;
+        loop {
+            let mut h = String::new();
+            reader.read_line(&mut h).unwrap();
+            if h.trim().is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        let reply = |w: &mut TcpStream, status: &str, headers: &str, body: &[u8]| {
+            let head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n{headers}\r\n", body.len());
+            w.write_all(head.as_bytes()).and_then(|()| w.write_all(body))
+        };
+        if method == "GET" && path.ends_with("/runtime/invocation/next") {
+            state.lock().unwrap().first_poll.get_or_insert_with(Instant::now);
+            let next = loop {
+                if let Some(e) = state.lock().unwrap().queue.pop_front() {
+                    break Some(e);
+                }
+                if stop.load(Ordering::SeqCst) {
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            let Some((id, event)) = next else { return };
+            let deadline = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() + 60_000;
+            let headers = format!(
+                "Content-Type: application/json\r\nLambda-Runtime-Aws-Request-Id: {id}\r\nLambda-Runtime-Deadline-Ms: {deadline}\r\n\
+                 Lambda-Runtime-Invoked-Function-Arn: arn:aws:lambda:us-east-1:123456789012:function:cutover\r\n\
+                 Lambda-Runtime-Trace-Id: Root=1-5759e988-bd862e3fe1be46a994272793\r\n"
+            );
+            if reply(&mut writer, "200 OK", &headers, event.to_string().as_bytes()).is_err() {
+                return;
+            }
+        } else {
+            let id = path.split('/').nth(4).unwrap_or("").to_owned();
+            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let kind = if path.ends_with("/response") { "response" } else { "error" };
+            let error_type = body.get("errorType").and_then(Value::as_str).map(str::to_owned);
+            state.lock().unwrap().answers.push(Answer { id, kind, body, error_type });
+            if reply(&mut writer, "202 Accepted", "Content-Type: application/json\r\n", b"{}").is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn spawn(api: &RuntimeApi, config: &std::path::Path, pipeline: &str, data: &std::path::Path) -> std::process::Child {
+    cutover()
+        .arg("lambda")
+        .env("AWS_LAMBDA_RUNTIME_API", &api.addr)
+        .env("AWS_LAMBDA_FUNCTION_NAME", "cutover")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("AWS_LAMBDA_LOG_STREAM_NAME", "stream")
+        .env("AWS_LAMBDA_LOG_GROUP_NAME", "group")
+        .env("AWS_REGION", "us-east-1")
+        .env("CUTOVER_CONFIG", config)
+        .env("CUTOVER_PIPELINE", pipeline)
+        .env("CUTOVER_SETTINGS__DATA_DIR", data)
+        // The shipped pipeline runs its canary on the embedded engine: on virtual time it
+        // finishes within the invocation.
+        .env("CUTOVER_CLOCK", "virtual")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn fixture(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(crate::repo(&format!("tests/fixtures/{name}"))).unwrap()).unwrap()
+}
+
+#[test]
+fn eventbridge_events_pass_drop_and_start_one_rollout() {
+    let data = tempfile::tempdir().unwrap();
+    let running = fixture("task-fargate-running.json");
+    let api = RuntimeApi::start(vec![
+        ("r1", fixture("task-fargate-provisioning.json")),
+        ("r2", running.clone()),
+        ("r3", running),
+    ]);
+    let mut child = spawn(&api, &crate::repo("pipelines/catsndogs.toml"), "ecs-events", data.path());
+    let answers = api.wait_for_answers(3);
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    assert_eq!((answers[0].id.as_str(), answers[0].kind), ("r1", "response"));
+    assert_eq!(answers[0].body["outcome"], "dropped");
+    assert_eq!(answers[0].body["stage"], "filter");
+    assert_eq!(answers[1].body["outcome"], "passed");
+    assert!(answers[1].body["context"]["execution"].as_str().unwrap().contains(":execution:canary:"));
+    assert_eq!(answers[2].body["outcome"], "dropped");
+    assert_eq!(answers[2].body["stage"], "dedup", "the redelivery is a duplicate");
+    // One EMF line per invoke on stdout.
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let emf: Vec<Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).filter(|v: &Value| v.get("_aws").is_some()).collect();
+    assert_eq!(emf.len(), 3, "{stdout}");
+    assert_eq!(emf[1]["ExecutionsStarted"], 1);
+    assert_eq!(emf[2]["Duplicates"], 1);
+}
+
+#[test]
+fn step_functions_task_invocations_return_the_handler_output_or_its_error() {
+    let data = tempfile::tempdir().unwrap();
+    let api = RuntimeApi::start(vec![
+        ("t1", json!({"weight": 10, "execution": "x"})),
+        ("t2", json!({"weight": 250})),
+    ]);
+    let mut child = spawn(&api, &crate::repo("pipelines/catsndogs.toml"), "traffic-shift", data.path());
+    let answers = api.wait_for_answers(2);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    assert_eq!(answers[0].kind, "response");
+    assert_eq!((answers[0].body["blue"].as_i64(), answers[0].body["green"].as_i64()), (Some(90), Some(10)));
+    assert_eq!(answers[1].kind, "error");
+    assert_eq!(answers[1].error_type.as_deref(), Some("TrafficShift.InvalidWeight"), "{:?}", answers[1]);
+}
+
+#[test]
+fn a_broken_pipeline_file_is_an_init_error_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[pipelines.p]\n[[pipelines.p.stages]]\ntype = \"filterr\"\n").unwrap();
+    let api = RuntimeApi::start(vec![]);
+    let mut child = spawn(&api, &bad, "p", dir.path());
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+}

@@ -1,0 +1,285 @@
+//! `cutover template` and `cutover package`: the generated stack deploys (moto server's
+//! CloudFormation `CreateStack`) and holds what the pipeline file says, with least privilege.
+//!
+//! moto creates the table, rule, state machine, roles (with their inline policies), functions,
+//! log groups and the rule's Lambda permission. It does not apply a table's
+//! `TimeToLiveSpecification` (checked in the template text instead), nor the functions'
+//! `Architectures` and `LoggingConfig`, and it never runs the functions or the state machine.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use aws_sdk_cloudformation::types::{Capability, Parameter, StackStatus};
+use cutover_core::{BuildContext, Loader};
+use serde_json::Value;
+
+use crate::{cutover, moto, repo};
+
+const AWS_PIPELINES: &str = "pipelines/catsndogs-aws.toml";
+
+fn template(args: &[&str]) -> std::process::Output {
+    cutover()
+        .arg("template")
+        .args(args)
+        .output()
+        .expect("cutover runs")
+}
+
+/// PUTs `body` at `path` of the moto server (S3's REST API needs no signature there).
+fn http_put(base: &str, path: &str, body: &[u8]) -> u16 {
+    let host = base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(host).expect("moto is reachable");
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn embedded_backends_cannot_be_templated_and_the_error_says_what_to_change() {
+    let out = template(&["pipelines/catsndogs.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty(), "no half-usable template is printed");
+    let err = String::from_utf8(out.stderr).unwrap();
+    for expected in [
+        "pipelines/catsndogs.toml: pipeline \"ecs-events\", stage 3 (dedup): field \"store\":",
+        "type = \"dynamodb\"",
+        "stage 4 (start-state-machine): field \"engine\":",
+        "type = \"step-functions\"",
+    ] {
+        assert!(err.contains(expected), "{expected:?} not in:\n{err}");
+    }
+}
+
+#[tokio::test]
+async fn the_generated_stack_deploys_with_the_compiled_rule_table_state_machine_and_scoped_roles() {
+    let moto = moto::shared();
+    let out = template(&[AWS_PIPELINES, "--arch", "x86_64"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let body = String::from_utf8(out.stdout).unwrap();
+    assert!(body.contains("TimeToLiveSpecification:\n        AttributeName: expires\n        Enabled: true"));
+    assert!(body.contains("- x86_64"));
+
+    // The code the functions point at must exist for moto's CreateFunction.
+    let bucket = moto::unique("cutover-code");
+    assert_eq!(http_put(&moto.url, &format!("/{bucket}"), b""), 200);
+    let empty_zip = [b"PK\x05\x06".as_slice(), &[0u8; 18]].concat();
+    assert_eq!(
+        http_put(&moto.url, &format!("/{bucket}/cutover.zip"), &empty_zip),
+        200
+    );
+
+    let cx = BuildContext::new("unused").with_aws(moto.aws());
+    let config = cx.aws_config().await;
+    let cfn = aws_sdk_cloudformation::Client::new(config);
+    let stack = moto::unique("cutover");
+    cfn.create_stack()
+        .stack_name(&stack)
+        .template_body(&body)
+        .parameters(
+            Parameter::builder()
+                .parameter_key("CodeS3Bucket")
+                .parameter_value(&bucket)
+                .build(),
+        )
+        .capabilities(Capability::CapabilityIam)
+        .send()
+        .await
+        .expect("moto creates the stack");
+    let described = cfn.describe_stacks().stack_name(&stack).send().await.unwrap();
+    let s = &described.stacks()[0];
+    assert_eq!(s.stack_status(), Some(&StackStatus::CreateComplete), "{s:?}");
+    let output = |key: &str| {
+        s.outputs()
+            .iter()
+            .find(|o| o.output_key() == Some(key))
+            .and_then(|o| o.output_value())
+            .unwrap_or_else(|| panic!("no output {key}: {:?}", s.outputs()))
+            .to_owned()
+    };
+    let resources = cfn
+        .list_stack_resources()
+        .stack_name(&stack)
+        .send()
+        .await
+        .unwrap();
+    let physical = |logical: &str| {
+        resources
+            .stack_resource_summaries()
+            .iter()
+            .find(|r| r.logical_resource_id() == Some(logical))
+            .and_then(|r| r.physical_resource_id())
+            .unwrap_or_else(|| panic!("moto did not create {logical}"))
+            .to_owned()
+    };
+
+    // The dedup table: the store's key schema, on demand.
+    let table = output("EcsEventsDedupTableName");
+    assert_eq!(physical("EcsEventsDedupTable"), table);
+    let ddb = aws_sdk_dynamodb::Client::new(config);
+    let t = ddb.describe_table().table_name(&table).send().await.unwrap();
+    let t = t.table().unwrap();
+    assert_eq!(t.key_schema()[0].attribute_name(), "pk");
+    assert_eq!(
+        t.billing_mode_summary()
+            .and_then(|b| b.billing_mode())
+            .map(|b| b.as_str()),
+        Some("PAY_PER_REQUEST")
+    );
+
+    // The rule: exactly the pattern the filter stage compiles to.
+    cutover_stages::link();
+    let file = Loader::new().load_file(repo(AWS_PIPELINES)).unwrap();
+    let compiled = file
+        .pipeline("ecs-events")
+        .unwrap()
+        .event_pattern()
+        .unwrap()
+        .unwrap();
+    let events = aws_sdk_eventbridge::Client::new(config);
+    let rule = events
+        .describe_rule()
+        .name(output("EcsEventsRuleName"))
+        .send()
+        .await
+        .unwrap();
+    let pattern: Value = serde_json::from_str(rule.event_pattern().unwrap()).unwrap();
+    assert_eq!(pattern, compiled);
+    let targets = events
+        .list_targets_by_rule()
+        .rule(rule.name().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let ecs_function = output("EcsEventsFunctionArn");
+    assert_eq!(targets.targets()[0].arn(), ecs_function);
+
+    // The state machine: the canary definition with the two Task functions' ARNs.
+    let machine_arn = output("EcsEventsStartStateMachineStateMachineArn");
+    let sfn = aws_sdk_sfn::Client::new(config);
+    let machine = sfn
+        .describe_state_machine()
+        .state_machine_arn(&machine_arn)
+        .send()
+        .await
+        .unwrap();
+    let definition: Value = serde_json::from_str(machine.definition()).unwrap();
+    assert_eq!(
+        definition["States"]["Shift10"]["Resource"],
+        output("TrafficShiftFunctionArn").as_str()
+    );
+    assert_eq!(
+        definition["States"]["Check10"]["Resource"],
+        output("HealthCheckFunctionArn").as_str()
+    );
+    assert_eq!(
+        definition["States"]["Shift10"]["Parameters"]["execution.$"], "$$.Execution.Name",
+        "the rest of the definition is untouched"
+    );
+
+    // The roles: each function's role allows only what its stages call, on those resources.
+    let iam = aws_sdk_iam::Client::new(config);
+    let policy = |role: String, name: &'static str| {
+        let iam = iam.clone();
+        async move {
+            let p = iam
+                .get_role_policy()
+                .role_name(&role)
+                .policy_name(name)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("policy {name} of {role}: {e:?}"));
+            let text = p.policy_document();
+            let text = urlencoding_decode(text);
+            serde_json::from_str::<Value>(&text).unwrap()
+        }
+    };
+    let ecs = policy(physical("EcsEventsRole"), "cutover-ecs-events").await;
+    let statements = ecs["Statement"].as_array().unwrap();
+    let table_arn = t.table_arn().unwrap();
+    let dynamo = statements
+        .iter()
+        .find(|s| s["Action"].to_string().contains("dynamodb:PutItem"))
+        .expect("a dynamodb statement");
+    assert_eq!(dynamo["Resource"], serde_json::json!([table_arn]));
+    let start = statements
+        .iter()
+        .find(|s| s["Action"].to_string().contains("states:StartExecution"))
+        .expect("a states statement");
+    assert_eq!(start["Resource"][0], machine_arn.as_str());
+    let executions = start["Resource"][1].as_str().unwrap();
+    assert!(
+        executions.contains(":states:") && executions.contains(":execution:") && executions.ends_with(":*"),
+        "{start}"
+    );
+    let all_actions: Vec<String> = statements
+        .iter()
+        .flat_map(|s| s["Action"].as_array().cloned().unwrap_or_default())
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    assert!(all_actions.iter().all(|a| !a.contains('*')), "{all_actions:?}");
+
+    let machine_role = machine.role_arn().rsplit('/').next().unwrap().to_owned();
+    let invoke = policy(machine_role, "invoke-task-functions").await;
+    let mut invoked: Vec<String> = invoke["Statement"][0]["Resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    invoked.sort();
+    let mut expected = vec![
+        output("HealthCheckFunctionArn"),
+        output("TrafficShiftFunctionArn"),
+    ];
+    expected.sort();
+    assert_eq!(
+        invoked, expected,
+        "the state machine may invoke exactly its Task functions"
+    );
+}
+
+/// IAM returns policy documents URL-encoded (AWS does; moto may not).
+fn urlencoding_decode(text: &str) -> String {
+    if !text.contains('%') {
+        return text.to_owned();
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    Err(_) => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
