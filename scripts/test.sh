@@ -43,4 +43,4 @@ done
 export CUTOVER_MOTO_URL="http://127.0.0.1:$port"
 echo "test.sh: moto_server $MOTO_VERSION on $CUTOVER_MOTO_URL" >&2
 
-cargo test --workspace "$@"
+cargo test --workspace --no-fail-fast "$@"

@@ -71,7 +71,9 @@ impl Reporter {
 fn free_port() -> anyhow::Result<u16> {
     for _ in 0..20 {
         let port = std::net::TcpListener::bind((BLUE, 0))?.local_addr()?.port();
-        if std::net::TcpListener::bind((GREEN, port)).is_ok() && std::net::UdpSocket::bind((BLUE, port)).is_ok() {
+        if std::net::TcpListener::bind((GREEN, port)).is_ok()
+            && std::net::UdpSocket::bind((BLUE, port)).is_ok()
+        {
             return Ok(port);
         }
     }
@@ -84,7 +86,9 @@ async fn serve_page(
     page: &'static str,
     sick: impl Fn() -> bool + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
     let sick = Arc::new(sick);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
@@ -92,7 +96,11 @@ async fn serve_page(
             let service = hyper::service::service_fn(move |_req| {
                 let sick = sick();
                 async move {
-                    let (status, body) = if sick { (500, "cats v3 is sick\n") } else { (200, page) };
+                    let (status, body) = if sick {
+                        (500, "cats v3 is sick\n")
+                    } else {
+                        (200, page)
+                    };
                     let response = hyper::Response::builder()
                         .status(status)
                         .header("content-type", "text/html")
@@ -102,7 +110,9 @@ async fn serve_page(
             });
             tokio::spawn(async move {
                 let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
             });
         }
     });
@@ -123,7 +133,9 @@ async fn sample_dns(server: SocketAddr) -> (usize, usize) {
 
 /// The executions the engine has persisted, by file.
 fn executions(dir: &Path) -> Vec<Value> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
     let mut out: Vec<(PathBuf, Value)> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
@@ -143,14 +155,19 @@ struct Progress {
 
 /// Reports the history events of the (single) execution not yet reported.
 async fn report_history(dir: &Path, progress: &mut Progress, dns: SocketAddr, out: &Reporter) {
-    let Some(record) = executions(dir).into_iter().next() else { return };
+    let Some(record) = executions(dir).into_iter().next() else {
+        return;
+    };
     let history = record["history"].as_array().cloned().unwrap_or_default();
     for event in history.iter().skip(progress.seen) {
         progress.seen += 1;
         let resource = event["resource"].as_str().unwrap_or_default();
         match event["type"].as_str() {
             Some("TaskSucceeded") if resource.ends_with("cutover-traffic-shift") => {
-                let (b, g) = (event["output"]["blue"].as_u64().unwrap_or(0), event["output"]["green"].as_u64().unwrap_or(0));
+                let (b, g) = (
+                    event["output"]["blue"].as_u64().unwrap_or(0),
+                    event["output"]["green"].as_u64().unwrap_or(0),
+                );
                 progress.weights.push([b, g]);
                 let (db, dg) = sample_dns(dns).await;
                 out.say(
@@ -162,7 +179,14 @@ async fn report_history(dir: &Path, progress: &mut Progress, dns: SocketAddr, ou
                 let state = event["output"]["State"].as_str().unwrap_or("?");
                 let reason = event["output"]["reason"].as_str().unwrap_or("");
                 out.say(
-                    &format!("  health  green is {state}{}", if reason.is_empty() { String::new() } else { format!(": {reason}") }),
+                    &format!(
+                        "  health  green is {state}{}",
+                        if reason.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {reason}")
+                        }
+                    ),
                     json!({"step": "health", "state": state, "reason": reason}),
                 );
             }
@@ -170,7 +194,9 @@ async fn report_history(dir: &Path, progress: &mut Progress, dns: SocketAddr, ou
                 &format!("  bake    {}", event["name"].as_str().unwrap_or("")),
                 json!({"step": "bake", "state": event["name"]}),
             ),
-            Some(kind @ ("ExecutionSucceeded" | "ExecutionFailed" | "ExecutionTimedOut" | "ExecutionAborted")) => {
+            Some(
+                kind @ ("ExecutionSucceeded" | "ExecutionFailed" | "ExecutionTimedOut" | "ExecutionAborted"),
+            ) => {
                 progress.status = Some(kind.trim_start_matches("Execution").to_uppercase());
                 progress.cause = event["cause"].as_str().map(str::to_owned);
             }
@@ -183,7 +209,10 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     if !(args.speed.is_finite() && args.speed > 0.0) {
         bail!("--speed must be a positive number, e.g. 30");
     }
-    let out = Reporter { json: args.json, tty: std::io::stdout().is_terminal() };
+    let out = Reporter {
+        json: args.json,
+        tty: std::io::stdout().is_terminal(),
+    };
     let temp;
     let root = match &args.state {
         Some(dir) => dir.clone(),
@@ -202,10 +231,21 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let dns_port = free_port()?;
     let dns = SocketAddr::from((BLUE, dns_port));
     let loader = Loader::new()
-        .with_var("CUTOVER_PIPELINES__TRAFFIC_SHIFT__STAGES__1__ROUTER__LISTEN", dns.to_string())
-        .with_var("CUTOVER_PIPELINES__TRAFFIC_SHIFT__STAGES__1__ROUTER__SERVE", "true")
-        .with_var("CUTOVER_PIPELINES__HEALTH_CHECK__STAGES__1__PROBE__URL", format!("http://{GREEN}:{http_port}/"));
-    let file = loader.load_file(pipelines_dir.join("catsndogs.toml")).map_err(|e| anyhow::anyhow!("{e}"))?;
+        .with_var(
+            "CUTOVER_PIPELINES__TRAFFIC_SHIFT__STAGES__1__ROUTER__LISTEN",
+            dns.to_string(),
+        )
+        .with_var(
+            "CUTOVER_PIPELINES__TRAFFIC_SHIFT__STAGES__1__ROUTER__SERVE",
+            "true",
+        )
+        .with_var(
+            "CUTOVER_PIPELINES__HEALTH_CHECK__STAGES__1__PROBE__URL",
+            format!("http://{GREEN}:{http_port}/"),
+        );
+    let file = loader
+        .load_file(pipelines_dir.join("catsndogs.toml"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
 
     // Green reads the same weights file the router writes, to fall sick at 50%.
     let router_raw = file
@@ -213,23 +253,35 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .and_then(|p| p.stages.first())
         .and_then(|s| s.raw.get("router").cloned())
         .context("the demo pipeline has no traffic-shift router")?;
-    let mut router: LocalRouterConfig = serde_json::from_value(strip_type(router_raw)).context("reading the local router")?;
+    let mut router: LocalRouterConfig =
+        serde_json::from_value(strip_type(router_raw)).context("reading the local router")?;
     router.serve = false;
     let spec = router.spec().map_err(|e| anyhow::anyhow!("{e}"))?;
     let weights_path = data.join(format!("traffic/{}.json", spec.record));
     let weights = WeightStore::open(spec, &weights_path)?;
     let fail_green = args.fail_green;
     let green_weights = weights.clone();
-    serve_page(SocketAddr::from((BLUE, http_port)), "<h1>cats v2</h1>\n", || false).await?;
-    serve_page(SocketAddr::from((GREEN, http_port)), "<h1>cats v3</h1>\n", move || {
-        fail_green && green_weights.weights().green >= 50
+    serve_page(SocketAddr::from((BLUE, http_port)), "<h1>cats v2</h1>\n", || {
+        false
     })
+    .await?;
+    serve_page(
+        SocketAddr::from((GREEN, http_port)),
+        "<h1>cats v3</h1>\n",
+        move || fail_green && green_weights.weights().green >= 50,
+    )
     .await?;
 
     let speed = args.speed;
     let clock = EngineClock(Arc::new(cutover_asl::ScaledClock::new(speed)));
-    let cx = file.build_context().with_data_dir(&data).with_clock(Arc::new(clock));
-    let pipeline = file.build("ecs-events", &cx).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cx = file
+        .build_context()
+        .with_data_dir(&data)
+        .with_clock(Arc::new(clock));
+    let pipeline = file
+        .build("ecs-events", &cx)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     out.say(
         &format!(
             "cutover demo: blue http://{BLUE}:{http_port}/ (cats v2), green http://{GREEN}:{http_port}/ (cats v3), \
@@ -239,7 +291,10 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         json!({"demo": {"blue": format!("{BLUE}:{http_port}"), "green": format!("{GREEN}:{http_port}"), "dns": dns.to_string(), "speed": speed, "fail_green": fail_green}}),
     );
     let (b, g) = sample_dns(dns).await;
-    out.say(&format!("  before  dig www.catsndogs.lol ×{DNS_SAMPLES}: {b} blue, {g} green"), json!({"step": "before", "dns": {"blue": b, "green": g}}));
+    out.say(
+        &format!("  before  dig www.catsndogs.lol ×{DNS_SAMPLES}: {b} blue, {g} green"),
+        json!({"step": "before", "dns": {"blue": b, "green": g}}),
+    );
 
     let started = Instant::now();
     let (mut events, mut filtered, mut duplicates, mut rollouts, mut failed) = (0u64, 0u64, 0u64, 0u64, 0u64);
@@ -251,14 +306,21 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             Outcome::Dropped { stage, reason } if stage == "dedup" => {
                 duplicates += 1;
                 out.say(
-                    &format!("event {:>2}: same deployment again (another task or a redelivery): dropped by dedup", i + 1),
+                    &format!(
+                        "event {:>2}: same deployment again (another task or a redelivery): dropped by dedup",
+                        i + 1
+                    ),
                     json!({"event": i + 1, "outcome": "dropped", "stage": "dedup", "reason": reason}),
                 );
             }
             Outcome::Passed { context } => {
                 rollouts += 1;
                 out.say(
-                    &format!("event {:>2}: green deployment → rollout started: {}", i + 1, context["execution"].as_str().unwrap_or("")),
+                    &format!(
+                        "event {:>2}: green deployment → rollout started: {}",
+                        i + 1,
+                        context["execution"].as_str().unwrap_or("")
+                    ),
                     json!({"event": i + 1, "outcome": "passed", "execution": context["execution"]}),
                 );
             }
@@ -313,7 +375,11 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             "status": status,
         }}),
     );
-    Ok(if rolled_back { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if rolled_back {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn strip_type(mut v: Value) -> Value {

@@ -52,12 +52,14 @@ impl LambdaHandler {
 
     /// Loads the pipeline `CUTOVER_CONFIG` / `CUTOVER_PIPELINE` name.
     pub async fn from_env() -> Result<Self, HostError> {
-        let config = std::env::var_os("CUTOVER_CONFIG").map(PathBuf::from).unwrap_or_else(|| {
-            std::env::current_exe()
-                .ok()
-                .and_then(|exe| exe.parent().map(|d| d.join(BUNDLED_CONFIG)))
-                .unwrap_or_else(|| PathBuf::from(BUNDLED_CONFIG))
-        });
+        let config = std::env::var_os("CUTOVER_CONFIG")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                std::env::current_exe()
+                    .ok()
+                    .and_then(|exe| exe.parent().map(|d| d.join(BUNDLED_CONFIG)))
+                    .unwrap_or_else(|| PathBuf::from(BUNDLED_CONFIG))
+            });
         let name = std::env::var("CUTOVER_PIPELINE").ok().filter(|n| !n.is_empty());
         let Hosted { pipeline, context } = crate::load(&config, name.as_deref()).await?;
         Ok(Self::new(pipeline, context))
@@ -71,7 +73,11 @@ impl LambdaHandler {
         // Embedded work started by this event (a local state machine) must finish before the
         // sandbox freezes.
         self.context.background().drain().await;
-        emit_emf(self.pipeline.name(), &outcome, started.elapsed().as_secs_f64() * 1000.0);
+        emit_emf(
+            self.pipeline.name(),
+            &outcome,
+            started.elapsed().as_secs_f64() * 1000.0,
+        );
         respond(outcome, eventbridge)
     }
 }
@@ -89,7 +95,11 @@ fn respond(outcome: Outcome, eventbridge: bool) -> Result<Value, Diagnostic> {
         }),
         Outcome::Failed { stage, error } => {
             tracing::warn!(%stage, error = %error.message, retryable = error.retryable, "event failed");
-            let fallback = if error.retryable { "Cutover.Retryable" } else { "Cutover.Failed" };
+            let fallback = if error.retryable {
+                "Cutover.Retryable"
+            } else {
+                "Cutover.Failed"
+            };
             Err(Diagnostic {
                 error_type: error.kind.unwrap_or_else(|| fallback.into()),
                 error_message: format!("{stage}: {}", error.message),
@@ -100,14 +110,18 @@ fn respond(outcome: Outcome, eventbridge: bool) -> Result<Value, Diagnostic> {
 
 /// One CloudWatch Embedded Metric Format line per invoke.
 fn emit_emf(pipeline: &str, outcome: &Outcome, latency_ms: f64) {
-    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
     let (passed, dropped, failed) = match outcome {
         Outcome::Passed { .. } => (1, 0, 0),
         Outcome::Dropped { .. } => (0, 1, 0),
         Outcome::Failed { .. } => (0, 0, 1),
     };
     let duplicate = u8::from(matches!(outcome, Outcome::Dropped { stage, .. } if stage == "dedup"));
-    let started = u8::from(matches!(outcome, Outcome::Passed { context } if context.contains_key("execution")));
+    let started =
+        u8::from(matches!(outcome, Outcome::Passed { context } if context.contains_key("execution")));
     let line = json!({
         "_aws": {
             "Timestamp": ms,
@@ -165,17 +179,42 @@ mod tests {
 
     #[test]
     fn outcomes_map_to_responses_and_error_types() {
-        let passed = Outcome::Passed { context: json!({"State": "healthy"}).as_object().unwrap().clone() };
-        assert_eq!(respond(passed.clone(), false).unwrap(), json!({"State": "healthy"}));
+        let passed = Outcome::Passed {
+            context: json!({"State": "healthy"}).as_object().unwrap().clone(),
+        };
+        assert_eq!(
+            respond(passed.clone(), false).unwrap(),
+            json!({"State": "healthy"})
+        );
         assert_eq!(respond(passed, true).unwrap()["outcome"], "passed");
-        let dropped = Outcome::Dropped { stage: "filter".into(), reason: "not green".into() };
+        let dropped = Outcome::Dropped {
+            stage: "filter".into(),
+            reason: "not green".into(),
+        };
         assert_eq!(respond(dropped.clone(), true).unwrap()["reason"], "not green");
         assert_eq!(respond(dropped, false).unwrap_err().error_type, "Cutover.Dropped");
-        let failed = |e: StageError| Outcome::Failed { stage: "traffic-shift".into(), error: e };
-        let e = respond(failed(StageError::retryable("slow").with_kind("TrafficShift.NotInSync")), false).unwrap_err();
+        let failed = |e: StageError| Outcome::Failed {
+            stage: "traffic-shift".into(),
+            error: e,
+        };
+        let e = respond(
+            failed(StageError::retryable("slow").with_kind("TrafficShift.NotInSync")),
+            false,
+        )
+        .unwrap_err();
         assert_eq!(e.error_type, "TrafficShift.NotInSync");
         assert_eq!(e.error_message, "traffic-shift: slow");
-        assert_eq!(respond(failed(StageError::retryable("x")), true).unwrap_err().error_type, "Cutover.Retryable");
-        assert_eq!(respond(failed(StageError::permanent("x")), true).unwrap_err().error_type, "Cutover.Failed");
+        assert_eq!(
+            respond(failed(StageError::retryable("x")), true)
+                .unwrap_err()
+                .error_type,
+            "Cutover.Retryable"
+        );
+        assert_eq!(
+            respond(failed(StageError::permanent("x")), true)
+                .unwrap_err()
+                .error_type,
+            "Cutover.Failed"
+        );
     }
 }

@@ -209,24 +209,15 @@ impl DedupStore for DynamoStore {
         })
     }
 
-    fn complete<'a>(
+    fn finish<'a>(
         &'a self,
         key: &'a str,
         owner: &'a str,
+        status: Status,
         result: &'a str,
         expires: i64,
     ) -> BoxFuture<'a, Result<(), StageError>> {
-        Box::pin(self.finish(key, owner, Status::Completed, result, expires))
-    }
-
-    fn fail<'a>(
-        &'a self,
-        key: &'a str,
-        owner: &'a str,
-        error: &'a str,
-        expires: i64,
-    ) -> BoxFuture<'a, Result<(), StageError>> {
-        Box::pin(self.finish(key, owner, Status::Failed, error, expires))
+        Box::pin(self.update(key, owner, status, result, expires))
     }
 
     fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFuture<'a, Result<(), StageError>> {
@@ -261,7 +252,7 @@ impl DedupStore for DynamoStore {
 }
 
 impl DynamoStore {
-    async fn finish(
+    async fn update(
         &self,
         key: &str,
         owner: &str,

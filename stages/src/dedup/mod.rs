@@ -416,11 +416,19 @@ impl Dedup {
                                 other => other.to_string(),
                             })
                             .unwrap_or_else(|| "passed".into());
-                        self.store.complete(&key, &owner, &result, expires).await
+                        self.store
+                            .finish(&key, &owner, Status::Completed, &result, expires)
+                            .await
                     }
                     Outcome::Failed { error, stage } if !error.retryable => {
                         self.store
-                            .fail(&key, &owner, &format!("{stage}: {}", error.message), expires)
+                            .finish(
+                                &key,
+                                &owner,
+                                Status::Failed,
+                                &format!("{stage}: {}", error.message),
+                                expires,
+                            )
                             .await
                     }
                     Outcome::Failed { .. } | Outcome::Dropped { .. } => {

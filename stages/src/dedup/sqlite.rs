@@ -144,35 +144,19 @@ impl DedupStore for SqliteStore {
         }))
     }
 
-    fn complete<'a>(
+    fn finish<'a>(
         &'a self,
         key: &'a str,
         owner: &'a str,
+        status: Status,
         result: &'a str,
         expires: i64,
     ) -> BoxFuture<'a, Result<(), StageError>> {
         let (key, owner, result) = (key.to_owned(), owner.to_owned(), result.to_owned());
         Box::pin(self.blocking(move |conn| {
             conn.execute(
-                "UPDATE dedup SET status = 'COMPLETED', result = ?3, expires = ?4 WHERE key = ?1 AND owner = ?2",
-                params![key, owner, result, expires],
-            )
-            .map(drop)
-        }))
-    }
-
-    fn fail<'a>(
-        &'a self,
-        key: &'a str,
-        owner: &'a str,
-        error: &'a str,
-        expires: i64,
-    ) -> BoxFuture<'a, Result<(), StageError>> {
-        let (key, owner, error) = (key.to_owned(), owner.to_owned(), error.to_owned());
-        Box::pin(self.blocking(move |conn| {
-            conn.execute(
-                "UPDATE dedup SET status = 'FAILED', result = ?3, expires = ?4 WHERE key = ?1 AND owner = ?2",
-                params![key, owner, error, expires],
+                "UPDATE dedup SET status = ?3, result = ?4, expires = ?5 WHERE key = ?1 AND owner = ?2",
+                params![key, owner, status.as_str(), result, expires],
             )
             .map(drop)
         }))

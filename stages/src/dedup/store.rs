@@ -89,20 +89,14 @@ pub enum Claim {
 pub trait DedupStore: Send + Sync + fmt::Debug {
     /// Claims `record.key` with one conditional write (see the module docs).
     fn claim<'a>(&'a self, record: &'a Record, now: i64) -> BoxFuture<'a, Result<Claim, StageError>>;
-    /// Marks the key completed with `result`, if `owner` still holds it.
-    fn complete<'a>(
+    /// Marks the key `Completed` with the pipeline's result, or `Failed` with the permanent
+    /// failure, and sets when it expires — if `owner` still holds it.
+    fn finish<'a>(
         &'a self,
         key: &'a str,
         owner: &'a str,
+        status: Status,
         result: &'a str,
-        expires: i64,
-    ) -> BoxFuture<'a, Result<(), StageError>>;
-    /// Records a permanent failure, if `owner` still holds the key.
-    fn fail<'a>(
-        &'a self,
-        key: &'a str,
-        owner: &'a str,
-        error: &'a str,
         expires: i64,
     ) -> BoxFuture<'a, Result<(), StageError>>;
     /// Deletes the claim so a redelivered event can proceed, if `owner` still holds it.
@@ -138,36 +132,19 @@ impl DedupStore for MemoryStore {
         })
     }
 
-    fn complete<'a>(
+    fn finish<'a>(
         &'a self,
         key: &'a str,
         owner: &'a str,
+        status: Status,
         result: &'a str,
         expires: i64,
     ) -> BoxFuture<'a, Result<(), StageError>> {
         Box::pin(async move {
             self.with(|m| {
                 if let Some(r) = m.get_mut(key).filter(|r| r.owner == owner) {
-                    r.status = Status::Completed;
+                    r.status = status;
                     r.result = Some(result.to_owned());
-                    r.expires = expires;
-                }
-            })
-        })
-    }
-
-    fn fail<'a>(
-        &'a self,
-        key: &'a str,
-        owner: &'a str,
-        error: &'a str,
-        expires: i64,
-    ) -> BoxFuture<'a, Result<(), StageError>> {
-        Box::pin(async move {
-            self.with(|m| {
-                if let Some(r) = m.get_mut(key).filter(|r| r.owner == owner) {
-                    r.status = Status::Failed;
-                    r.result = Some(error.to_owned());
                     r.expires = expires;
                 }
             })
