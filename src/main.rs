@@ -24,6 +24,7 @@ mod pattern_cmd;
 mod replay;
 mod rule;
 mod serve;
+mod package;
 mod states_cmd;
 mod template;
 
@@ -101,6 +102,9 @@ enum Command {
     /// Print a least-privilege CloudFormation template deploying a pipeline file to AWS Lambda.
     #[command(after_help = "Example:\n  cutover template pipelines/catsndogs-aws.toml --arch arm64 --output cutover.yaml")]
     Template(template::TemplateArgs),
+    /// Make the Lambda zip: the binary as `bootstrap` and the pipeline file as `cutover.toml`.
+    #[command(after_help = "Example:\n  cutover package pipelines/catsndogs-aws.toml --binary target/lambda/cutover/bootstrap --output cutover.zip")]
+    Package(package::PackageArgs),
 }
 
 fn init_json_logs() {
@@ -157,6 +161,7 @@ fn main() -> ExitCode {
             Command::States(cmd) => states_cmd::run(cmd).await,
             Command::Serve(args) => serve::run(args).await,
             Command::Template(args) => template::run(args),
+            Command::Package(args) => package::run(args),
             Command::Lambda => {
                 let handler = cutover::lambda::LambdaHandler::from_env().await?;
                 cutover::lambda::run(handler).await.map_err(|e| anyhow::anyhow!("lambda runtime: {e}"))?;

@@ -46,6 +46,9 @@ pub(crate) struct Config {
     pub(crate) auth: Auth,
     /// The largest body accepted.
     pub(crate) max_body: usize,
+    /// Whether `POST /events` is served (false: only `/healthz` and `/metrics`, next to another
+    /// source).
+    pub(crate) events: bool,
 }
 
 #[derive(Debug)]
@@ -56,19 +59,27 @@ struct Server {
 
 type Body = Full<Bytes>;
 
+/// Binds the listening socket (before anything is served, so a taken port is reported at once).
+pub(crate) async fn bind(listen: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))
+}
+
 /// Serves until shutdown is requested, then lets every connection finish its request.
 pub(crate) async fn serve(
     host: Arc<Host>,
-    listen: SocketAddr,
+    listener: TcpListener,
     config: Config,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    eprintln!("cutover serve: listening on http://{addr}");
-    tracing::info!(%addr, pipeline = %host.pipeline().name(), "serving POST /events");
+    if config.events {
+        eprintln!("cutover serve: listening on http://{addr}");
+        tracing::info!(%addr, pipeline = %host.pipeline().name(), "serving POST /events");
+    } else {
+        eprintln!("cutover serve: health and metrics on http://{addr}");
+    }
     let server = Arc::new(Server { host, config });
     let mut connections = JoinSet::new();
     loop {
@@ -143,6 +154,13 @@ impl Server {
         let path = request.uri().path().to_owned();
         let method = request.method().clone();
         let (route, response) = match (&method, path.as_str()) {
+            (_, "/events") if !self.config.events => (
+                "other",
+                error(
+                    StatusCode::NOT_FOUND,
+                    "this listener serves only /healthz and /metrics; events come from another source",
+                ),
+            ),
             (&Method::POST, "/events") => ("/events", self.events(request, peer).await),
             (&Method::GET, "/healthz") => (
                 "/healthz",

@@ -85,6 +85,10 @@ pub(crate) struct ServeArgs {
     /// the longest stdin line.
     #[arg(long, default_value = "256KiB", value_parser = parse_size, value_name = "SIZE")]
     max_body: usize,
+    /// SQS and stdin: also serve `GET /healthz` and `GET /metrics` (no authentication) on this
+    /// address until the daemon has stopped.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// SQS: the queue to long-poll.
     #[arg(long, value_name = "URL", required_if_eq("source", "sqs"))]
     queue_url: Option<String>,
@@ -129,6 +133,11 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if args.source != Source::Sqs && args.queue_url.is_some() {
         anyhow::bail!("--queue-url only applies to --source sqs");
     }
+    if args.source == Source::Http && args.metrics_listen.is_some() {
+        anyhow::bail!(
+            "--metrics-listen is for the sqs and stdin sources; the http source serves /metrics itself"
+        );
+    }
     let auth = if args.source == Source::Http {
         let auth = auth::Auth::from_env(args.api_key_env.as_deref(), args.basic_auth_env.as_deref())?;
         if auth.is_open() && !args.no_auth {
@@ -169,14 +178,34 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(pipeline = %pipeline.name(), dead_letter = %dead_letter, "cutover serve: starting");
     let host = Arc::new(Host::new(pipeline, dead_letter, args.concurrency));
     let shutdown = on_signal()?;
+    // The health and metrics listener of the other sources stays up until they are drained.
+    let (admin_stop, admin_stopped) = watch::channel(false);
+    let admin = match args.metrics_listen {
+        Some(listen) => {
+            let config = http::Config {
+                auth: auth::Auth::default(),
+                max_body: 0,
+                events: false,
+            };
+            let listener = http::bind(listen).await?;
+            Some(tokio::spawn(http::serve(
+                host.clone(),
+                listener,
+                config,
+                admin_stopped,
+            )))
+        }
+        None => None,
+    };
 
     let served = match args.source {
         Source::Http => {
             let config = http::Config {
                 auth,
                 max_body: args.max_body,
+                events: true,
             };
-            http::serve(host.clone(), args.listen, config, shutdown).await
+            http::serve(host.clone(), http::bind(args.listen).await?, config, shutdown).await
         }
         Source::Sqs => {
             let url = args.queue_url.clone().unwrap_or_default();
@@ -195,10 +224,15 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         );
     }
     cx.background().drain().await;
+    admin_stop.send_replace(true);
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     let stats = host.stats();
     eprintln!("cutover serve: stopped; {stats}");
     served?;
-    if stats.lost > 0 {
+    // HTTP senders and SQS redeliver what was not acknowledged; a stdin line is gone.
+    if stats.lost > 0 && args.source == Source::Stdin {
         eprintln!(
             "error: {} event(s) failed and could not be dead-lettered (see the log)",
             stats.lost
@@ -334,7 +368,7 @@ impl std::fmt::Display for Stats {
             self.events, self.passed, self.dropped, self.failed, self.dead_lettered
         )?;
         if self.lost > 0 {
-            write!(f, ", {} NOT recorded", self.lost)?;
+            write!(f, "; {} dead letter(s) could not be written", self.lost)?;
         }
         f.write_str(")")
     }
@@ -547,6 +581,73 @@ mod tests {
         assert_eq!(read_event(br#"{"id":7}"#), Ok(Some("7".into())));
         assert!(read_event(b"[1]").unwrap_err().contains("JSON object"));
         assert!(read_event(b"{\"id\": ").unwrap_err().contains("not valid JSON"));
+    }
+
+    /// A stage that fails every event.
+    #[derive(Debug)]
+    struct Fail {
+        retryable: bool,
+    }
+
+    impl cutover_core::Stage for Fail {
+        fn process<'a>(
+            &'a self,
+            _event: Event,
+            _next: cutover_core::Next<'a>,
+        ) -> cutover_core::BoxFuture<'a, Outcome> {
+            let error = if self.retryable {
+                StageError::retryable("try later")
+            } else {
+                StageError::permanent("never")
+            };
+            Box::pin(std::future::ready(Outcome::failed(error)))
+        }
+    }
+
+    async fn host(retryable: bool, dead_letter: &std::path::Path) -> Host {
+        let stage: Arc<dyn cutover_core::Stage> = Arc::new(Fail { retryable });
+        let pipeline = Pipeline::from_stages("p", vec![("fail".into(), stage)]);
+        Host::new(pipeline, DeadLetter::file(dead_letter).await.unwrap(), 2)
+    }
+
+    fn input() -> Input {
+        Input {
+            raw: Arc::from(&br#"{"id":"e1"}"#[..]),
+            id: Some("e1".into()),
+            origin: "test".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn permanent_failures_settle_only_once_dead_lettered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dl.jsonl");
+        let h = host(false, &path).await.handle(&input()).await;
+        assert!(h.settled && h.dead_lettered);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+
+        // A sink that cannot be written (ENOSPC): the event must not be acknowledged.
+        let full = host(false, std::path::Path::new("/dev/full")).await;
+        let h = full.handle(&input()).await;
+        assert!(!h.settled && !h.dead_lettered, "{h:?}");
+        assert_eq!(full.stats().lost, 1);
+    }
+
+    #[tokio::test]
+    async fn retryable_failures_are_left_to_the_sender_unless_it_is_the_last_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dl.jsonl");
+        let host = host(true, &path).await;
+        let h = host.handle(&input()).await;
+        assert!(!h.settled && !h.dead_lettered);
+        assert!(!path.exists() || std::fs::read_to_string(&path).unwrap().is_empty());
+        let outcome = host.run(&input()).await;
+        let h = host.settle(&input(), outcome, true).await;
+        assert!(h.settled && h.dead_lettered);
+        let letter: serde_json::Value =
+            serde_json::from_str(std::fs::read_to_string(&path).unwrap().trim()).unwrap();
+        assert_eq!(letter["retryable"], true);
+        assert_eq!(letter["stage"], "fail");
     }
 
     #[test]

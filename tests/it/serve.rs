@@ -105,9 +105,9 @@ impl Daemon {
             addr: None,
             stderr,
         };
-        let wants_http = !args.contains(&"--source");
+        let wants_http = !args.contains(&"--source") || args.contains(&"--metrics-listen");
         let ready = if wants_http {
-            "listening on http://"
+            " on http://"
         } else {
             "cutover serve: "
         };
@@ -649,6 +649,8 @@ async fn sqs_source_deletes_finished_messages_and_keeps_retryable_ones() {
             state.to_str().unwrap(),
             "--dead-letter-queue",
             &dlq,
+            "--metrics-listen",
+            "127.0.0.1:0",
         ],
         &moto.env(),
         Stdio::null(),
@@ -691,6 +693,21 @@ async fn sqs_source_deletes_finished_messages_and_keeps_retryable_ones() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
+    let metrics = request(daemon.addr(), "GET", "/metrics", &[], b"");
+    for line in [
+        r#"cutover_events_total{pipeline="slow",outcome="passed",stage=""} 2"#,
+        r#"cutover_events_total{pipeline="slow",outcome="failed",stage="dedup"} 2"#,
+        r#"cutover_dead_letters_total{pipeline="slow",stage="dedup"} 1"#,
+    ] {
+        assert!(
+            metrics.body.lines().any(|l| l == line),
+            "missing {line:?} in:\n{}",
+            metrics.body
+        );
+    }
+    assert_eq!(request(daemon.addr(), "GET", "/healthz", &[], b"").status, 200);
+    assert_eq!(request(daemon.addr(), "POST", "/events", &[], b"{}").status, 404);
+
     // The permanent failure went to the dead-letter queue.
     let letters = sqs
         .receive_message()
@@ -722,5 +739,48 @@ async fn sqs_source_deletes_finished_messages_and_keeps_retryable_ones() {
             .contains("4 events: 2 passed, 0 dropped, 2 failed (1 dead-lettered)"),
         "{}",
         code.1
+    );
+}
+
+#[test]
+fn an_event_whose_dead_letter_cannot_be_written_is_not_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = pipeline_file(dir.path(), 9);
+    let mut daemon = Daemon::start(
+        &[
+            file.to_str().unwrap(),
+            "--pipeline",
+            "events",
+            "--listen",
+            "127.0.0.1:0",
+            "--state",
+            dir.path().join("state").to_str().unwrap(),
+            "--no-auth",
+            // Every write fails with ENOSPC.
+            "--dead-letter",
+            "/dev/full",
+        ],
+        &[],
+        Stdio::null(),
+    );
+    let response = daemon.post(&[], keyless_event("full-1").to_string().as_bytes());
+    assert_eq!(response.status, 503, "{response:?}");
+    assert_eq!(response.header("retry-after"), Some("1"));
+    let body = response.json();
+    assert_eq!(body["results"][0]["dead_letter"], false, "{body}");
+    assert_eq!(body["results"][0]["retryable"], false, "{body}");
+    // Passing events are still acknowledged.
+    let ok = daemon.post(&[], green_event("full-2", "full").to_string().as_bytes());
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(
+        daemon.terminate(Duration::from_secs(30)),
+        0,
+        "{}",
+        daemon.stderr()
+    );
+    assert!(
+        daemon.stderr().contains("1 dead letter(s) could not be written"),
+        "{}",
+        daemon.stderr()
     );
 }
