@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Lints the CloudFormation template `cutover template` generates from every shipped pipeline
+# Lints the CloudFormation and SAM templates `cutover template` generates from every shipped pipeline
 # file that can be deployed, with cfn-lint (installed into .venv by scripts/test.sh).
 # A file refused as embedded-only (exit 1 with a "cannot be templated" message) is skipped;
 # pipelines/catsndogs-aws.toml must always template and lint clean.
@@ -20,8 +20,9 @@ linted=0
 for file in pipelines/*.toml; do
   name=$(basename "$file" .toml)
   if "$bin" template "$file" --output "$out/$name.yaml" 2>"$out/$name.err"; then
-    "$VENV/bin/cfn-lint" "$out/$name.yaml"
-    echo "cfn-lint.sh: $file: template lints clean" >&2
+    "$bin" template "$file" --format sam --output "$out/$name.sam.yaml"
+    "$VENV/bin/cfn-lint" "$out/$name.yaml" "$out/$name.sam.yaml"
+    echo "cfn-lint.sh: $file: CloudFormation and SAM templates lint clean" >&2
     linted=$((linted + 1))
   elif grep -q "cannot be templated" "$out/$name.err" && [ "$file" != pipelines/catsndogs-aws.toml ]; then
     echo "cfn-lint.sh: $file: embedded-only, not deployable (skipped)" >&2

@@ -20,11 +20,11 @@ macro_rules! outln {
 mod dedup_cmd;
 mod demo;
 mod input;
+mod package;
 mod pattern_cmd;
 mod replay;
 mod rule;
 mod serve;
-mod package;
 mod states_cmd;
 mod template;
 
@@ -46,8 +46,10 @@ struct Cli {
 enum Command {
     /// Watch the whole canary on this machine: blue and green web services, the weighted DNS
     /// zone, a recorded green deployment, one rollout 10% → 50% → 100% (or a rollback).
-    #[command(after_help = "Examples:\n  cutover demo\n  cutover demo --fail-green      # green fails at 50%: automatic rollback, exit status 1\n  \
-        cutover demo --json --speed 60")]
+    #[command(
+        after_help = "Examples:\n  cutover demo\n  cutover demo --fail-green      # green fails at 50%: automatic rollback, exit status 1\n  \
+        cutover demo --json --speed 60"
+    )]
     Demo(demo::DemoArgs),
     /// Check pipeline files; print every problem, exit non-zero if any.
     #[command(after_help = "Examples:\n  cutover validate pipelines/*.toml\n  \
@@ -80,9 +82,11 @@ enum Command {
     States(states_cmd::StatesCommand),
     /// Serve Lambda invocations (the `provided.al2023` runtime; also what a binary named
     /// `bootstrap` does). Reads CUTOVER_CONFIG and CUTOVER_PIPELINE.
-    #[command(after_help = "Environment:\n  CUTOVER_CONFIG    pipeline file (default: cutover.toml next to the binary)\n  \
+    #[command(
+        after_help = "Environment:\n  CUTOVER_CONFIG    pipeline file (default: cutover.toml next to the binary)\n  \
         CUTOVER_PIPELINE  pipeline to run (default: the file's)\n  \
-        CUTOVER_PIPELINES__<P>__STAGES__<N>__<FIELD>  value overrides")]
+        CUTOVER_PIPELINES__<P>__STAGES__<N>__<FIELD>  value overrides"
+    )]
     Lambda,
     /// Manage the dedup stage's DynamoDB table; measure the embedded store.
     #[command(subcommand)]
@@ -100,17 +104,25 @@ enum Command {
         SIGTERM/SIGINT: stop taking events, finish those in flight, exit 0.")]
     Serve(serve::ServeArgs),
     /// Print a least-privilege CloudFormation template deploying a pipeline file to AWS Lambda.
-    #[command(after_help = "Example:\n  cutover template pipelines/catsndogs-aws.toml --arch arm64 --output cutover.yaml")]
+    #[command(
+        after_help = "Example:\n  cutover template pipelines/catsndogs-aws.toml --arch arm64 --output cutover.yaml"
+    )]
     Template(template::TemplateArgs),
     /// Make the Lambda zip: the binary as `bootstrap` and the pipeline file as `cutover.toml`.
-    #[command(after_help = "Example:\n  cutover package pipelines/catsndogs-aws.toml --binary target/lambda/cutover/bootstrap --output cutover.zip")]
+    #[command(
+        after_help = "Example:\n  cutover package pipelines/catsndogs-aws.toml --binary target/lambda/cutover/bootstrap --output cutover.zip"
+    )]
     Package(package::PackageArgs),
 }
 
 fn init_json_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CUTOVER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).json().with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .json()
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn init_logs() {
@@ -133,7 +145,13 @@ fn main() -> ExitCode {
         .next()
         .and_then(|a| std::path::Path::new(&a).file_name().map(|n| n == "bootstrap"))
         .unwrap_or(false);
-    let cli = if invoked_as_bootstrap { Cli { command: Command::Lambda } } else { Cli::parse() };
+    let cli = if invoked_as_bootstrap {
+        Cli {
+            command: Command::Lambda,
+        }
+    } else {
+        Cli::parse()
+    };
     if matches!(cli.command, Command::Lambda) {
         init_json_logs();
     } else {
@@ -164,7 +182,9 @@ fn main() -> ExitCode {
             Command::Package(args) => package::run(args),
             Command::Lambda => {
                 let handler = cutover::lambda::LambdaHandler::from_env().await?;
-                cutover::lambda::run(handler).await.map_err(|e| anyhow::anyhow!("lambda runtime: {e}"))?;
+                cutover::lambda::run(handler)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("lambda runtime: {e}"))?;
                 Ok(ExitCode::SUCCESS)
             }
         }

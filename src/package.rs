@@ -39,8 +39,8 @@ pub(crate) fn run(args: PackageArgs) -> anyhow::Result<ExitCode> {
             args.binary.display()
         )
     })?;
-    let file = std::fs::File::create(&args.output)
-        .with_context(|| format!("creating {}", args.output.display()))?;
+    let file =
+        std::fs::File::create(&args.output).with_context(|| format!("creating {}", args.output.display()))?;
     let mut zip = ZipWriter::new(file);
     // A fixed timestamp: the same inputs make the same zip (and the same S3 object).
     let options = SimpleFileOptions::default()

@@ -100,7 +100,8 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     };
     let mut cx = file.build_context().with_data_dir(data_dir);
     if !args.real_time {
-        let virtual_time = cutover_stages::state_machine::VirtualTime::starting_at(std::time::SystemTime::now());
+        let virtual_time =
+            cutover_stages::state_machine::VirtualTime::starting_at(std::time::SystemTime::now());
         cx = cx.with_clock(std::sync::Arc::new(virtual_time));
     }
     let pipeline = file

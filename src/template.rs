@@ -42,6 +42,20 @@ pub(crate) struct TemplateArgs {
     /// Memory of each function, in MB.
     #[arg(long, default_value_t = 256)]
     memory: u32,
+    /// Plain CloudFormation, or an AWS SAM template (`AWS::Serverless::Function`s with their
+    /// EventBridge rules as `Events`; deploy it with `sam deploy` or `aws cloudformation deploy
+    /// --capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND`).
+    #[arg(long, value_enum, default_value = "cloudformation")]
+    format: Format,
+}
+
+/// A template format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Format {
+    /// Plain CloudFormation resources.
+    Cloudformation,
+    /// The AWS Serverless Application Model transform.
+    Sam,
 }
 
 /// A Lambda architecture.
@@ -68,6 +82,7 @@ pub(crate) fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
         .load_file(&args.file)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let template = match generate(&file, args.arch, args.memory) {
+        Ok(t) if args.format == Format::Sam => to_sam(t, &file),
         Ok(t) => t,
         Err(errors) => {
             eprintln!("{errors}");
@@ -297,6 +312,51 @@ pub(crate) fn generate(file: &PipelineFile, arch: Arch, memory: u32) -> Result<V
     }))
 }
 
+/// The same stack with the SAM transform: each function an `AWS::Serverless::Function` (still
+/// with its own least-privilege role, so SAM adds no managed policy) whose EventBridge rule and
+/// invoke permission SAM derives from an `EventBridgeRule` event.
+fn to_sam(mut template: Value, file: &PipelineFile) -> Value {
+    let Some(resources) = template["Resources"].as_object_mut() else {
+        return template;
+    };
+    let mut dropped_outputs = Vec::new();
+    for pipeline in &file.pipelines {
+        let base = deploy::pascal(&pipeline.name);
+        let rule = resources.shift_remove(&format!("{base}Rule"));
+        resources.shift_remove(&format!("{base}RulePermission"));
+        let Some(function) = resources.get_mut(&deploy::function_id(&pipeline.name)) else {
+            continue;
+        };
+        function["Type"] = json!("AWS::Serverless::Function");
+        let props = &mut function["Properties"];
+        if let Some(code) = props.as_object_mut().and_then(|p| p.shift_remove("Code")) {
+            props["CodeUri"] = json!({"Bucket": code["S3Bucket"], "Key": code["S3Key"]});
+        }
+        if let Some(rule) = rule {
+            props["Events"] = json!({
+                base.clone(): {
+                    "Type": "EventBridgeRule",
+                    "Properties": {"Pattern": rule["Properties"]["EventPattern"]},
+                },
+            });
+            dropped_outputs.push(format!("{base}RuleName"));
+        }
+    }
+    if let Some(outputs) = template["Outputs"].as_object_mut() {
+        for name in dropped_outputs {
+            outputs.shift_remove(&name);
+        }
+    }
+    let mut sam = Map::new();
+    for (k, v) in template.as_object().into_iter().flatten() {
+        sam.insert(k.clone(), v.clone());
+        if k == "AWSTemplateFormatVersion" {
+            sam.insert("Transform".into(), json!("AWS::Serverless-2016-10-31"));
+        }
+    }
+    Value::Object(sam)
+}
+
 /// An IAM statement with its reason as a comment above it.
 fn statement(s: &Statement) -> Value {
     json!({
@@ -364,5 +424,20 @@ mod tests {
             r["EDedupTable"]["Properties"]["TimeToLiveSpecification"]["AttributeName"],
             "expires"
         );
+
+        let sam = to_sam(t.clone(), &file);
+        assert_eq!(sam["Transform"], "AWS::Serverless-2016-10-31");
+        let f = &sam["Resources"]["EFunction"];
+        assert_eq!(f["Type"], "AWS::Serverless::Function");
+        assert_eq!(
+            f["Properties"]["Events"]["E"]["Properties"]["Pattern"],
+            r["ERule"]["Properties"]["EventPattern"]
+        );
+        assert_eq!(
+            f["Properties"]["Role"],
+            json!({"Fn::GetAtt": ["ERole", "Arn"]}),
+            "our role, not SAM's"
+        );
+        assert!(sam["Resources"].get("ERule").is_none());
     }
 }

@@ -157,7 +157,13 @@ impl PipelineFile {
             None if self.pipelines.len() == 1 => Ok(&self.pipelines[0]),
             None if self.settings.default_pipeline.is_some() => {
                 let n = self.settings.default_pipeline.as_deref().unwrap_or_default();
-                self.pipeline(n).ok_or_else(|| format!("{}: settings.default_pipeline names no pipeline \"{n}\"; the file has: {}", self.display, names()))
+                self.pipeline(n).ok_or_else(|| {
+                    format!(
+                        "{}: settings.default_pipeline names no pipeline \"{n}\"; the file has: {}",
+                        self.display,
+                        names()
+                    )
+                })
             }
             None => Err(format!(
                 "{}: the file has several pipelines ({}); choose one with --pipeline",

@@ -223,7 +223,7 @@ mod tests {
                     {
                       "a": "$.b"
                     }
-                  N: 5
+                  "N": 5
                   "On": true
         "#]]
         .assert_eq(&to_yaml(&doc));

@@ -5,7 +5,11 @@ use serde_json::Value;
 use crate::cutover;
 
 fn demo(args: &[&str]) -> (i32, Vec<Value>) {
-    let out = cutover().args(["demo", "--json", "--speed", "120"]).args(args).output().unwrap();
+    let out = cutover()
+        .args(["demo", "--json", "--speed", "120"])
+        .args(args)
+        .output()
+        .unwrap();
     let lines = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -24,15 +28,29 @@ fn healthy_green_is_promoted_step_by_step() {
     assert_eq!(code, 0, "{lines:?}");
     let summary = &lines.last().unwrap()["summary"];
     assert_eq!(summary["events"], 50);
-    assert_eq!(summary["executions"], 1, "one rollout for a deployment of three tasks");
-    assert_eq!(summary["weights"], serde_json::json!([[90, 10], [50, 50], [0, 100]]));
+    assert_eq!(
+        summary["executions"], 1,
+        "one rollout for a deployment of three tasks"
+    );
+    assert_eq!(
+        summary["weights"],
+        serde_json::json!([[90, 10], [50, 50], [0, 100]])
+    );
     assert_eq!(summary["final"], serde_json::json!({"blue": 0, "green": 100}));
     assert_eq!(summary["rolled_back"], false);
     let started: Vec<_> = lines.iter().filter(|l| l["outcome"] == "passed").collect();
     assert_eq!(started.len(), 1);
     // DNS answers follow the weights exactly at each step.
     let shifts = steps(&lines, "shift");
-    let dns: Vec<(u64, u64)> = shifts.iter().map(|s| (s["dns"]["blue"].as_u64().unwrap(), s["dns"]["green"].as_u64().unwrap())).collect();
+    let dns: Vec<(u64, u64)> = shifts
+        .iter()
+        .map(|s| {
+            (
+                s["dns"]["blue"].as_u64().unwrap(),
+                s["dns"]["green"].as_u64().unwrap(),
+            )
+        })
+        .collect();
     assert_eq!(dns, [(90, 10), (50, 50), (0, 100)]);
     assert_eq!(steps(&lines, "before")[0]["dns"]["green"], 0);
     assert!(steps(&lines, "health").iter().all(|h| h["state"] == "healthy"));
@@ -43,14 +61,27 @@ fn sick_green_is_rolled_back_at_50_percent() {
     let (code, lines) = demo(&["--fail-green"]);
     assert_eq!(code, 1, "a rollback ends the demo with status 1: {lines:?}");
     let summary = &lines.last().unwrap()["summary"];
-    assert_eq!(summary["weights"], serde_json::json!([[90, 10], [50, 50], [100, 0]]));
+    assert_eq!(
+        summary["weights"],
+        serde_json::json!([[90, 10], [50, 50], [100, 0]])
+    );
     assert_eq!(summary["final"], serde_json::json!({"blue": 100, "green": 0}));
     assert_eq!(summary["rolled_back"], true);
     assert_eq!(summary["executions"], 1);
     let health = steps(&lines, "health");
     assert_eq!(health.len(), 2);
     assert_eq!(health[1]["state"], "unhealthy");
-    assert!(health[1]["reason"].as_str().unwrap().contains("status 500"), "{}", health[1]);
+    assert!(
+        health[1]["reason"].as_str().unwrap().contains("status 500"),
+        "{}",
+        health[1]
+    );
     let last_shift = steps(&lines, "shift").pop().unwrap().clone();
-    assert_eq!((last_shift["dns"]["blue"].as_u64(), last_shift["dns"]["green"].as_u64()), (Some(100), Some(0)));
+    assert_eq!(
+        (
+            last_shift["dns"]["blue"].as_u64(),
+            last_shift["dns"]["green"].as_u64()
+        ),
+        (Some(100), Some(0))
+    );
 }

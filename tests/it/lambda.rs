@@ -82,7 +82,10 @@ fn serve(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
             return;
         }
         let mut parts = line.split_whitespace();
-        let (method, path) = (parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or("").to_owned());
+        let (method, path) = (
+            parts.next().unwrap_or("").to_owned(),
+            parts.next().unwrap_or("").to_owned(),
+        );
         let mut length = 0;
         loop {
             let mut h = String::new();
@@ -99,7 +102,10 @@ fn serve(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
         let mut body = vec![0; length];
         reader.read_exact(&mut body).unwrap();
         let reply = |w: &mut TcpStream, status: &str, headers: &str, body: &[u8]| {
-            let head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n{headers}\r\n", body.len());
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\n{headers}\r\n",
+                body.len()
+            );
             w.write_all(head.as_bytes()).and_then(|()| w.write_all(body))
         };
         if method == "GET" && path.ends_with("/runtime/invocation/next") {
@@ -114,7 +120,11 @@ fn serve(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
                 std::thread::sleep(Duration::from_millis(10));
             };
             let Some((id, event)) = next else { return };
-            let deadline = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() + 60_000;
+            let deadline = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+                + 60_000;
             let headers = format!(
                 "Content-Type: application/json\r\nLambda-Runtime-Aws-Request-Id: {id}\r\nLambda-Runtime-Deadline-Ms: {deadline}\r\n\
                  Lambda-Runtime-Invoked-Function-Arn: arn:aws:lambda:us-east-1:123456789012:function:cutover\r\n\
@@ -126,17 +136,38 @@ fn serve(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
         } else {
             let id = path.split('/').nth(4).unwrap_or("").to_owned();
             let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            let kind = if path.ends_with("/response") { "response" } else { "error" };
+            let kind = if path.ends_with("/response") {
+                "response"
+            } else {
+                "error"
+            };
             let error_type = body.get("errorType").and_then(Value::as_str).map(str::to_owned);
-            state.lock().unwrap().answers.push(Answer { id, kind, body, error_type });
-            if reply(&mut writer, "202 Accepted", "Content-Type: application/json\r\n", b"{}").is_err() {
+            state.lock().unwrap().answers.push(Answer {
+                id,
+                kind,
+                body,
+                error_type,
+            });
+            if reply(
+                &mut writer,
+                "202 Accepted",
+                "Content-Type: application/json\r\n",
+                b"{}",
+            )
+            .is_err()
+            {
                 return;
             }
         }
     }
 }
 
-fn spawn(api: &RuntimeApi, config: &std::path::Path, pipeline: &str, data: &std::path::Path) -> std::process::Child {
+fn spawn(
+    api: &RuntimeApi,
+    config: &std::path::Path,
+    pipeline: &str,
+    data: &std::path::Path,
+) -> std::process::Child {
     cutover()
         .arg("lambda")
         .env("AWS_LAMBDA_RUNTIME_API", &api.addr)
@@ -159,7 +190,8 @@ fn spawn(api: &RuntimeApi, config: &std::path::Path, pipeline: &str, data: &std:
 }
 
 fn fixture(name: &str) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(crate::repo(&format!("tests/fixtures/{name}"))).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(crate::repo(&format!("tests/fixtures/{name}"))).unwrap())
+        .unwrap()
 }
 
 #[test]
@@ -171,7 +203,12 @@ fn eventbridge_events_pass_drop_and_start_one_rollout() {
         ("r2", running.clone()),
         ("r3", running),
     ]);
-    let mut child = spawn(&api, &crate::repo("pipelines/catsndogs.toml"), "ecs-events", data.path());
+    let mut child = spawn(
+        &api,
+        &crate::repo("pipelines/catsndogs.toml"),
+        "ecs-events",
+        data.path(),
+    );
     let answers = api.wait_for_answers(3);
     child.kill().unwrap();
     let out = child.wait_with_output().unwrap();
@@ -180,12 +217,21 @@ fn eventbridge_events_pass_drop_and_start_one_rollout() {
     assert_eq!(answers[0].body["outcome"], "dropped");
     assert_eq!(answers[0].body["stage"], "filter");
     assert_eq!(answers[1].body["outcome"], "passed");
-    assert!(answers[1].body["context"]["execution"].as_str().unwrap().contains(":execution:canary:"));
+    assert!(
+        answers[1].body["context"]["execution"]
+            .as_str()
+            .unwrap()
+            .contains(":execution:canary:")
+    );
     assert_eq!(answers[2].body["outcome"], "dropped");
     assert_eq!(answers[2].body["stage"], "dedup", "the redelivery is a duplicate");
     // One EMF line per invoke on stdout.
     let stdout = String::from_utf8(out.stdout).unwrap();
-    let emf: Vec<Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).filter(|v: &Value| v.get("_aws").is_some()).collect();
+    let emf: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &Value| v.get("_aws").is_some())
+        .collect();
     assert_eq!(emf.len(), 3, "{stdout}");
     assert_eq!(emf[1]["ExecutionsStarted"], 1);
     assert_eq!(emf[2]["Duplicates"], 1);
@@ -198,22 +244,42 @@ fn step_functions_task_invocations_return_the_handler_output_or_its_error() {
         ("t1", json!({"weight": 10, "execution": "x"})),
         ("t2", json!({"weight": 250})),
     ]);
-    let mut child = spawn(&api, &crate::repo("pipelines/catsndogs.toml"), "traffic-shift", data.path());
+    let mut child = spawn(
+        &api,
+        &crate::repo("pipelines/catsndogs.toml"),
+        "traffic-shift",
+        data.path(),
+    );
     let answers = api.wait_for_answers(2);
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(answers.len(), 2, "{answers:?}");
     assert_eq!(answers[0].kind, "response");
-    assert_eq!((answers[0].body["blue"].as_i64(), answers[0].body["green"].as_i64()), (Some(90), Some(10)));
+    assert_eq!(
+        (
+            answers[0].body["blue"].as_i64(),
+            answers[0].body["green"].as_i64()
+        ),
+        (Some(90), Some(10))
+    );
     assert_eq!(answers[1].kind, "error");
-    assert_eq!(answers[1].error_type.as_deref(), Some("TrafficShift.InvalidWeight"), "{:?}", answers[1]);
+    assert_eq!(
+        answers[1].error_type.as_deref(),
+        Some("TrafficShift.InvalidWeight"),
+        "{:?}",
+        answers[1]
+    );
 }
 
 #[test]
 fn a_broken_pipeline_file_is_an_init_error_naming_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "[pipelines.p]\n[[pipelines.p.stages]]\ntype = \"filterr\"\n").unwrap();
+    std::fs::write(
+        &bad,
+        "[pipelines.p]\n[[pipelines.p.stages]]\ntype = \"filterr\"\n",
+    )
+    .unwrap();
     let api = RuntimeApi::start(vec![]);
     let mut child = spawn(&api, &bad, "p", dir.path());
     let status = child.wait().unwrap();

@@ -9,7 +9,14 @@ fn registered_stage_names_are_the_expected_ones() {
     assert_eq!(documented, usable, "typetag and register_stage! disagree");
     assert_eq!(
         documented,
-        ["filter", "notify"],
+        [
+            "dedup",
+            "filter",
+            "health-check",
+            "notify",
+            "start-state-machine",
+            "traffic-shift"
+        ],
         "the stage types this binary offers"
     );
 }

@@ -55,6 +55,8 @@ fn embedded_backends_cannot_be_templated_and_the_error_says_what_to_change() {
         "type = \"dynamodb\"",
         "stage 4 (start-state-machine): field \"engine\":",
         "type = \"step-functions\"",
+        "pipeline \"traffic-shift\", stage 1 (traffic-shift): field \"router\":",
+        "type = \"route53\"",
     ] {
         assert!(err.contains(expected), "{expected:?} not in:\n{err}");
     }
@@ -121,6 +123,15 @@ async fn the_generated_stack_deploys_with_the_compiled_rule_table_state_machine_
             .unwrap_or_else(|| panic!("moto did not create {logical}"))
             .to_owned()
     };
+
+    for logical in [
+        "EcsEventsLogGroup",
+        "EcsEventsRulePermission",
+        "TrafficShiftFunction",
+        "HealthCheckRole",
+    ] {
+        physical(logical);
+    }
 
     // The dedup table: the store's key schema, on demand.
     let table = output("EcsEventsDedupTableName");
@@ -199,8 +210,7 @@ async fn the_generated_stack_deploys_with_the_compiled_rule_table_state_machine_
                 .await
                 .unwrap_or_else(|e| panic!("policy {name} of {role}: {e:?}"));
             let text = p.policy_document();
-            let text = urlencoding_decode(text);
-            serde_json::from_str::<Value>(&text).unwrap()
+            serde_json::from_str::<Value>(&policy_json(text)).unwrap_or_else(|e| panic!("{e}: {text}"))
         }
     };
     let ecs = policy(physical("EcsEventsRole"), "cutover-ecs-events").await;
@@ -228,6 +238,28 @@ async fn the_generated_stack_deploys_with_the_compiled_rule_table_state_machine_
         .collect();
     assert!(all_actions.iter().all(|a| !a.contains('*')), "{all_actions:?}");
 
+    let shift = policy(physical("TrafficShiftRole"), "cutover-traffic-shift").await;
+    let zone = shift["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| {
+            s["Action"]
+                .to_string()
+                .contains("route53:ChangeResourceRecordSets")
+        })
+        .expect("a route53 statement");
+    assert_eq!(
+        zone["Resource"],
+        serde_json::json!(["arn:aws:route53:::hostedzone/Z0123456789ABCDEFGHIJ"]),
+        "the zone parameter's default, scoped to that zone"
+    );
+    let health = policy(physical("HealthCheckRole"), "cutover-health-check").await;
+    assert_eq!(
+        health["Statement"][1]["Action"],
+        serde_json::json!(["elasticloadbalancing:DescribeTargetHealth"])
+    );
+
     let machine_role = machine.role_arn().rsplit('/').next().unwrap().to_owned();
     let invoke = policy(machine_role, "invoke-task-functions").await;
     let mut invoked: Vec<String> = invoke["Statement"][0]["Resource"]
@@ -248,8 +280,16 @@ async fn the_generated_stack_deploys_with_the_compiled_rule_table_state_machine_
     );
 }
 
-/// IAM returns policy documents URL-encoded (AWS does; moto may not).
-fn urlencoding_decode(text: &str) -> String {
+/// A policy document as JSON text: IAM returns it URL-encoded; moto returns the policies of
+/// roles it created from a template as a Python dict's repr (no quotes or `%` occur in ours).
+fn policy_json(text: &str) -> String {
+    if text.starts_with("{'") {
+        return text
+            .replace('\'', "\"")
+            .replace("True", "true")
+            .replace("False", "false")
+            .replace("None", "null");
+    }
     if !text.contains('%') {
         return text.to_owned();
     }
@@ -282,4 +322,41 @@ fn urlencoding_decode(text: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn package_zips_the_binary_as_an_executable_bootstrap_with_the_pipeline_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // An ELF header for aarch64 is all `package` looks at.
+    let mut elf = vec![0u8; 64];
+    elf[..4].copy_from_slice(b"\x7fELF");
+    elf[18] = 0xb7;
+    let binary = dir.path().join("bootstrap");
+    std::fs::write(&binary, &elf).unwrap();
+    let zip_path = dir.path().join("cutover.zip");
+    let out = cutover()
+        .args(["package", AWS_PIPELINES, "--binary"])
+        .arg(&binary)
+        .arg("--output")
+        .arg(&zip_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--arch arm64"));
+
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(&zip_path).unwrap()).unwrap();
+    let mut names: Vec<String> = zip.file_names().map(|n| n.unwrap().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["bootstrap", "cutover.toml"]);
+    let mode = |zip: &mut zip::ZipArchive<std::fs::File>, name: &str| {
+        zip.by_name(name).unwrap().unix_mode().unwrap() & 0o777
+    };
+    assert_eq!(mode(&mut zip, "bootstrap"), 0o755);
+    assert_eq!(mode(&mut zip, "cutover.toml"), 0o644);
+    let mut toml = String::new();
+    zip.by_name("cutover.toml")
+        .unwrap()
+        .read_to_string(&mut toml)
+        .unwrap();
+    assert_eq!(toml, std::fs::read_to_string(repo(AWS_PIPELINES)).unwrap());
 }

@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use cutover::core::{BoxFuture, BuildContext, BuildError, Event, FieldError, Next, Outcome, Stage, StageConfig, ValidateContext};
+use cutover::core::{
+    BoxFuture, BuildContext, BuildError, Event, FieldError, Next, Outcome, Stage, StageConfig,
+    ValidateContext,
+};
 use serde::{Deserialize, Serialize};
 
 cutover::core::register_stage!("team", "Adds the owning team to the context (example stage).");
@@ -25,7 +28,11 @@ impl StageConfig for TeamConfig {
     }
 
     fn validate(&self, _cx: &ValidateContext<'_>) -> Vec<FieldError> {
-        if self.team.trim().is_empty() { vec![FieldError::new("team", "empty: name the owning team")] } else { Vec::new() }
+        if self.team.trim().is_empty() {
+            vec![FieldError::new("team", "empty: name the owning team")]
+        } else {
+            Vec::new()
+        }
     }
 }
 
@@ -53,7 +60,10 @@ mod tests {
             let path = format!("{}/../../tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
             serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
         };
-        let passed = handler.handle(fixture("task-fargate-running.json")).await.unwrap();
+        let passed = handler
+            .handle(fixture("task-fargate-running.json"))
+            .await
+            .unwrap();
         assert_eq!(passed["outcome"], "passed");
         assert_eq!(passed["context"]["team"], "cat-platform");
         let dropped = handler.handle(fixture("task-ec2-running.json")).await.unwrap();

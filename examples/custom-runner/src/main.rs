@@ -35,10 +35,14 @@ struct Pass {
 
 async fn pipeline(cx: &BuildContext) -> Result<(Pipeline, Arc<Count>), String> {
     let filter: FilterConfig =
-        toml::from_str("cluster = \"catsndogsECScluster\"\ngreen = { container = \"cats-green\" }").map_err(|e| e.to_string())?;
+        toml::from_str("cluster = \"catsndogsECScluster\"\ngreen = { container = \"cats-green\" }")
+            .map_err(|e| e.to_string())?;
     let filter = filter.build(cx).await.map_err(|e| e.to_string())?;
     let count = Arc::new(Count::default());
-    let pipeline = Pipeline::from_stages("spool", vec![("filter".into(), filter), ("count".into(), count.clone())]);
+    let pipeline = Pipeline::from_stages(
+        "spool",
+        vec![("filter".into(), filter), ("count".into(), count.clone())],
+    );
     Ok((pipeline, count))
 }
 
@@ -46,8 +50,10 @@ async fn pass(spool: &Path, pipeline: &Pipeline) -> std::io::Result<Pass> {
     let (done, dead) = (spool.join("done"), spool.join("dead"));
     std::fs::create_dir_all(&done)?;
     std::fs::create_dir_all(&dead)?;
-    let mut files: Vec<PathBuf> =
-        std::fs::read_dir(spool)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "json")).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(spool)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
     files.sort();
     let mut result = Pass::default();
     for file in files {
@@ -57,7 +63,10 @@ async fn pass(spool: &Path, pipeline: &Pipeline) -> std::io::Result<Pass> {
         // a torn event from its bytes alone, and a torn event belongs in dead/, not done/.
         if let Err(e) = serde_json::from_slice::<serde_json::Value>(&bytes) {
             result.dead += 1;
-            std::fs::write(dead.join(&name).with_extension("error.txt"), format!("input: not valid JSON: {e}\n"))?;
+            std::fs::write(
+                dead.join(&name).with_extension("error.txt"),
+                format!("input: not valid JSON: {e}\n"),
+            )?;
             std::fs::rename(&file, dead.join(&name))?;
             continue;
         }
@@ -73,7 +82,10 @@ async fn pass(spool: &Path, pipeline: &Pipeline) -> std::io::Result<Pass> {
             Outcome::Failed { error, .. } if error.retryable => result.retry += 1,
             Outcome::Failed { stage, error } => {
                 result.dead += 1;
-                std::fs::write(dead.join(&name).with_extension("error.txt"), format!("{stage}: {}\n", error.message))?;
+                std::fs::write(
+                    dead.join(&name).with_extension("error.txt"),
+                    format!("{stage}: {}\n", error.message),
+                )?;
                 std::fs::rename(&file, dead.join(&name))?;
             }
         }
@@ -98,7 +110,10 @@ async fn main() -> std::process::ExitCode {
     };
     match pass(&spool, &pipeline).await {
         Ok(p) => {
-            println!("{p:?}; green deployments seen: {}", count.0.load(Ordering::Relaxed));
+            println!(
+                "{p:?}; green deployments seen: {}",
+                count.0.load(Ordering::Relaxed)
+            );
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
@@ -116,14 +131,26 @@ mod tests {
     async fn a_pass_routes_every_file_and_loses_none() {
         let spool = tempfile::tempdir().unwrap();
         let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
-        for name in ["task-fargate-running.json", "task-ec2-running.json", "service-action.json"] {
+        for name in [
+            "task-fargate-running.json",
+            "task-ec2-running.json",
+            "service-action.json",
+        ] {
             std::fs::copy(format!("{fixtures}/{name}"), spool.path().join(name)).unwrap();
         }
         std::fs::write(spool.path().join("torn.json"), b"{\"detail-type\": \"ECS Task State Change\", \"source\": \"aws.ecs\", \"detail\": {\"containers\": [{\"name\": \"cats-green\"").unwrap();
         let cx = BuildContext::new(spool.path().join(".state"));
         let (pipeline, count) = pipeline(&cx).await.unwrap();
         let result = pass(spool.path(), &pipeline).await.unwrap();
-        assert_eq!(result, Pass { passed: 1, dropped: 2, dead: 1, retry: 0 });
+        assert_eq!(
+            result,
+            Pass {
+                passed: 1,
+                dropped: 2,
+                dead: 1,
+                retry: 0
+            }
+        );
         assert_eq!(count.0.load(Ordering::Relaxed), 1);
         assert!(spool.path().join("dead/torn.json").exists());
         let why = std::fs::read_to_string(spool.path().join("dead/torn.error.txt")).unwrap();

@@ -111,6 +111,28 @@ impl StageConfig for HealthCheckConfig {
     fn validate(&self, _cx: &ValidateContext<'_>) -> Vec<FieldError> {
         self.own_errors()
     }
+
+    fn deployment(
+        &self,
+        _cx: &cutover_core::DeployContext<'_>,
+    ) -> Result<cutover_core::Deployment, FieldError> {
+        use cutover_core::{Deployment, Statement};
+        match &self.probe {
+            ProbeConfig::Http(c) => {
+                let per_check = c.timeout.saturating_add(c.interval).as_secs();
+                let budget = per_check
+                    .saturating_mul(u64::from(c.max_checks))
+                    .saturating_add(10);
+                Ok(Deployment::default().timeout(u32::try_from(budget).unwrap_or(900)))
+            }
+            ProbeConfig::Elbv2(_) => Ok(Deployment::default().allow(Statement::new(
+                ["elasticloadbalancing:DescribeTargetHealth"],
+                [json!("*")],
+                "read the health of green's targets; DescribeTargetHealth supports no resource-level \
+                 permissions, so the resource must be \"*\"",
+            ))),
+        }
+    }
 }
 
 impl HealthCheckConfig {

@@ -267,10 +267,7 @@ impl StageConfig for StartStateMachineConfig {
                         "missing: give the ARN of the state machine, or its `definition` and \
                          `resources` for `cutover template` to create it",
                     ));
-                } else if !state_machine_arn.is_empty()
-                    && !(state_machine_arn.starts_with("arn:")
-                        && state_machine_arn.contains(":stateMachine:"))
-                {
+                } else if !(state_machine_arn.is_empty() || is_state_machine_arn(state_machine_arn)) {
                     errors.push(FieldError::new(
                         "engine.state_machine_arn",
                         format!(
@@ -291,6 +288,10 @@ impl StageConfig for StartStateMachineConfig {
     fn deployment(&self, cx: &DeployContext<'_>) -> Result<Deployment, FieldError> {
         deploy::deployment(&self.engine, cx)
     }
+}
+
+fn is_state_machine_arn(text: &str) -> bool {
+    text.starts_with("arn:") && text.contains(":stateMachine:")
 }
 
 /// The runtime `start-state-machine` stage.

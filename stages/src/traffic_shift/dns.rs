@@ -252,9 +252,15 @@ impl RequestHandler for Handler {
 /// the answer holds no address. For the demo and for checking a zone from code.
 pub async fn query_address(server: SocketAddr, name: &str) -> io::Result<Option<IpAddr>> {
     use hickory_proto::op::{Message, MessageType, Query};
-    let bind = if server.is_ipv4() { "127.0.0.1:0" } else { "[::1]:0" };
+    let bind = if server.is_ipv4() {
+        "127.0.0.1:0"
+    } else {
+        "[::1]:0"
+    };
     let socket = tokio::net::UdpSocket::bind(bind).await?;
-    let name: Name = name.parse().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{e}")))?;
+    let name: Name = name
+        .parse()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{e}")))?;
     let mut query = Message::new(rand_id(), MessageType::Query, OpCode::Query);
     query.add_query(Query::query(name, RecordType::A));
     let bytes = query.to_vec().map_err(io::Error::other)?;

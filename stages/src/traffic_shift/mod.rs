@@ -161,6 +161,72 @@ impl StageConfig for TrafficShiftConfig {
     fn validate(&self, _cx: &ValidateContext<'_>) -> Vec<FieldError> {
         self.own_errors()
     }
+
+    fn deployment(
+        &self,
+        cx: &cutover_core::DeployContext<'_>,
+    ) -> Result<cutover_core::Deployment, FieldError> {
+        use cutover_core::{Deployment, Statement};
+        use serde_json::json;
+        let secs = |d: std::time::Duration| u32::try_from(d.as_secs()).unwrap_or(900);
+        match &self.router {
+            RouterConfig::Local(_) => Err(FieldError::new(
+                "router",
+                "the embedded weighted zone (type = \"local\") lives inside one process and cannot \
+                 run in Lambda: use router = { type = \"route53\", hosted_zone_id = \"…\", record = \"…\", \
+                 blue = { … }, green = { … } } or { type = \"alb\", … }",
+            )),
+            RouterConfig::Route53(c) => {
+                // Zone and record are stack parameters (defaulting to the file's values), so one
+                // file deploys to several zones; the function takes them through overrides.
+                let (zone, record) = (cx.logical_id("HostedZoneId"), cx.logical_id("Record"));
+                let zone_arn =
+                    json!({"Fn::Sub": format!("arn:${{AWS::Partition}}:route53:::hostedzone/${{{zone}}}")});
+                Ok(Deployment::default()
+                    .parameter(
+                        &zone,
+                        json!({
+                            "Type": "String",
+                            "Default": c.hosted_zone_id.trim().trim_start_matches("/hostedzone/"),
+                            "Description": format!("The hosted zone whose weighted records pipeline \"{}\" shifts", cx.pipeline),
+                        }),
+                    )
+                    .parameter(
+                        &record,
+                        json!({
+                            "Type": "String",
+                            "Default": c.record,
+                            "Description": format!("The weighted record name pipeline \"{}\" shifts", cx.pipeline),
+                        }),
+                    )
+                    .env(cx.override_var("router.hosted_zone_id"), json!({"Ref": zone}))
+                    .env(cx.override_var("router.record"), json!({"Ref": record}))
+                    .allow(Statement::new(
+                        ["route53:ChangeResourceRecordSets", "route53:ListResourceRecordSets"],
+                        [zone_arn],
+                        "set blue's and green's weights in one change batch, then read the records back",
+                    ))
+                    .allow(Statement::new(
+                        ["route53:GetChange"],
+                        [json!({"Fn::Sub": "arn:${AWS::Partition}:route53:::change/*"})],
+                        "wait until the change is INSYNC (change ids are only known once made)",
+                    ))
+                    .timeout(secs(c.sync_timeout).saturating_add(30)))
+            }
+            RouterConfig::Alb(c) => Ok(Deployment::default()
+                .allow(Statement::new(
+                    ["elasticloadbalancing:ModifyListener"],
+                    [json!(c.listener_arn)],
+                    "set the weights of the listener's forward action",
+                ))
+                .allow(Statement::new(
+                    ["elasticloadbalancing:DescribeListeners"],
+                    [json!("*")],
+                    "read the weights back; ELBv2 Describe actions support no resource-level \
+                     permissions, so the resource must be \"*\"",
+                ))),
+        }
+    }
 }
 
 impl TrafficShiftConfig {
