@@ -27,6 +27,9 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
     ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TimeToLiveSpecification,
 };
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use cutover_core::{BoxFuture, StageError};
 
 use super::store::{Claim, DedupStore, Record, Status};
@@ -232,21 +235,7 @@ impl DedupStore for DynamoStore {
                 .expression_attribute_values(":me", s(owner))
                 .send()
                 .await;
-            match result {
-                Ok(_) => Ok(()),
-                Err(e)
-                    if e.as_service_error()
-                        .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-                {
-                    tracing::warn!(
-                        stage = "dedup",
-                        key,
-                        "claim was taken over before it could be released"
-                    );
-                    Ok(())
-                }
-                Err(e) => Err(aws_error("dynamodb:DeleteItem", &e)),
-            }
+            guarded(result, "dynamodb:DeleteItem", key, "before it could be released")
         })
     }
 }
@@ -277,20 +266,35 @@ impl DynamoStore {
             .expression_attribute_values(":me", s(owner))
             .send()
             .await;
-        match out {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                tracing::warn!(
-                    stage = "dedup",
-                    key,
-                    "claim was taken over before it completed (lease too short?)"
-                );
-                Ok(())
-            }
-            Err(e) => Err(aws_error("dynamodb:UpdateItem", &e)),
+        guarded(
+            out,
+            "dynamodb:UpdateItem",
+            key,
+            "before it was finished (lease too short?)",
+        )
+    }
+}
+
+/// The end of a write guarded by the owner token: finding the claim owned by someone else is not
+/// an error — the lease ran out and another claimer took over — so say so and go on.
+fn guarded<T, E>(
+    result: Result<T, SdkError<E, HttpResponse>>,
+    operation: &str,
+    key: &str,
+    when: &str,
+) -> Result<(), StageError>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match result {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.as_service_error().and_then(ProvideErrorMetadata::code)
+                == Some("ConditionalCheckFailedException") =>
+        {
+            tracing::warn!(stage = "dedup", key, "the claim was taken over {when}");
+            Ok(())
         }
+        Err(e) => Err(aws_error(operation, &e)),
     }
 }
