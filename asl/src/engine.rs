@@ -215,6 +215,16 @@ impl From<Failure> for Stop {
     }
 }
 
+/// A payload-template error as the state's failure: `States.Runtime` gets the state's
+/// location in its cause (via `rt`), other errors keep theirs.
+fn eval_error(e: crate::payload::EvalError, rt: &dyn Fn(String) -> Stop) -> Stop {
+    if e.error == "States.Runtime" {
+        rt(e.cause)
+    } else {
+        fail(e.error, e.cause)
+    }
+}
+
 fn fail(error: &str, cause: impl Into<String>) -> Stop {
     Stop::Fail(Failure {
         error: Some(error.to_string()),
@@ -739,13 +749,7 @@ impl Run<'_> {
             };
             let eval_tpl = |t: &Template, v: &Value, retry: Option<u32>| -> Result<Value, Stop> {
                 let c = if t.uses_context() { ctx(retry) } else { Value::Null };
-                t.eval(v, &c).map_err(|e| {
-                    if e.error == "States.Runtime" {
-                        rt(e.cause)
-                    } else {
-                        fail(e.error, e.cause)
-                    }
-                })
+                t.eval(v, &c).map_err(|e| eval_error(e, &rt))
             };
 
             match &st.kind {
@@ -1033,13 +1037,7 @@ impl Run<'_> {
             } else {
                 Value::Null
             };
-            t.eval(v, &c).map_err(|e| {
-                if e.error == "States.Runtime" {
-                    rt(e.cause)
-                } else {
-                    fail(e.error, e.cause)
-                }
-            })
+            t.eval(v, &c).map_err(|e| eval_error(e, &rt))
         };
         let result = match &st.kind {
             Kind::Task {
@@ -1179,13 +1177,7 @@ impl Run<'_> {
                             } else {
                                 Value::Null
                             };
-                            t.eval(input, &c).map_err(|e| {
-                                if e.error == "States.Runtime" {
-                                    rt(e.cause)
-                                } else {
-                                    fail(e.error, e.cause)
-                                }
-                            })?
+                            t.eval(input, &c).map_err(|e| eval_error(e, &rt))?
                         }
                         None => item,
                     });
