@@ -27,7 +27,7 @@ use crate::history::{EventKind, HistoryEvent};
 use crate::intrinsics::{IntrinsicError, random_u64, uuid_v4};
 use crate::jsonpath::JsonPath;
 use crate::payload::Template;
-use crate::store::{ExecutionRecord, ExecutionStatus, ExecutionStore};
+use crate::store::{ExecutionLease, ExecutionRecord, ExecutionStatus, ExecutionStore};
 use crate::timestamp;
 use futures_util::FutureExt as _;
 use futures_util::StreamExt as _;
@@ -182,6 +182,22 @@ const DEFAULT_MAX_EVENTS: usize = 1_000_000;
 struct AbortSignal {
     notify: tokio::sync::Notify,
     cause: Mutex<Option<String>>,
+}
+
+/// A claimed execution name, from [`Engine::reserve`]; holds the store's
+/// lease until the execution it starts has finished (or until dropped).
+#[derive(Debug)]
+pub struct Reservation {
+    arn: String,
+    name: String,
+    _lease: Option<ExecutionLease>,
+}
+
+impl Reservation {
+    /// The execution ARN.
+    pub fn execution_arn(&self) -> &str {
+        &self.arn
+    }
 }
 
 /// Removes an execution from the running set when its driver ends.
@@ -372,16 +388,49 @@ impl Engine {
         name: &str,
         input: Value,
     ) -> Result<ExecutionOutcome, EngineError> {
-        let arn = self.execution_arn(&def, name);
-        if let Some(store) = &self.store
-            && store.load(&arn).map_err(EngineError::Store)?.is_some()
-        {
-            return Err(EngineError::ExecutionAlreadyExists(arn));
-        }
-        let run = Run {
-            engine: self,
+        let reservation = self.reserve(&def, name)?;
+        self.start_reserved(def, reservation, input).await
+    }
+
+    /// Claims the name `name` for a new execution of `def` without running
+    /// it yet: fails with [`EngineError::ExecutionAlreadyExists`] when the
+    /// store holds that execution, and with [`EngineError::AlreadyRunning`]
+    /// while another engine (here or in another process) is starting or
+    /// running it. Lets a caller answer "started" before it spawns
+    /// [`Engine::start_reserved`].
+    pub fn reserve(&self, def: &Definition, name: &str) -> Result<Reservation, EngineError> {
+        let arn = self.execution_arn(def, name);
+        let lease = match &self.store {
+            None => None,
+            Some(store) => {
+                let lease = store
+                    .lease(&arn)
+                    .map_err(EngineError::Store)?
+                    .ok_or_else(|| EngineError::AlreadyRunning(arn.clone()))?;
+                if store.load(&arn).map_err(EngineError::Store)?.is_some() {
+                    return Err(EngineError::ExecutionAlreadyExists(arn));
+                }
+                Some(lease)
+            }
+        };
+        Ok(Reservation {
             arn,
             name: name.to_string(),
+            _lease: lease,
+        })
+    }
+
+    /// Runs the execution `reservation` claimed, to completion.
+    pub async fn start_reserved(
+        &self,
+        def: Arc<Definition>,
+        reservation: Reservation,
+        input: Value,
+    ) -> Result<ExecutionOutcome, EngineError> {
+        let run = Run {
+            engine: self,
+            arn: reservation.arn.clone(),
+            name: reservation.name.clone(),
             machine_name: def.name.clone(),
             machine_arn: format!(
                 "arn:aws:states:{}:{}:stateMachine:{}",
@@ -394,24 +443,30 @@ impl Engine {
         run.push(EventKind::ExecutionStarted { input: input.clone() });
         let m = &def.machine;
         run.save(Some(&m.states[m.start].name), Some(&input))?;
-        run.drive(m, m.start, input, self.clock.now()).await
+        let outcome = run.drive(m, m.start, input, self.clock.now()).await;
+        drop(reservation);
+        outcome
     }
 
     /// Continue a persisted, unfinished execution from its last completed
     /// top-level state. A finished execution just returns its outcome.
     pub async fn resume(&self, def: Arc<Definition>, id: &str) -> Result<ExecutionOutcome, EngineError> {
         let store = self.store.as_ref().ok_or(EngineError::NoStore)?;
-        let rec = match store.load(id).map_err(EngineError::Store)? {
-            Some(r) => r,
-            None => {
-                // Accept a bare execution name too.
-                let arn = self.execution_arn(&def, id);
-                store
-                    .load(&arn)
-                    .map_err(EngineError::Store)?
-                    .ok_or_else(|| EngineError::ExecutionNotFound(id.to_string()))?
-            }
+        // Accept a bare execution name too.
+        let arn = match store.load(id).map_err(EngineError::Store)? {
+            Some(_) => id.to_string(),
+            None => self.execution_arn(&def, id),
         };
+        // Whoever holds the lease is driving the execution; the record is read
+        // after taking it, so a run that finished meanwhile is seen finished.
+        let _lease = store
+            .lease(&arn)
+            .map_err(EngineError::Store)?
+            .ok_or_else(|| EngineError::AlreadyRunning(arn.clone()))?;
+        let rec = store
+            .load(&arn)
+            .map_err(EngineError::Store)?
+            .ok_or_else(|| EngineError::ExecutionNotFound(id.to_string()))?;
         if rec.status == ExecutionStatus::Running
             && self
                 .running

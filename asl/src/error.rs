@@ -58,7 +58,8 @@ pub enum EngineError {
     /// An execution with this id already exists in the store.
     #[error("execution '{0}' already exists")]
     ExecutionAlreadyExists(String),
-    /// The execution is already being driven by this engine (or a clone).
+    /// The execution is already being driven by this engine, a clone of it,
+    /// or another process sharing its store.
     #[error("execution '{0}' is already running")]
     AlreadyRunning(String),
     /// No persisted execution has this id.

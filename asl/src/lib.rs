@@ -72,7 +72,7 @@ pub mod timestamp;
 
 pub use clock::{Clock, ScaledClock, VirtualClock, WallClock};
 pub use definition::Definition;
-pub use engine::{Engine, ExecutionOutcome, NoTasks, TaskContext, TaskFailure, TaskHandler};
+pub use engine::{Engine, ExecutionOutcome, NoTasks, Reservation, TaskContext, TaskFailure, TaskHandler};
 pub use error::{EngineError, ValidationError, ValidationErrors};
 pub use history::{EventKind, HistoryEvent};
-pub use store::{ExecutionRecord, ExecutionStatus, ExecutionStore, FileStore, MemoryStore};
+pub use store::{ExecutionLease, ExecutionRecord, ExecutionStatus, ExecutionStore, FileStore, MemoryStore};

@@ -3,7 +3,8 @@
 //! The engine saves an [`ExecutionRecord`] after every completed top-level
 //! state: the state to run next, its input, and the history so far.
 //! [`MemoryStore`] keeps records in memory; [`FileStore`] writes one JSON
-//! file per execution, atomically (temporary file + rename).
+//! file per execution, atomically (temporary file + rename), and lets one
+//! process at a time drive an execution (see [`ExecutionStore::lease`]).
 
 use crate::history::HistoryEvent;
 use serde::{Deserialize, Serialize};
@@ -12,6 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Status of an execution, as in Step Functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +68,23 @@ pub trait ExecutionStore: Send + Sync + Debug {
     fn load(&self, id: &str) -> Result<Option<ExecutionRecord>, String>;
     /// Every record still `Running`.
     fn list_unfinished(&self) -> Result<Vec<ExecutionRecord>, String>;
+    /// Takes the exclusive right to run execution `id`, or `None` while
+    /// someone else holds it. The engine holds the lease from start (or
+    /// resume) until the execution finishes, so two processes sharing a
+    /// store never drive one execution twice. The default suits a store
+    /// used by one engine in one process, where the engine's own running
+    /// set already excludes a second driver.
+    fn lease(&self, id: &str) -> Result<Option<ExecutionLease>, String> {
+        let _ = id;
+        Ok(Some(ExecutionLease::default()))
+    }
+}
+
+/// The exclusive right to run one execution; dropping it gives the right
+/// up (and a process that dies gives it up too).
+#[derive(Debug, Default)]
+pub struct ExecutionLease {
+    _file: Option<std::fs::File>,
 }
 
 /// In-memory store (shared between engines through an `Arc`).
@@ -135,10 +154,19 @@ impl FileStore {
     }
 }
 
+/// Distinguishes the temporary files of concurrent writers in one process.
+static TMP_SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
 impl ExecutionStore for FileStore {
     fn save(&self, record: &ExecutionRecord) -> Result<(), String> {
         let path = self.file_for(&record.execution_arn);
-        let tmp = path.with_extension("json.tmp");
+        // A name no other writer (thread or process) uses, so a rename never
+        // publishes someone else's half-written file.
+        let tmp = path.with_extension(format!(
+            "json.{}.{}.tmp",
+            std::process::id(),
+            TMP_SEQUENCE.fetch_add(1, Ordering::Relaxed)
+        ));
         let text = serde_json::to_vec_pretty(record).map_err(|e| e.to_string())?;
         {
             use std::io::Write as _;
@@ -179,5 +207,23 @@ impl ExecutionStore for FileStore {
         }
         out.sort_by(|a, b| a.execution_arn.cmp(&b.execution_arn));
         Ok(out)
+    }
+    /// An advisory lock (`flock`) on a `.lock` file beside the record: the
+    /// operating system drops it when its holder exits, crashed or not, so an
+    /// abandoned execution is free to resume at once. Lock files stay behind
+    /// (deleting one would race with a process about to lock it).
+    fn lease(&self, id: &str) -> Result<Option<ExecutionLease>, String> {
+        let path = self.file_for(id).with_extension("lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(ExecutionLease { _file: Some(file) })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(format!("{}: {e}", path.display())),
+        }
     }
 }

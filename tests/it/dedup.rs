@@ -317,7 +317,7 @@ fn trace_with_two_revisions_starts_exactly_two_rollouts() {
 }
 
 #[test]
-fn two_processes_racing_on_one_store_start_each_deployment_once() {
+fn four_processes_racing_on_one_state_dir_start_and_run_each_deployment_once() {
     let dir = tempfile::tempdir().unwrap();
     let spawn = || {
         cutover()
@@ -325,14 +325,19 @@ fn two_processes_racing_on_one_store_start_each_deployment_once() {
             .arg(dir.path())
             .arg("tests/fixtures/two-revisions-trace.jsonl")
             .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap()
     };
-    let (a, b) = (spawn(), spawn());
+    // All four open the new store together (the schema and WAL setup race too), and each one
+    // resumes the executions it finds unfinished, which the others are running.
+    let children: Vec<_> = (0..4).map(|_| spawn()).collect();
     let mut passed = 0;
-    for child in [a, b] {
+    for child in children {
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(!stderr.contains("ERROR"), "{stderr}");
         for line in String::from_utf8(out.stdout).unwrap().lines() {
             let v: Value = serde_json::from_str(line).unwrap();
             if v["outcome"] == "passed" {
@@ -345,6 +350,27 @@ fn two_processes_racing_on_one_store_start_each_deployment_once() {
     }
     assert_eq!(
         passed, 2,
-        "two deployments, two processes: each deployment passes in exactly one process"
+        "two deployments, four processes: each deployment passes in exactly one process"
     );
+    // Each execution was driven by one process only: one start, no resume, one ending.
+    let mut records = 0;
+    for entry in std::fs::read_dir(dir.path().join("executions")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            records += 1;
+            let record: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            assert_ne!(record["status"], "RUNNING", "{record}");
+            let count = |kind: &str| {
+                record["history"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|e| e["type"] == kind)
+                    .count()
+            };
+            assert_eq!(count("ExecutionStarted"), 1, "{path:?}");
+            assert_eq!(count("ExecutionResumed"), 0, "{path:?}");
+        }
+    }
+    assert_eq!(records, 2);
 }

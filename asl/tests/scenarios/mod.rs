@@ -487,14 +487,7 @@ impl TaskHandler for InterruptOnce {
 
 #[tokio::test]
 async fn file_store_resume_after_interrupt() {
-    let dir = std::env::temp_dir().join(format!(
-        "cutover-asl-test-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
+    let dir = temp_store_dir("test");
     let store: Arc<dyn ExecutionStore> = Arc::new(FileStore::new(&dir).unwrap());
     let h = Arc::new(InterruptOnce::default());
     let def = canary_definition();
@@ -525,6 +518,53 @@ async fn file_store_resume_after_interrupt() {
         .count();
     assert_eq!(shift10, 1);
     assert!(store2.list_unfinished().unwrap().is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn temp_store_dir(tag: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "cutover-asl-{tag}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ))
+}
+
+#[tokio::test]
+async fn file_stores_sharing_a_directory_let_one_engine_drive_an_execution() {
+    let dir = temp_store_dir("lease");
+    // Two store objects over one directory stand for two processes: their locks are as
+    // independent as two processes' would be.
+    let store_a: Arc<dyn ExecutionStore> = Arc::new(FileStore::new(&dir).unwrap());
+    let store_b: Arc<dyn ExecutionStore> = Arc::new(FileStore::new(&dir).unwrap());
+    let h = Arc::new(InterruptOnce::default());
+    let clock = Arc::new(VirtualClock::new());
+    let (a, b) = (
+        engine(h.clone(), clock.clone(), Some(store_a.clone())),
+        engine(h.clone(), clock.clone(), Some(store_b.clone())),
+    );
+    let def = canary_definition();
+
+    let reserved = a.reserve(&def, "shared").unwrap();
+    let err = b.reserve(&def, "shared").unwrap_err();
+    assert!(matches!(err, EngineError::AlreadyRunning(_)), "{err}");
+    let err = a
+        .start_reserved(def.clone(), reserved, json!({"release": "v3"}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Interrupted { .. }), "{err}");
+    // Interrupted, so resumable; but not while someone else holds the lease.
+    let arn = a.execution_arn(&def, "shared");
+    let held = store_a.lease(&arn).unwrap().expect("free after the interruption");
+    let err = b.resume(def.clone(), &arn).await.unwrap_err();
+    assert!(matches!(err, EngineError::AlreadyRunning(_)), "{err}");
+    drop(held);
+    let out = b.resume(def.clone(), &arn).await.unwrap();
+    assert_eq!(out.status, ExecutionStatus::Succeeded);
+    let err = a.reserve(&def, "shared").unwrap_err();
+    assert!(matches!(err, EngineError::ExecutionAlreadyExists(_)), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

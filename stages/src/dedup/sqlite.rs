@@ -42,11 +42,17 @@ CREATE TABLE IF NOT EXISTS dedup (
 CREATE INDEX IF NOT EXISTS dedup_expires ON dedup (expires);
 ";
 
+/// How long a process waits for another one holding the store's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+}
+
 fn db_error(path: &Path, e: &rusqlite::Error) -> StageError {
-    let busy = matches!(e, rusqlite::Error::SqliteFailure(f, _)
-        if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked));
     let message = format!("dedup store {}: {e}", path.display());
-    if busy {
+    if is_busy(e) {
         StageError::retryable(message).with_kind("Dedup.StoreBusy")
     } else {
         StageError::permanent(message)
@@ -59,17 +65,34 @@ impl SqliteStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
-        let conn = Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        conn.busy_timeout(Duration::from_secs(10))
-            .map_err(|e| e.to_string())?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| e.to_string())?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(|e| e.to_string())?;
-        conn.execute_batch(SCHEMA)
-            .map_err(|e| format!("cannot create the dedup table in {}: {e}", path.display()))?;
-        conn.execute("DELETE FROM dedup WHERE expires <= ?1", [now])
-            .map_err(|e| e.to_string())?;
+        let mut conn = Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| e.to_string())?;
+        // Two processes opening a new store at once contend for the switch to WAL and for the
+        // schema; SQLite reports some of those conflicts as busy without waiting (it would
+        // deadlock otherwise), so the setup retries them until the busy timeout is spent.
+        let setup = |conn: &mut Connection| -> Result<(), rusqlite::Error> {
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute_batch(SCHEMA)?;
+            tx.execute("DELETE FROM dedup WHERE expires <= ?1", [now])?;
+            tx.commit()
+        };
+        let started = std::time::Instant::now();
+        loop {
+            match setup(&mut conn) {
+                Ok(()) => break,
+                Err(e) if is_busy(&e) && started.elapsed() < BUSY_TIMEOUT => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "cannot set up the dedup table in {}: {e}",
+                        path.display()
+                    ));
+                }
+            }
+        }
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_owned(),

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use cutover_asl::{
-    Definition, Engine, ExecutionStatus, ExecutionStore, FileStore, TaskContext, TaskFailure, TaskHandler,
+    Definition, Engine, EngineError, ExecutionStatus, ExecutionStore, FileStore, TaskContext, TaskFailure,
+    TaskHandler,
 };
 use cutover_core::{
     Background, BoxFuture, BuildContext, BuildError, Clock, Event, FieldError, Outcome, Pipeline, StageError,
@@ -254,10 +255,17 @@ impl LocalEngine {
         {
             let engine = self.engine.clone();
             let def = self.definition.clone();
-            tracing::info!(execution = %record.execution_arn, state = ?record.next_state, "resuming an unfinished execution");
             self.background.spawn(async move {
-                if let Err(error) = engine.resume(def, &record.execution_arn).await {
-                    tracing::error!(execution = %record.execution_arn, %error, "could not resume the execution");
+                match engine.resume(def, &record.execution_arn).await {
+                    Ok(outcome) => {
+                        tracing::info!(execution = %outcome.execution_arn, status = ?outcome.status, "resumed execution finished");
+                    }
+                    Err(EngineError::AlreadyRunning(arn)) => {
+                        tracing::debug!(execution = %arn, "another process is running this execution");
+                    }
+                    Err(error) => {
+                        tracing::error!(execution = %record.execution_arn, %error, "could not resume the execution");
+                    }
                 }
             });
         }
@@ -275,24 +283,33 @@ fn status_name(s: &ExecutionStatus) -> String {
 impl StateMachineEngine for LocalEngine {
     fn start<'a>(&'a self, name: &'a str, input: &'a Value) -> BoxFuture<'a, Result<Started, StageError>> {
         Box::pin(async move {
-            let arn = self.engine.execution_arn(&self.definition, name);
-            match self.store.load(&arn) {
-                Ok(Some(existing)) if &existing.input == input => return Ok(Started::Duplicate { arn }),
-                Ok(Some(_)) => {
-                    return Err(StageError::permanent(format!(
-                        "an execution named {name} already exists with a different input ({arn})"
-                    ))
-                    .with_kind("ExecutionAlreadyExists"));
+            let reservation = match self.engine.reserve(&self.definition, name) {
+                Ok(reservation) => reservation,
+                Err(EngineError::ExecutionAlreadyExists(arn) | EngineError::AlreadyRunning(arn)) => {
+                    return match self.store.load(&arn) {
+                        Ok(Some(existing)) if &existing.input == input => Ok(Started::Duplicate { arn }),
+                        Ok(Some(_)) => Err(StageError::permanent(format!(
+                            "an execution named {name} already exists with a different input ({arn})"
+                        ))
+                        .with_kind("ExecutionAlreadyExists")),
+                        // Another process holds the name and has not saved its first state yet:
+                        // a redelivery will find the record and compare inputs.
+                        Ok(None) => Err(StageError::retryable(format!(
+                            "execution {name} is being started by another process ({arn})"
+                        ))
+                        .with_kind("ExecutionStarting")),
+                        Err(e) => Err(StageError::retryable(format!("execution store: {e}"))),
+                    };
                 }
-                Ok(None) => {}
-                Err(e) => return Err(StageError::retryable(format!("execution store: {e}"))),
-            }
+                Err(e) => return Err(StageError::retryable(format!("execution {name}: {e}"))),
+            };
+            let arn = reservation.execution_arn().to_owned();
             let engine = self.engine.clone();
             let def = self.definition.clone();
-            let (name_owned, input_owned) = (name.to_owned(), input.clone());
+            let input_owned = input.clone();
             if self.wait {
                 let outcome = engine
-                    .start(def, &name_owned, input_owned)
+                    .start_reserved(def, reservation, input_owned)
                     .await
                     .map_err(|e| StageError::permanent(format!("execution {name}: {e}")))?;
                 return Ok(Started::New {
@@ -302,7 +319,7 @@ impl StateMachineEngine for LocalEngine {
             }
             let arn_for_log = arn.clone();
             self.background.spawn(async move {
-                match engine.start(def, &name_owned, input_owned).await {
+                match engine.start_reserved(def, reservation, input_owned).await {
                     Ok(outcome) => tracing::info!(execution = %outcome.execution_arn, status = ?outcome.status, "execution finished"),
                     Err(error) => tracing::error!(execution = %arn_for_log, %error, "execution could not run"),
                 }
