@@ -43,4 +43,5 @@ done
 export CUTOVER_MOTO_URL="http://127.0.0.1:$port"
 echo "test.sh: moto_server $MOTO_VERSION on $CUTOVER_MOTO_URL" >&2
 
-cargo test --workspace --no-fail-fast "$@"
+# `--features ecs` adds the filter's DescribeTasks tag source, tested against moto too.
+cargo test --workspace --features ecs --no-fail-fast "$@"

@@ -22,7 +22,56 @@ use serde_json::{Number, Value};
 
 /// Most array elements bound at once; beyond this, deeper arrays are looked
 /// through without consistency (no real pattern comes close).
-const MAX_BOUND: usize = 64;
+const MAX_BOUND: usize = 16;
+
+/// What the matcher reads from an event: implemented by `serde_json::Value`
+/// and by the [`Projected`](crate::Projected) form of a partial parse, which
+/// must decide alike.
+pub(crate) trait Doc: Sized {
+    /// The value at `key`, if this is an object that has it.
+    fn field(&self, key: &str) -> Option<&Self>;
+    /// The elements, if this is an array.
+    fn items(&self) -> Option<&[Self]>;
+    /// What kind of value this is, with its content if it is a scalar.
+    fn scalar(&self) -> Scalar<'_>;
+}
+
+/// A value as a leaf sees it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Scalar<'a> {
+    Null,
+    Bool(bool),
+    Number(&'a Number),
+    String(&'a str),
+    /// Objects are not values (and arrays are looked through before this).
+    Composite,
+}
+
+impl Doc for Value {
+    fn field(&self, key: &str) -> Option<&Value> {
+        match self {
+            Value::Object(map) => map.get(key),
+            _ => None,
+        }
+    }
+
+    fn items(&self) -> Option<&[Value]> {
+        match self {
+            Value::Array(items) => Some(items),
+            _ => None,
+        }
+    }
+
+    fn scalar(&self) -> Scalar<'_> {
+        match self {
+            Value::Null => Scalar::Null,
+            Value::Bool(b) => Scalar::Bool(*b),
+            Value::Number(n) => Scalar::Number(n),
+            Value::String(s) => Scalar::String(s),
+            Value::Array(_) | Value::Object(_) => Scalar::Composite,
+        }
+    }
+}
 
 /// The array elements bound so far: (array identity, index) pairs.
 struct Bindings {
@@ -47,7 +96,7 @@ impl Bindings {
 }
 
 /// Continuation called for each value found at a path.
-type Found<'f> = dyn FnMut(&Value, &mut Bindings) -> bool + 'f;
+type Found<'f, D> = dyn FnMut(&D, &mut Bindings) -> bool + 'f;
 
 /// Calls `found` for each value reached by following `path` from `v`,
 /// consistently with `bound`, binding the array elements it passes through
@@ -55,69 +104,68 @@ type Found<'f> = dyn FnMut(&Value, &mut Bindings) -> bool + 'f;
 ///
 /// With an empty path, `found` gets the value itself unless it is an array
 /// (each element is visited instead), so it may get an object.
-fn walk(v: &Value, path: &[Box<str>], bound: &mut Bindings, found: &mut Found<'_>) -> bool {
-    match v {
-        Value::Array(items) => {
-            // The buffer address identifies the array; empty arrays hold no
-            // elements, so they are never bound.
-            let id = items.as_ptr() as usize;
-            if let Some(i) = bound.get(id) {
-                return walk(&items[i], path, bound, found);
-            }
-            for (i, item) in items.iter().enumerate() {
-                let hit = if bound.len < MAX_BOUND {
-                    bound.items[bound.len] = (id, i);
-                    bound.len += 1;
-                    let hit = walk(item, path, bound, found);
-                    bound.len -= 1;
-                    hit
-                } else {
-                    walk(item, path, bound, found)
-                };
-                if hit {
-                    return true;
-                }
-            }
-            false
+fn walk<D: Doc>(v: &D, path: &[Box<str>], bound: &mut Bindings, found: &mut Found<'_, D>) -> bool {
+    if let Some(items) = v.items() {
+        // The buffer address identifies the array; empty arrays hold no
+        // elements, so they are never bound.
+        let id = items.as_ptr() as usize;
+        if let Some(i) = bound.get(id) {
+            return walk(&items[i], path, bound, found);
         }
-        _ => match path.split_first() {
-            None => found(v, bound),
-            Some((key, rest)) => match v {
-                Value::Object(map) => map
-                    .get(&**key)
-                    .is_some_and(|child| walk(child, rest, bound, found)),
-                _ => false,
-            },
-        },
+        for (i, item) in items.iter().enumerate() {
+            let hit = if bound.len < MAX_BOUND {
+                bound.items[bound.len] = (id, i);
+                bound.len += 1;
+                let hit = walk(item, path, bound, found);
+                bound.len -= 1;
+                hit
+            } else {
+                walk(item, path, bound, found)
+            };
+            if hit {
+                return true;
+            }
+        }
+        return false;
+    }
+    match path.split_first() {
+        None => found(v, bound),
+        Some((key, rest)) => v.field(key).is_some_and(|child| walk(child, rest, bound, found)),
     }
 }
 
 /// Whether some leaf value at `path` under `v`, consistent with `bound`,
 /// satisfies `pred`. Binds nothing: used below the prefix later fields share.
-fn any_below(v: &Value, path: &[Box<str>], bound: &Bindings, pred: &mut dyn FnMut(&Value) -> bool) -> bool {
-    match v {
-        Value::Array(items) => match bound.get(items.as_ptr() as usize) {
+fn any_below<D: Doc>(
+    v: &D,
+    path: &[Box<str>],
+    bound: &Bindings,
+    pred: &mut dyn FnMut(Scalar<'_>) -> bool,
+) -> bool {
+    if let Some(items) = v.items() {
+        return match bound.get(items.as_ptr() as usize) {
             Some(i) => any_below(&items[i], path, bound, pred),
             None => items.iter().any(|item| any_below(item, path, bound, pred)),
-        },
-        Value::Object(map) => match path.split_first() {
-            Some((key, rest)) => map
-                .get(&**key)
-                .is_some_and(|child| any_below(child, rest, bound, pred)),
-            None => false,
-        },
-        _ => path.is_empty() && pred(v),
+        };
+    }
+    match (v.scalar(), path.split_first()) {
+        (Scalar::Composite, Some((key, rest))) => v
+            .field(key)
+            .is_some_and(|child| any_below(child, rest, bound, pred)),
+        (Scalar::Composite, None) => false,
+        (scalar, None) => pred(scalar),
+        (_, Some(_)) => false,
     }
 }
 
 impl Branch {
     /// Whether this branch matches the event.
-    pub(crate) fn matches(&self, event: &Value) -> bool {
+    pub(crate) fn matches<D: Doc>(&self, event: &D) -> bool {
         fields_match(&self.fields, event, &mut Bindings::new())
     }
 }
 
-fn fields_match(fields: &[BranchField], root: &Value, bound: &mut Bindings) -> bool {
+fn fields_match<D: Doc>(fields: &[BranchField], root: &D, bound: &mut Bindings) -> bool {
     let Some((field, rest)) = fields.split_first() else {
         return true;
     };
@@ -142,7 +190,7 @@ fn fields_match(fields: &[BranchField], root: &Value, bound: &mut Bindings) -> b
 impl Leaf {
     /// Whether a value matches one of the alternatives other than
     /// `exists: false`.
-    fn matches_value(&self, v: &Value) -> bool {
+    fn matches_value(&self, v: Scalar<'_>) -> bool {
         self.alternatives.iter().any(|m| m.matches_value(v))
     }
 }
@@ -183,21 +231,21 @@ fn ends_ignore_case(s: &str, lowered: &str) -> bool {
 
 impl Matcher {
     /// Whether one event value (never an array or object) matches.
-    fn matches_value(&self, v: &Value) -> bool {
+    fn matches_value(&self, v: Scalar<'_>) -> bool {
         match (self, v) {
-            (Matcher::String(p), Value::String(s)) => **p == **s,
-            (Matcher::Ip(range, text), Value::String(s)) => **text == **s || range.contains_str(s),
-            (Matcher::Number(p, k), Value::Number(n)) => num_eq(p, *k, n),
-            (Matcher::Bool(p), Value::Bool(b)) => p == b,
-            (Matcher::Null, Value::Null) => true,
-            (Matcher::Prefix(p), Value::String(s)) => s.starts_with(&**p),
-            (Matcher::Suffix(p), Value::String(s)) => s.ends_with(&**p),
-            (Matcher::EqualsIgnoreCase(p), Value::String(s)) => eq_ignore_case(s, p),
-            (Matcher::PrefixIgnoreCase(p), Value::String(s)) => starts_ignore_case(s, p),
-            (Matcher::SuffixIgnoreCase(p), Value::String(s)) => ends_ignore_case(s, p),
-            (Matcher::Wildcard(w), Value::String(s)) => w.is_match(s),
-            (Matcher::Numeric(r), Value::Number(n)) => key(n).is_some_and(|k| in_range(r, k)),
-            (Matcher::Cidr(r), Value::String(s)) => r.contains_str(s),
+            (Matcher::String(p), Scalar::String(s)) => **p == *s,
+            (Matcher::Ip(range, text), Scalar::String(s)) => **text == *s || range.contains_str(s),
+            (Matcher::Number(p, k), Scalar::Number(n)) => num_eq(p, *k, n),
+            (Matcher::Bool(p), Scalar::Bool(b)) => *p == b,
+            (Matcher::Null, Scalar::Null) => true,
+            (Matcher::Prefix(p), Scalar::String(s)) => s.starts_with(&**p),
+            (Matcher::Suffix(p), Scalar::String(s)) => s.ends_with(&**p),
+            (Matcher::EqualsIgnoreCase(p), Scalar::String(s)) => eq_ignore_case(s, p),
+            (Matcher::PrefixIgnoreCase(p), Scalar::String(s)) => starts_ignore_case(s, p),
+            (Matcher::SuffixIgnoreCase(p), Scalar::String(s)) => ends_ignore_case(s, p),
+            (Matcher::Wildcard(w), Scalar::String(s)) => w.is_match(s),
+            (Matcher::Numeric(r), Scalar::Number(n)) => key(n).is_some_and(|k| in_range(r, k)),
+            (Matcher::Cidr(r), Scalar::String(s)) => r.contains_str(s),
             (Matcher::AnythingBut(ab), v) => !ab.excludes(v),
             (Matcher::Exists(present), _) => *present,
             _ => false,
@@ -206,21 +254,22 @@ impl Matcher {
 }
 
 impl AnythingBut {
-    fn excludes(&self, v: &Value) -> bool {
+    fn excludes(&self, v: Scalar<'_>) -> bool {
         match (self, v) {
-            (AnythingBut::Strings(list), Value::String(s)) => list.iter().any(|p| **p == **s),
-            (AnythingBut::Numbers(list), Value::Number(n)) => {
+            (AnythingBut::Strings(list), Scalar::String(s)) => list.iter().any(|p| **p == *s),
+            (AnythingBut::Numbers(list), Scalar::Number(n)) => {
                 let k = key(n);
                 list.iter().any(|p| Some(*p) == k)
             }
-            (AnythingBut::IgnoreCase(list), Value::String(s)) => list.iter().any(|p| eq_ignore_case(s, p)),
-            (AnythingBut::Prefixes(list), Value::String(s)) => list.iter().any(|p| s.starts_with(&**p)),
-            (AnythingBut::Suffixes(list), Value::String(s)) => list.iter().any(|p| s.ends_with(&**p)),
-            (AnythingBut::Wildcards(list), Value::String(s)) => list.iter().any(|w| w.is_match(s)),
+            (AnythingBut::IgnoreCase(list), Scalar::String(s)) => list.iter().any(|p| eq_ignore_case(s, p)),
+            (AnythingBut::Prefixes(list), Scalar::String(s)) => list.iter().any(|p| s.starts_with(&**p)),
+            (AnythingBut::Suffixes(list), Scalar::String(s)) => list.iter().any(|p| s.ends_with(&**p)),
+            (AnythingBut::Wildcards(list), Scalar::String(s)) => list.iter().any(|w| w.is_match(s)),
             _ => false,
         }
     }
 }
+
 #[cfg(test)]
 mod tests {
     use crate::Pattern;

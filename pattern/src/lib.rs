@@ -59,11 +59,13 @@ pub mod conformance;
 mod error;
 mod eval;
 mod prefilter;
+mod projection;
 mod raw;
 mod wildcard;
 
 pub use error::{INVALID_EVENT_PATTERN, PatternError};
 pub use prefilter::Prefilter;
+pub use projection::{Projected, Projection};
 
 use serde_json::Value;
 
@@ -72,6 +74,7 @@ use serde_json::Value;
 pub struct Pattern {
     branches: Vec<compile::Branch>,
     prefilter: Prefilter,
+    projection: Projection,
     value: Value,
 }
 
@@ -93,11 +96,14 @@ impl Pattern {
     fn from_raw(raw: &raw::Raw) -> Result<Pattern, PatternError> {
         let branches = compile::compile(raw)?;
         let prefilter = Prefilter::derive(&branches);
-        Ok(Pattern {
+        let mut pattern = Pattern {
             branches,
             prefilter,
+            projection: Projection::default(),
             value: raw.to_merged_value(),
-        })
+        };
+        pattern.projection = Projection::of([&pattern]);
+        Ok(pattern)
     }
 
     /// Whether the parsed event matches. Does not allocate.
@@ -105,7 +111,8 @@ impl Pattern {
         self.branches.iter().any(|b| b.matches(event))
     }
 
-    /// Runs the prefilter on the raw bytes, then parses and matches.
+    /// Runs the prefilter on the raw bytes, then parses only the fields the pattern reads
+    /// (see [`Projection`]) and matches.
     ///
     /// Bytes the prefilter rejects are not parsed, so malformed JSON that
     /// cannot match is reported as `Ok(false)` rather than as an error.
@@ -113,8 +120,23 @@ impl Pattern {
         if !self.prefilter.may_match(event) {
             return Ok(false);
         }
-        let value: Value = serde_json::from_slice(event)?;
-        Ok(self.matches(&value))
+        let value = self.projection.parse(event)?;
+        Ok(self.matches_projected(&value))
+    }
+
+    /// Whether the pattern matches an event parsed with a [`Projection`] that includes this
+    /// pattern's fields (as [`Projection::of`] builds); decides as [`Pattern::matches`] does
+    /// on the whole event.
+    pub fn matches_projected(&self, event: &Projected<'_>) -> bool {
+        self.branches.iter().any(|b| b.matches(event))
+    }
+
+    /// The field paths the pattern reads (each a list of keys), every `$or` alternative
+    /// included; a path may repeat.
+    pub fn field_paths(&self) -> impl Iterator<Item = &[Box<str>]> {
+        self.branches
+            .iter()
+            .flat_map(|b| b.fields.iter().map(|f| &*f.path))
     }
 
     /// The byte prefilter derived from this pattern.

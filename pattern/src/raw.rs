@@ -56,6 +56,9 @@ impl Raw {
 }
 
 fn insert_merged(map: &mut Map<String, Value>, key: &str, value: Value) {
+    if key != "$or" {
+        override_in_earlier_or(map, key, &value);
+    }
     match (map.get_mut(key), value) {
         (Some(Value::Array(alternatives)), Value::Array(more)) if key == "$or" => {
             let more = Value::Array(more);
@@ -74,6 +77,28 @@ fn insert_merged(map: &mut Map<String, Value>, key: &str, value: Value) {
             map.insert(key.to_owned(), value);
         }
     }
+}
+
+/// EventBridge reads a pattern in order: a key that comes after a `$or` replaces what the
+/// `$or`'s alternatives say at that key. One JSON object cannot put the key both before and
+/// after the `$or`, so the printed form repeats the later value inside every alternative
+/// that names the key (or holds a nested `$or` that does).
+fn override_in_earlier_or(map: &mut Map<String, Value>, key: &str, value: &Value) {
+    if let Some(Value::Array(alternatives)) = map.get_mut("$or") {
+        for alternative in alternatives {
+            if let Value::Object(alternative) = alternative
+                && mentions(alternative, key)
+            {
+                insert_merged(alternative, key, value.clone());
+            }
+        }
+    }
+}
+
+fn mentions(map: &Map<String, Value>, key: &str) -> bool {
+    map.contains_key(key)
+        || matches!(map.get("$or"), Some(Value::Array(alternatives))
+            if alternatives.iter().any(|a| matches!(a, Value::Object(a) if mentions(a, key))))
 }
 
 impl<'de> Deserialize<'de> for Raw {

@@ -28,7 +28,7 @@ use cutover_core::{
     BoxFuture, BuildContext, BuildError, DeployContext, Deployment, Event, FieldError, Next, Outcome, Stage,
     StageConfig, StageError, Statement, ValidateContext,
 };
-use cutover_pattern::Pattern;
+use cutover_pattern::{Pattern, Projection};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -521,6 +521,12 @@ struct Compiled {
 #[derive(Debug)]
 pub struct Filter {
     conditions: Vec<Compiled>,
+    /// Every condition in one pattern: the rule's pattern, which decides; the conditions alone
+    /// only name the reason of a drop.
+    merged: Pattern,
+    /// The fields the conditions read: an event that passes every prefilter is parsed into
+    /// these only.
+    projection: Projection,
     tags: Option<(BTreeMap<String, String>, Arc<dyn TagSource>)>,
 }
 
@@ -531,9 +537,10 @@ impl Filter {
     }
 
     async fn build(config: &FilterConfig, cx: &BuildContext) -> Result<Filter, BuildError> {
-        config
+        let merged = config
             .compiled_pattern()
             .map_err(|m| BuildError::field("pattern", m))?;
+        let merged = Pattern::from_value(&merged).map_err(|e| BuildError::field("pattern", e.to_string()))?;
         // Conditions keep the order of `conditions()`: green first, the one most events fail,
         // so a typical event costs one byte scan and no parse.
         let mut conditions = Vec::new();
@@ -545,13 +552,19 @@ impl Filter {
                 pattern: compiled,
             });
         }
+        let projection = Projection::of(conditions.iter().map(|c| &c.pattern));
         let tags = if config.green.tags.is_empty() {
             None
         } else {
             let source = config.green.tag_source.clone().unwrap_or_default();
             Some((config.green.tags.clone(), source.build(cx).await?))
         };
-        Ok(Filter { conditions, tags })
+        Ok(Filter {
+            conditions,
+            merged,
+            projection,
+            tags,
+        })
     }
 
     /// Decides without running the rest of the chain: `Ok(())` to pass, or the drop reason.
@@ -562,17 +575,30 @@ impl Filter {
                 return Ok(Err(c.condition.mismatch(None)));
             }
         }
-        // Phase 2: the parsed event.
-        let value = match event.json() {
-            Ok(v) => v,
-            Err(e) => return Err(StageError::permanent(e.to_string()).with_kind("InvalidEvent")),
-        };
-        for c in &self.conditions {
-            if !c.pattern.matches(value) {
-                return Ok(Err(c.condition.mismatch(Some(value))));
+        // Phase 2: the fields the conditions read, parsed from the bytes (no copies, and the
+        // patterns decide on them as on the whole event), or the whole event if an earlier
+        // stage parsed it already.
+        let invalid = |message: String| StageError::permanent(message).with_kind("InvalidEvent");
+        if event.is_parsed() {
+            let value = event.json().map_err(|e| invalid(e.to_string()))?;
+            if !self.merged.matches(value) {
+                return Ok(Err(self.reason(|p| p.matches(value), value)));
+            }
+        } else {
+            let projected = self
+                .projection
+                .parse(event.raw())
+                .map_err(|e| invalid(format!("event is not valid JSON: {e}")))?;
+            if !self.merged.matches_projected(&projected) {
+                return Ok(Err(
+                    self.reason(|p| p.matches_projected(&projected), &projected.to_value())
+                ));
             }
         }
         if let Some((wanted, source)) = &self.tags {
+            // Tags are looked up for the few events that got this far; they need the task ARN
+            // and, for the event source, the event's own `tags`.
+            let value = event.json().map_err(|e| invalid(e.to_string()))?;
             let task = value
                 .pointer("/detail/taskArn")
                 .and_then(Value::as_str)
@@ -587,6 +613,20 @@ impl Filter {
             }
         }
         Ok(Ok(()))
+    }
+}
+
+impl Filter {
+    /// Why an event the merged pattern rejects is dropped: the first condition it fails.
+    fn reason(&self, matches: impl Fn(&Pattern) -> bool, value: &Value) -> String {
+        match self.conditions.iter().find(|c| !matches(&c.pattern)) {
+            Some(c) => c.condition.mismatch(Some(value)),
+            // Each condition holds for some element of an array, but no one element meets
+            // them all, as the pattern (and the EventBridge rule) requires.
+            None => "each condition holds, but not on one and the same array element: the pattern \
+                     (and the EventBridge rule) needs one container that meets every container condition"
+                .to_owned(),
+        }
     }
 }
 
@@ -724,15 +764,48 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn most_rejections_do_not_parse_the_event() {
-        let stage = seed().build(&BuildContext::new("unused")).await.unwrap();
-        let event = Event::from_bytes(fixture("task-ec2-running.json"));
-        let filter = format!("{stage:?}");
-        assert!(filter.contains("Filter"));
-        let p = Pipeline::from_stages("p", vec![("filter".into(), stage)]);
-        let e2 = event.clone();
-        p.run(event).await;
-        assert!(!e2.is_parsed());
+    async fn deciding_never_parses_the_whole_event() {
+        let filter = Filter::from_config(&seed()).await.unwrap();
+        // Most events: rejected by the byte prefilter.
+        let rejected = Event::from_bytes(fixture("task-ec2-running.json"));
+        assert!(filter.decide(&rejected).await.unwrap().is_err());
+        assert!(!rejected.is_parsed());
+        // Events that pass every prefilter: decided on the projected fields, with the reason.
+        let late = Event::from_bytes(fixture("task-fargate-provisioning.json"));
+        let reason = filter.decide(&late).await.unwrap().unwrap_err();
+        assert!(reason.contains("lastStatus is PROVISIONING"), "{reason}");
+        assert!(!late.is_parsed());
+        let accepted = Event::from_bytes(fixture("task-fargate-running.json"));
+        assert_eq!(filter.decide(&accepted).await.unwrap(), Ok(()));
+        assert!(!accepted.is_parsed());
+        // Truncated JSON that passes the prefilters is an invalid event, as before.
+        let raw = fixture("task-fargate-running.json");
+        let truncated = Event::from_bytes(raw[..raw.len() - 3].to_vec());
+        let error = filter.decide(&truncated).await.unwrap_err();
+        assert_eq!(error.kind.as_deref(), Some("InvalidEvent"), "{error}");
+        assert!(!error.retryable);
+    }
+
+    #[tokio::test]
+    async fn container_conditions_must_hold_for_one_container_as_in_the_rule() {
+        let cfg: FilterConfig =
+            toml::from_str("green = { container = \"cats-green\" }\npattern = { detail = { containers = { image = [{ suffix = \"/cats:v3\" }] } } }")
+                .unwrap();
+        let filter = Filter::from_config(&cfg).await.unwrap();
+        let rule = Pattern::from_value(&cfg.compiled_pattern().unwrap()).unwrap();
+        let mut event: Value = serde_json::from_slice(&fixture("task-fargate-running.json")).unwrap();
+        event["detail"]["containers"] = json!([
+            {"name": "cats-green", "image": "registry/cats:v2"},
+            {"name": "sidecar", "image": "registry/cats:v3"}
+        ]);
+        let split = Event::from_bytes(serde_json::to_vec(&event).unwrap());
+        let reason = filter.decide(&split).await.unwrap().unwrap_err();
+        assert!(reason.contains("one and the same array element"), "{reason}");
+        assert!(!rule.matches(&event));
+        event["detail"]["containers"][0]["image"] = json!("registry/cats:v3");
+        let one = Event::from_bytes(serde_json::to_vec(&event).unwrap());
+        assert_eq!(filter.decide(&one).await.unwrap(), Ok(()));
+        assert!(rule.matches(&event));
     }
 
     #[test]

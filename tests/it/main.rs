@@ -4,6 +4,8 @@
 mod cli;
 mod dedup;
 mod demo;
+#[cfg(feature = "ecs")]
+mod filter_ecs;
 mod fixtures;
 mod health;
 mod lambda;

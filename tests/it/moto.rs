@@ -137,6 +137,39 @@ fn start() -> Moto {
     }
 }
 
+/// Calls an AWS JSON-protocol API (ECS, for one) on the server directly, for test setup with
+/// no SDK crate of that service: `target` is the `X-Amz-Target` header
+/// (`AmazonEC2ContainerServiceV20141113.RunTask`), `service` the signing name (`ecs`). Panics on a
+/// non-2xx answer.
+pub(crate) fn aws_json(
+    moto: &Moto,
+    service: &str,
+    target: &str,
+    body: &serde_json::Value,
+) -> serde_json::Value {
+    let host = moto.url.trim_start_matches("http://");
+    // moto routes a request by the service named in the credential scope (it checks no signature).
+    let authorization = format!(
+        "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0"
+    );
+    let body = body.to_string();
+    let mut stream = TcpStream::connect(host).expect("moto is reachable");
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: {host}\r\nX-Amz-Target: {target}\r\nAuthorization: {authorization}\r\n\
+         Content-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("request sent");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let (head, payload) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    assert!(
+        head.split_whitespace().nth(1).is_some_and(|s| s.starts_with('2')),
+        "{target}: {response}"
+    );
+    serde_json::from_str(payload).unwrap_or_else(|e| panic!("{target}: {e}: {payload}"))
+}
+
 fn http_post(base: &str, path: &str, body: &str) -> u16 {
     let host = base.trim_start_matches("http://");
     let mut stream = TcpStream::connect(host).expect("moto is reachable");

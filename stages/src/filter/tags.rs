@@ -207,7 +207,7 @@ mod ecs {
                     .include(aws_sdk_ecs::types::TaskField::Tags)
                     .send()
                     .await
-                    .map_err(|e| crate::aws_error("ecs:DescribeTasks", &e))?;
+                    .map_err(|e| crate::aws::aws_error("ecs:DescribeTasks", &e))?;
                 Ok(out
                     .tasks()
                     .first()
