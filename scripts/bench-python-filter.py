@@ -3,7 +3,10 @@
 (cluster, green container, RUNNING). Reads the trace the Rust bench writes:
 
     cargo bench -p cutover-stages --bench filter
-    python3 scripts/bench-python-filter.py target/bench/filter-trace.jsonl
+    python3 scripts/bench-python-filter.py target/bench/filter-trace.jsonl [ROUNDS]
+
+Prints the best of ROUNDS passes (default 5); the Rust bench itself runs one pass at a time,
+alternating with its own, to compare both at the same moment.
 """
 import json
 import sys
@@ -24,8 +27,9 @@ def is_green(event):
 def main():
     with open(sys.argv[1], "rb") as f:
         lines = f.read().splitlines()
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
     best = 0.0
-    for _ in range(5):
+    for _ in range(rounds):
         start = time.perf_counter()
         passed = sum(1 for line in lines if is_green(json.loads(line)))
         rate = len(lines) / (time.perf_counter() - start)

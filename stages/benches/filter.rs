@@ -146,6 +146,40 @@ fn bench(c: &mut Criterion) {
         passing as f64 * 100.0 / events.len() as f64
     );
 
+    // The Python baseline, one pass at a time, alternating with one pass of the stage: this
+    // machine's speed drifts too much for numbers taken minutes apart to be compared.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/bench-python-filter.py");
+    let mut ratios = Vec::new();
+    let mut python_rates = Vec::new();
+    for _ in 0..7 {
+        let Ok(output) = std::process::Command::new("python3")
+            .args([script, &format!("{out}/filter-trace.jsonl"), "1"])
+            .output()
+        else {
+            eprintln!("python3 not found: no Python baseline");
+            break;
+        };
+        let report: Value = serde_json::from_slice(&output.stdout).expect("the script's JSON line");
+        let python = report["events_per_second"].as_f64().expect("events_per_second");
+        let started = std::time::Instant::now();
+        black_box(stage_passes(&rt, &filter, &events));
+        let stage = events.len() as f64 / started.elapsed().as_secs_f64();
+        python_rates.push(python);
+        ratios.push(stage / python);
+    }
+    if !ratios.is_empty() {
+        ratios.sort_by(f64::total_cmp);
+        python_rates.sort_by(f64::total_cmp);
+        eprintln!(
+            "reject-heavy trace, {} alternating passes: Python median {:.0} events/s; filter stage / Python: median {:.1}x (range {:.1}x-{:.1}x)",
+            ratios.len(),
+            python_rates[python_rates.len() / 2],
+            ratios[ratios.len() / 2],
+            ratios[0],
+            ratios[ratios.len() - 1]
+        );
+    }
+
     let mut g = c.benchmark_group("filter-trace");
     g.throughput(Throughput::Elements(events.len() as u64));
     g.sample_size(20);
