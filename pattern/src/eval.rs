@@ -21,8 +21,9 @@ use crate::compile::{AnythingBut, Branch, BranchField, Leaf, Matcher, NumRange, 
 use serde_json::{Number, Value};
 
 /// Most array elements bound at once; beyond this, deeper arrays are looked
-/// through without consistency (no real pattern comes close).
-const MAX_BOUND: usize = 16;
+/// through without consistency (an event would need more than this many
+/// arrays nested along one path).
+const MAX_BOUND: usize = 64;
 
 /// What the matcher reads from an event: implemented by `serde_json::Value`
 /// and by the [`Projected`](crate::Projected) form of a partial parse, which
