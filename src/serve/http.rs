@@ -6,8 +6,9 @@
 //!   dropped, or failed permanently and dead-lettered); 503 with the same results and an
 //!   `error` when any is not (a retryable failure, or a dead letter that could not be
 //!   written), so the sender retries — the whole request, which is safe because the dedup
-//!   stage makes redelivery harmless. 401 without accepted credentials, 413 over `--max-body`,
-//!   400 for a body that is not JSON events; error bodies are `{"error":"…"}`.
+//!   stage makes redelivery harmless. 401 without accepted credentials, 429 (`Retry-After`)
+//!   while `--max-requests` requests are already being served, 413 over `--max-body`, 400 for
+//!   a body that is not JSON events; error bodies are `{"error":"…"}`.
 //! - `GET /healthz` — 200 `{"status":"ok"}` while serving.
 //! - `GET /metrics` — Prometheus text.
 //!
@@ -30,7 +31,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::auth::Auth;
@@ -46,6 +47,8 @@ pub(crate) struct Config {
     pub(crate) auth: Auth,
     /// The largest body accepted.
     pub(crate) max_body: usize,
+    /// The most `POST /events` requests taken at once; more get 429.
+    pub(crate) max_requests: usize,
     /// Whether `POST /events` is served (false: only `/healthz` and `/metrics`, next to another
     /// source).
     pub(crate) events: bool,
@@ -54,6 +57,8 @@ pub(crate) struct Config {
 #[derive(Debug)]
 struct Server {
     host: Arc<Host>,
+    /// One permit per `POST /events` request being served (`--max-requests`).
+    admission: Arc<Semaphore>,
     config: Config,
 }
 
@@ -80,7 +85,11 @@ pub(crate) async fn serve(
     } else {
         eprintln!("cutover serve: health and metrics on http://{addr}");
     }
-    let server = Arc::new(Server { host, config });
+    let server = Arc::new(Server {
+        host,
+        admission: Arc::new(Semaphore::new(config.max_requests)),
+        config,
+    });
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -234,6 +243,20 @@ impl Server {
             }
             return r;
         }
+        // Taken before the body is read, and held until the answer: an overload costs one
+        // small 429 per extra request, not a buffered body waiting for a permit.
+        let Ok(_admitted) = self.admission.clone().try_acquire_owned() else {
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "busy: {} requests are being served (--max-requests); send the request again later",
+                    self.config.max_requests
+                ),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return r;
+        };
         let max = self.config.max_body;
         let too_large = || {
             error(

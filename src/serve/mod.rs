@@ -10,8 +10,9 @@
 //! the message for its visibility timeout). Nothing is acknowledged that is not recorded.
 //!
 //! Backpressure: each event holds one of `--concurrency` permits while it runs. The HTTP
-//! handler waits for a permit before it starts an event, the SQS poller only asks for as many
-//! messages as there are free permits, and the stdin reader stops reading while none is free.
+//! handler waits for a permit before it starts an event (and answers 429 beyond
+//! `--max-requests` requests taken at once), the SQS poller only asks for as many messages as
+//! there are free permits, and the stdin reader stops reading while none is free.
 //!
 //! Shutdown (SIGTERM or SIGINT): the source stops taking events, the events already taken run
 //! to their end and are acknowledged, then work stages started in the background (embedded
@@ -85,6 +86,11 @@ pub(crate) struct ServeArgs {
     /// the longest stdin line.
     #[arg(long, default_value = "256KiB", value_parser = parse_size, value_name = "SIZE")]
     max_body: usize,
+    /// HTTP: the most `POST /events` requests taken at once, waiting for a permit or running;
+    /// more are answered 429 with `Retry-After` (EventBridge API destinations retry those), so
+    /// an overload queues no unbounded number of bodies.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536), value_name = "N")]
+    max_requests: u32,
     /// SQS and stdin: also serve `GET /healthz` and `GET /metrics` (no authentication) on this
     /// address until the daemon has stopped.
     #[arg(long, value_name = "ADDR")]
@@ -185,6 +191,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             let config = http::Config {
                 auth: auth::Auth::default(),
                 max_body: 0,
+                max_requests: 1,
                 events: false,
             };
             let listener = http::bind(listen).await?;
@@ -203,6 +210,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             let config = http::Config {
                 auth,
                 max_body: args.max_body,
+                max_requests: args.max_requests as usize,
                 events: true,
             };
             http::serve(host.clone(), http::bind(args.listen).await?, config, shutdown).await

@@ -536,6 +536,77 @@ fn sigterm_finishes_in_flight_events_and_a_retryable_failure_answers_503() {
 }
 
 #[test]
+fn requests_beyond_max_requests_are_answered_429_and_later_ones_are_served() {
+    let hole = black_hole();
+    let dir = tempfile::tempdir().unwrap();
+    let file = pipeline_file(dir.path(), hole.local_addr().unwrap().port());
+    let state = dir.path().join("state");
+    let daemon = Daemon::start(
+        &[
+            file.to_str().unwrap(),
+            "--pipeline",
+            "slow",
+            "--listen",
+            "127.0.0.1:0",
+            "--state",
+            state.to_str().unwrap(),
+            "--no-auth",
+            "--concurrency",
+            "1",
+            "--max-requests",
+            "1",
+        ],
+        &[],
+        Stdio::null(),
+    );
+    let addr = daemon.addr().to_owned();
+    let slow = {
+        let (addr, event) = (addr.clone(), green_event("busy-1", "busy-1").to_string());
+        std::thread::spawn(move || request(&addr, "POST", "/events", &[], event.as_bytes()))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    // The one admitted request is in its 2 s health check: another is turned away at once,
+    // before its body is read, and told when to come back.
+    let started = Instant::now();
+    let busy = request(
+        &addr,
+        "POST",
+        "/events",
+        &[],
+        green_event("busy-2", "busy-2").to_string().as_bytes(),
+    );
+    assert_eq!(busy.status, 429, "{busy:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "answered without waiting"
+    );
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    assert!(
+        busy.json()["error"].as_str().unwrap().contains("--max-requests"),
+        "{busy:?}"
+    );
+    // Health and metrics are not requests for events: still served.
+    assert_eq!(request(&addr, "GET", "/healthz", &[], b"").status, 200);
+    assert_eq!(slow.join().unwrap().status, 200);
+    // Once the first is answered, the retried request gets in.
+    let retried = request(
+        &addr,
+        "POST",
+        "/events",
+        &[],
+        green_event("busy-2", "busy-2").to_string().as_bytes(),
+    );
+    assert_eq!(retried.status, 200, "{retried:?}");
+    assert_eq!(retried.json()["results"][0]["outcome"], "passed");
+    let metrics = request(&addr, "GET", "/metrics", &[], b"");
+    assert!(
+        metrics.body.contains(r#"route="/events",status="429"} 1"#),
+        "{}",
+        metrics.body
+    );
+}
+
+#[test]
 fn stdin_source_processes_lines_as_they_arrive() {
     let dir = tempfile::tempdir().unwrap();
     let file = pipeline_file(dir.path(), 9);
