@@ -172,6 +172,21 @@ impl Drop for Daemon {
     }
 }
 
+/// `cutover serve FILE --pipeline PIPELINE --listen 127.0.0.1:0 --state STATE` plus `extra`.
+fn serve_http(file: &Path, pipeline: &str, state: &Path, extra: &[&str], env: &[(&str, String)]) -> Daemon {
+    let mut args = vec![
+        file.to_str().unwrap(),
+        "--pipeline",
+        pipeline,
+        "--listen",
+        "127.0.0.1:0",
+        "--state",
+        state.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Daemon::start(&args, env, Stdio::null())
+}
+
 fn wait_for_line(rx: &Receiver<String>, needle: &str, within: Duration) -> Option<String> {
     let deadline = Instant::now() + within;
     loop {
@@ -259,15 +274,11 @@ fn http_authentication_limits_and_errors() {
     let dir = tempfile::tempdir().unwrap();
     let file = pipeline_file(dir.path(), 9);
     let state = dir.path().join("state");
-    let daemon = Daemon::start(
+    let daemon = serve_http(
+        &file,
+        "events",
+        &state,
         &[
-            file.to_str().unwrap(),
-            "--pipeline",
-            "events",
-            "--listen",
-            "127.0.0.1:0",
-            "--state",
-            state.to_str().unwrap(),
             "--api-key-env",
             "TEST_KEY",
             "--basic-auth-env",
@@ -279,7 +290,6 @@ fn http_authentication_limits_and_errors() {
             ("TEST_KEY", "s3cret-key".into()),
             ("TEST_BASIC", "ops:pa55".into()),
         ],
-        Stdio::null(),
     );
     let event = green_event("auth-1", "auth");
     let body = event.to_string();
@@ -345,20 +355,12 @@ fn http_runs_events_and_batches_and_dead_letters_permanent_failures() {
     let dir = tempfile::tempdir().unwrap();
     let file = pipeline_file(dir.path(), 9);
     let state = dir.path().join("state");
-    let mut daemon = Daemon::start(
-        &[
-            file.to_str().unwrap(),
-            "--pipeline",
-            "events",
-            "--listen",
-            "127.0.0.1:0",
-            "--state",
-            state.to_str().unwrap(),
-            "--api-key-env",
-            "TEST_KEY",
-        ],
+    let mut daemon = serve_http(
+        &file,
+        "events",
+        &state,
+        &["--api-key-env", "TEST_KEY"],
         &[("TEST_KEY", "k".into())],
-        Stdio::null(),
     );
     assert_eq!(request(daemon.addr(), "GET", "/healthz", &[], b"").status, 200);
 
@@ -467,20 +469,7 @@ fn sigterm_finishes_in_flight_events_and_a_retryable_failure_answers_503() {
     let dir = tempfile::tempdir().unwrap();
     let file = pipeline_file(dir.path(), hole.local_addr().unwrap().port());
     let state = dir.path().join("state");
-    let mut daemon = Daemon::start(
-        &[
-            file.to_str().unwrap(),
-            "--pipeline",
-            "slow",
-            "--listen",
-            "127.0.0.1:0",
-            "--state",
-            state.to_str().unwrap(),
-            "--no-auth",
-        ],
-        &[],
-        Stdio::null(),
-    );
+    let mut daemon = serve_http(&file, "slow", &state, &["--no-auth"], &[]);
     let addr = daemon.addr().to_owned();
     let event = green_event("slow-1", "slow").to_string();
     let slow = {
@@ -541,23 +530,12 @@ fn requests_beyond_max_requests_are_answered_429_and_later_ones_are_served() {
     let dir = tempfile::tempdir().unwrap();
     let file = pipeline_file(dir.path(), hole.local_addr().unwrap().port());
     let state = dir.path().join("state");
-    let daemon = Daemon::start(
-        &[
-            file.to_str().unwrap(),
-            "--pipeline",
-            "slow",
-            "--listen",
-            "127.0.0.1:0",
-            "--state",
-            state.to_str().unwrap(),
-            "--no-auth",
-            "--concurrency",
-            "1",
-            "--max-requests",
-            "1",
-        ],
+    let daemon = serve_http(
+        &file,
+        "slow",
+        &state,
+        &["--no-auth", "--concurrency", "1", "--max-requests", "1"],
         &[],
-        Stdio::null(),
     );
     let addr = daemon.addr().to_owned();
     let slow = {
@@ -817,22 +795,17 @@ async fn sqs_source_deletes_finished_messages_and_keeps_retryable_ones() {
 fn an_event_whose_dead_letter_cannot_be_written_is_not_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let file = pipeline_file(dir.path(), 9);
-    let mut daemon = Daemon::start(
+    let mut daemon = serve_http(
+        &file,
+        "events",
+        &dir.path().join("state"),
         &[
-            file.to_str().unwrap(),
-            "--pipeline",
-            "events",
-            "--listen",
-            "127.0.0.1:0",
-            "--state",
-            dir.path().join("state").to_str().unwrap(),
             "--no-auth",
             // Every write fails with ENOSPC.
             "--dead-letter",
             "/dev/full",
         ],
         &[],
-        Stdio::null(),
     );
     let response = daemon.post(&[], keyless_event("full-1").to_string().as_bytes());
     assert_eq!(response.status, 503, "{response:?}");
