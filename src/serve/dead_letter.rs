@@ -10,6 +10,10 @@
 //! ```
 //!
 //! `event` is the event's JSON, or its text when it was not JSON.
+//!
+//! The file may be rotated by moving it away (logrotate's default): before each record the
+//! sink checks that its path still names the file it holds open, and opens a new one there if
+//! not, so no record lands in a file that has been moved aside or deleted.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -55,6 +59,32 @@ impl fmt::Display for DeadLetter {
     }
 }
 
+async fn open_append(path: &Path) -> std::io::Result<tokio::fs::File> {
+    tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await
+}
+
+/// Whether `path` no longer names the open `file` (moved away, deleted, or replaced).
+#[cfg(unix)]
+async fn moved(path: &Path, file: &tokio::fs::File) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (tokio::fs::metadata(path).await, file.metadata().await) {
+        (Ok(named), Ok(open)) => (named.dev(), named.ino()) != (open.dev(), open.ino()),
+        (Err(e), _) => e.kind() == std::io::ErrorKind::NotFound,
+        // The open file cannot be examined: keep writing to it.
+        (Ok(_), Err(_)) => false,
+    }
+}
+
+/// Elsewhere files are not moved while open; nothing to check.
+#[cfg(not(unix))]
+async fn moved(_path: &Path, _file: &tokio::fs::File) -> bool {
+    false
+}
+
 impl DeadLetter {
     /// Opens (creating it and its directory if needed) a JSON Lines file for appending.
     pub(crate) async fn file(path: &Path) -> anyhow::Result<Self> {
@@ -66,10 +96,7 @@ impl DeadLetter {
                 )
             })?;
         }
-        let file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
+        let file = open_append(path)
             .await
             .with_context(|| format!("opening the dead-letter file {}", path.display()))?;
         Ok(DeadLetter::File {
@@ -96,6 +123,12 @@ impl DeadLetter {
         match self {
             DeadLetter::File { path, file } => {
                 let mut file = file.lock().await;
+                if moved(path, &file).await {
+                    tracing::info!(path = %path.display(), "the dead-letter file was moved; opening a new one");
+                    *file = open_append(path)
+                        .await
+                        .map_err(|e| format!("reopening {}: {e}", path.display()))?;
+                }
                 let mut bytes = line.into_bytes();
                 bytes.push(b'\n');
                 let written = async {

@@ -448,6 +448,19 @@ fn http_runs_events_and_batches_and_dead_letters_permanent_failures() {
         );
     }
 
+    // Rotated away (as logrotate moves a file): the next letter goes to a new file at the path.
+    let rotated = state.join("dead-letter.jsonl.1");
+    std::fs::rename(state.join("dead-letter.jsonl"), &rotated).unwrap();
+    let response = daemon.post(
+        &[("x-api-key", "k")],
+        keyless_event("after-rotation").to_string().as_bytes(),
+    );
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(read_jsonl(&rotated).len(), 1);
+    let letters = read_jsonl(&state.join("dead-letter.jsonl"));
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["id"], "after-rotation");
+
     assert_eq!(
         daemon.terminate(Duration::from_secs(30)),
         0,
@@ -457,7 +470,7 @@ fn http_runs_events_and_batches_and_dead_letters_permanent_failures() {
     assert!(
         daemon
             .stderr()
-            .contains("stopped; 5 events: 2 passed, 2 dropped, 1 failed (1 dead-lettered)"),
+            .contains("stopped; 6 events: 2 passed, 2 dropped, 2 failed (2 dead-lettered)"),
         "{}",
         daemon.stderr()
     );
