@@ -6,10 +6,15 @@
 //! `interval` apart, waited on the pipeline's clock. `healthy_threshold` consecutive passes make
 //! green healthy; `unhealthy_threshold` consecutive failures make it unhealthy; a pass resets
 //! the failure count and a failure the pass count. A target that flaps and reaches neither
-//! threshold within `max_checks` checks is unhealthy. Plain `http://` only.
+//! threshold within `max_checks` checks is unhealthy.
+//!
+//! `https://` URLs are checked over TLS (rustls): the certificate must be valid for the URL's
+//! host and chain to the system's trust store, or to the authorities in `ca_file` when set (a
+//! private CA). A certificate that does not verify fails the check, naming why.
 //!
 //! ```toml
 //! probe = { type = "http", url = "http://127.0.0.2:8080/health", expect_status = "200-299", body_contains = "ok", timeout = "2s", interval = "1s", healthy_threshold = 3, unhealthy_threshold = 2 }
+//! probe = { type = "http", url = "https://green.internal/health", ca_file = "certs/internal-ca.pem" }
 //! ```
 
 use std::sync::Arc;
@@ -56,6 +61,10 @@ pub struct HttpProbeConfig {
     /// Most checks before giving up without a verdict (then unhealthy).
     #[serde(default = "default_max_checks")]
     pub max_checks: u32,
+    /// For `https://` URLs: a PEM file of the certificate authorities to trust instead of the
+    /// system's (relative to the pipeline file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 fn default_expect_status() -> String {
@@ -106,14 +115,10 @@ impl HttpProbeConfig {
         let url = self.url.as_str();
         if !url.starts_with('{') {
             match url.parse::<Uri>() {
-                Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => {}
-                Ok(uri) if uri.scheme_str() == Some("https") => errors.push(FieldError::new(
-                    "probe.url",
-                    "only http:// URLs are supported (probe green directly, behind the TLS terminator)",
-                )),
+                Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {}
                 _ => errors.push(FieldError::new(
                     "probe.url",
-                    format!("\"{url}\" is not an http://host[:port]/path URL"),
+                    format!("\"{url}\" is not an http(s)://host[:port]/path URL"),
                 )),
             }
         }
@@ -144,12 +149,82 @@ impl HttpProbeConfig {
         if let Some(e) = self.validate().into_iter().next() {
             return Err(BuildError::Field(e));
         }
+        let ca_file = self.ca_file.as_ref().map(|f| cx.config_path(f));
+        let tls = Tls::new(ca_file);
+        // A literal https:// URL or a CA file: find a trust problem now, not at the first check.
+        if self.ca_file.is_some() || self.url.as_str().starts_with("https://") {
+            let field = if self.ca_file.is_some() {
+                "probe.ca_file"
+            } else {
+                "probe.url"
+            };
+            tls.config().map_err(|m| BuildError::field(field, m))?;
+        }
         Ok(HttpProbe {
             statuses: parse_statuses(&self.expect_status)
                 .map_err(|e| BuildError::field("probe.expect_status", e))?,
             config: self.clone(),
             clock: cx.clock(),
+            tls,
         })
+    }
+}
+
+/// The TLS client of `https://` checks, built once, on first need.
+#[derive(Debug)]
+struct Tls {
+    ca_file: Option<std::path::PathBuf>,
+    config: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
+}
+
+impl Tls {
+    fn new(ca_file: Option<std::path::PathBuf>) -> Self {
+        Self {
+            ca_file,
+            config: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        self.config.get_or_init(|| self.build()).clone()
+    }
+
+    fn build(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca_file {
+            Some(path) => {
+                let shown = path.display();
+                for cert in CertificateDer::pem_file_iter(path).map_err(|e| format!("{shown}: {e}"))? {
+                    let cert = cert.map_err(|e| format!("{shown}: {e}"))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("{shown}: not a usable CA certificate: {e}"))?;
+                }
+                if roots.is_empty() {
+                    return Err(format!("{shown} holds no PEM certificate"));
+                }
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                let (added, _) = roots.add_parsable_certificates(found.certs);
+                if added == 0 {
+                    return Err(
+                        "no trusted certificate authorities found on this system; set probe.ca_file to a PEM file of the CAs to trust"
+                            .into(),
+                    );
+                }
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
     }
 }
 
@@ -159,6 +234,7 @@ pub struct HttpProbe {
     config: HttpProbeConfig,
     statuses: Vec<(u16, u16)>,
     clock: Arc<dyn Clock>,
+    tls: Tls,
 }
 
 /// What one check saw.
@@ -220,11 +296,30 @@ impl HttpProbe {
 
     async fn get(&self, uri: &Uri) -> Result<(u16, String), String> {
         let host = uri.host().ok_or("the URL has no host")?;
-        let port = uri.port_u16().unwrap_or(80);
-        let stream =
-            tokio::net::TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port))
-                .await
-                .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+        let https = uri.scheme_str() == Some("https");
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let bare_host = host.trim_start_matches('[').trim_end_matches(']');
+        let stream = tokio::net::TcpStream::connect((bare_host, port))
+            .await
+            .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+        if !https {
+            return self.exchange(stream, uri, host).await;
+        }
+        let name = rustls_pki_types::ServerName::try_from(bare_host.to_owned())
+            .map_err(|e| format!("{host} cannot be checked against a certificate: {e}"))?;
+        let connector = tokio_rustls::TlsConnector::from(self.tls.config()?);
+        let stream = connector
+            .connect(name, stream)
+            .await
+            .map_err(|e| format!("TLS handshake with {host}:{port}: {e}"))?;
+        self.exchange(stream, uri, host).await
+    }
+
+    /// One GET over an open connection (plain or TLS).
+    async fn exchange<S>(&self, stream: S, uri: &Uri, host: &str) -> Result<(u16, String), String>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("HTTP handshake: {e}"))?;
@@ -313,10 +408,12 @@ impl HealthProbe for HttpProbe {
             let uri = url
                 .parse::<Uri>()
                 .ok()
-                .filter(|u| u.scheme_str() == Some("http") && u.host().is_some())
+                .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some())
                 .ok_or_else(|| {
-                    StageError::permanent(format!("field \"probe.url\": \"{url}\" is not an http:// URL"))
-                        .with_kind("HealthCheck.InvalidInput")
+                    StageError::permanent(format!(
+                        "field \"probe.url\": \"{url}\" is not an http(s)://host[:port]/path URL"
+                    ))
+                    .with_kind("HealthCheck.InvalidInput")
                 })?;
             Ok(self.judge(&uri).await)
         })
@@ -344,42 +441,85 @@ mod tests {
 
     /// Serves the scripted replies in order, then repeats the last one.
     async fn server(script: Vec<Reply>) -> std::net::SocketAddr {
+        serve(script, None).await
+    }
+
+    /// The same over TLS, with the test certificate for 127.0.0.1 (`tests/fixtures/tls`).
+    async fn tls_server(script: Vec<Reply>) -> std::net::SocketAddr {
+        use rustls_pki_types::pem::PemObject as _;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(tls_fixture("server.pem"))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(tls_fixture("server.key")).unwrap();
+        let config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .unwrap();
+        serve(script, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    fn tls_fixture(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/tls")
+            .join(name)
+    }
+
+    async fn serve(script: Vec<Reply>, tls: Option<tokio_rustls::TlsAcceptor>) -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let script = Arc::new(Mutex::new(VecDeque::from(script)));
         tokio::spawn(async move {
             loop {
-                let Ok((mut socket, _)) = listener.accept().await else {
+                let Ok((socket, _)) = listener.accept().await else {
                     return;
                 };
                 let reply = {
                     let mut s = script.lock().unwrap();
                     if s.len() > 1 { s.pop_front().unwrap() } else { s[0] }
                 };
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    let mut read = 0;
-                    while !buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
-                        match socket.read(&mut buf[read..]).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => read += n,
+                    match tls {
+                        None => answer(socket, reply).await,
+                        // A client that rejects the certificate ends the handshake: nothing to answer.
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(socket).await {
+                                answer(stream, reply).await;
+                            }
                         }
-                    }
-                    match reply {
-                        Reply::Status(code, body) => {
-                            let text = format!(
-                                "HTTP/1.1 {code} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                                body.len()
-                            );
-                            let _ = socket.write_all(text.as_bytes()).await;
-                        }
-                        Reply::Hang => tokio::time::sleep(Duration::from_secs(30)).await,
-                        Reply::Close => drop(socket),
                     }
                 });
             }
         });
         addr
+    }
+
+    async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut socket: S, reply: Reply) {
+        let mut buf = vec![0u8; 4096];
+        let mut read = 0;
+        while !buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+            match socket.read(&mut buf[read..]).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => read += n,
+            }
+        }
+        match reply {
+            Reply::Status(code, body) => {
+                let text = format!(
+                    "HTTP/1.1 {code} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(text.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            }
+            Reply::Hang => tokio::time::sleep(Duration::from_secs(30)).await,
+            Reply::Close => drop(socket),
+        }
     }
 
     fn probe(toml_text: &str, clock: Arc<ManualClock>) -> HttpProbe {
@@ -413,6 +553,47 @@ mod tests {
             Duration::from_secs(2),
             "two 1 s intervals on the pipeline clock"
         );
+    }
+
+    #[tokio::test]
+    async fn https_checks_verify_the_certificate_against_ca_file_or_the_system() {
+        let addr = tls_server(vec![Reply::Status(200, "ok")]).await;
+        let ca = tls_fixture("ca.pem");
+        let url = format!("url = \"https://{addr}/health\"\nbody_contains = \"ok\"\n");
+        let trusted = probe(&format!("{url}ca_file = {:?}", ca.display().to_string()), clock());
+        let report = trusted.check(&Event::from_value(json!({}))).await.unwrap();
+        assert!(report.healthy, "{report:?}");
+        assert_eq!(report.checks[0]["status"], json!(200));
+
+        // The test CA is in no system trust store: the handshake fails and says why.
+        // (A machine without a trust store cannot build the probe at all, and says so.)
+        let cfg: HttpProbeConfig = toml::from_str(&url).unwrap();
+        match cfg.build(&BuildContext::new("unused").with_clock(clock())) {
+            Ok(system) => {
+                let report = system.check(&Event::from_value(json!({}))).await.unwrap();
+                assert!(!report.healthy);
+                let error = report.checks[0]["error"].as_str().unwrap();
+                assert!(error.contains("TLS handshake with 127.0.0.1:"), "{error}");
+                assert!(error.to_lowercase().contains("certificate"), "{error}");
+            }
+            Err(BuildError::Field(error)) => {
+                assert_eq!(error.field, "probe.url");
+                assert!(error.message.contains("set probe.ca_file"), "{}", error.message);
+            }
+            Err(other) => panic!("{other}"),
+        }
+
+        // A CA file that is not one is a build error naming the field.
+        let cfg: HttpProbeConfig = toml::from_str(&format!(
+            "{url}ca_file = {:?}",
+            tls_fixture("server.key").display().to_string()
+        ))
+        .unwrap();
+        let Err(BuildError::Field(error)) = cfg.build(&BuildContext::new("unused")) else {
+            panic!("a key file is not a CA file");
+        };
+        assert_eq!(error.field, "probe.ca_file");
+        assert!(error.message.contains("no PEM certificate"), "{}", error.message);
     }
 
     #[tokio::test]

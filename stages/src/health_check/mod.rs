@@ -273,7 +273,7 @@ mod tests {
     #[test]
     fn bad_configs_name_the_field() {
         for (text, field) in [
-            ("probe = { type = \"http\", url = \"https://x/\" }", "probe.url"),
+            ("probe = { type = \"http\", url = \"ftp://x/\" }", "probe.url"),
             (
                 "probe = { type = \"http\", url = \"http://x/\", expect_status = \"2xx\" }",
                 "probe.expect_status",
