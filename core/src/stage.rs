@@ -103,6 +103,13 @@ pub trait StageConfig: fmt::Debug + Send + Sync {
     fn deployment(&self, _cx: &DeployContext<'_>) -> Result<Deployment, FieldError> {
         Ok(Deployment::default())
     }
+
+    /// Files this stage reads when it is loaded or run (a state-machine definition, a CA file),
+    /// as the configuration names them: relative to the pipeline file. `cutover package`
+    /// puts them in the Lambda zip beside the pipeline file. The default: none.
+    fn files(&self) -> Vec<std::path::PathBuf> {
+        Vec::new()
+    }
 }
 
 /// What [`StageConfig::validate`] may consult.

@@ -509,6 +509,13 @@ impl StageConfig for FilterConfig {
             }
         }
     }
+
+    fn files(&self) -> Vec<std::path::PathBuf> {
+        match &self.green.tag_source {
+            Some(TagSourceConfig::File { path }) => vec![path.clone()],
+            _ => Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug)]

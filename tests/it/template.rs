@@ -347,7 +347,8 @@ fn package_zips_the_binary_as_an_executable_bootstrap_with_the_pipeline_file() {
     let mut zip = zip::ZipArchive::new(std::fs::File::open(&zip_path).unwrap()).unwrap();
     let mut names: Vec<String> = zip.file_names().map(|n| n.unwrap().into_owned()).collect();
     names.sort();
-    assert_eq!(names, ["bootstrap", "cutover.toml"]);
+    // canary.asl.json: the ecs-events pipeline loads it (the stack is made from it).
+    assert_eq!(names, ["bootstrap", "canary.asl.json", "cutover.toml"]);
     let mode = |zip: &mut zip::ZipArchive<std::fs::File>, name: &str| {
         zip.by_name(name).unwrap().unix_mode().unwrap() & 0o777
     };
@@ -359,4 +360,54 @@ fn package_zips_the_binary_as_an_executable_bootstrap_with_the_pipeline_file() {
         .read_to_string(&mut toml)
         .unwrap();
     assert_eq!(toml, std::fs::read_to_string(repo(AWS_PIPELINES)).unwrap());
+    // What the function will find: the zip, unpacked, loads on its own.
+    let unpacked = dir.path().join("task");
+    zip.extract(&unpacked).unwrap();
+    let out = cutover()
+        .arg("validate")
+        .arg(unpacked.join("cutover.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Files the pipelines name go beside cutover.toml, at the path the file gives them.
+    let pipelines = dir.path().join("p.toml");
+    std::fs::copy(repo(AWS_PIPELINES), &pipelines).unwrap();
+    std::fs::copy(
+        repo("pipelines/canary.asl.json"),
+        dir.path().join("canary.asl.json"),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("certs")).unwrap();
+    std::fs::write(dir.path().join("certs/ca.pem"), "PEM").unwrap();
+    let package = |include: &str| {
+        cutover()
+            .arg("package")
+            .arg(&pipelines)
+            .arg("--binary")
+            .arg(&binary)
+            .arg("--output")
+            .arg(&zip_path)
+            .args(["--include", include])
+            .output()
+            .unwrap()
+    };
+    let out = package("./certs/ca.pem");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(&zip_path).unwrap()).unwrap();
+    let mut pem = String::new();
+    zip.by_name("certs/ca.pem")
+        .unwrap()
+        .read_to_string(&mut pem)
+        .unwrap();
+    assert_eq!(pem, "PEM");
+    for outside in ["../ca.pem", "/etc/hosts"] {
+        let out = package(outside);
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("relative to the pipeline file's directory"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

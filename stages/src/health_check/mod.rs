@@ -133,6 +133,13 @@ impl StageConfig for HealthCheckConfig {
             ))),
         }
     }
+
+    fn files(&self) -> Vec<std::path::PathBuf> {
+        match &self.probe {
+            ProbeConfig::Http(http) => http.ca_file.iter().cloned().collect(),
+            ProbeConfig::Elbv2(_) => Vec::new(),
+        }
+    }
 }
 
 impl HealthCheckConfig {

@@ -288,6 +288,26 @@ impl StageConfig for StartStateMachineConfig {
     fn deployment(&self, cx: &DeployContext<'_>) -> Result<Deployment, FieldError> {
         deploy::deployment(&self.engine, cx)
     }
+
+    fn files(&self) -> Vec<PathBuf> {
+        let (definition, resources) = match &self.engine {
+            EngineConfig::StepFunctions {
+                definition,
+                resources,
+                ..
+            } => (definition.clone(), resources),
+            EngineConfig::Local {
+                definition,
+                resources,
+                ..
+            } => (Some(definition.clone()), resources),
+        };
+        let inline = resources.values().flat_map(|r| match r {
+            Resource::Stage(stage) => stage.files(),
+            Resource::Pipeline(_) => Vec::new(),
+        });
+        definition.into_iter().chain(inline).collect()
+    }
 }
 
 fn is_state_machine_arn(text: &str) -> bool {
