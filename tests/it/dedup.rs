@@ -91,8 +91,12 @@ struct Setup {
 }
 
 async fn setup(outcome: Outcome) -> Setup {
-    let moto = moto::shared();
-    let cx = BuildContext::new("unused").with_aws(moto.aws());
+    setup_at(outcome, &moto::shared().url).await
+}
+
+/// [`setup`] with DynamoDB at `endpoint` (moto, or a proxy in front of it).
+async fn setup_at(outcome: Outcome, endpoint: &str) -> Setup {
+    let cx = BuildContext::new("unused").with_aws(cutover_core::AwsSettings::emulator(endpoint));
     let calls = Calls::default();
     let conf = aws_sdk_dynamodb::config::Builder::from(cx.aws_config().await)
         .interceptor(calls.clone())
@@ -129,7 +133,9 @@ async fn setup(outcome: Outcome) -> Setup {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dynamodb_64_concurrent_identical_events_pass_once() {
-    let s = setup(started()).await;
+    // Concurrent requests, applied one at a time as DynamoDB applies writes to one item (moto
+    // alone does not: see `moto::one_at_a_time`).
+    let s = setup_at(started(), &moto::one_at_a_time(moto::shared()).await).await;
     let handles: Vec<_> = (0..64)
         .map(|i| {
             let p = s.pipeline.clone();
