@@ -25,10 +25,7 @@ fn run_task(moto: &moto::Moto, cluster: &str, family: &str, tags: &[(&str, &str)
 
 /// The fixture's Fargate RUNNING event, moved to `cluster_arn` and `task_arn`.
 fn event(cluster_arn: &str, task_arn: &str) -> String {
-    let mut event: Value = serde_json::from_slice(
-        &std::fs::read(crate::repo("tests/fixtures/task-fargate-running.json")).unwrap(),
-    )
-    .unwrap();
+    let mut event = crate::fixture("task-fargate-running.json");
     event["detail"]["clusterArn"] = json!(cluster_arn);
     event["detail"]["taskArn"] = json!(task_arn);
     event["resources"] = json!([task_arn]);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::cutover;
+use crate::{cutover, fixture};
 
 /// What the function answered for one invocation.
 #[derive(Debug, Clone)]
@@ -186,11 +186,6 @@ fn spawn(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .unwrap()
-}
-
-fn fixture(name: &str) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(crate::repo(&format!("tests/fixtures/{name}"))).unwrap())
         .unwrap()
 }
 

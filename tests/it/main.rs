@@ -22,6 +22,11 @@ pub(crate) fn repo(path: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
+/// A fixture of `tests/fixtures`, parsed.
+pub(crate) fn fixture(name: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(repo(&format!("tests/fixtures/{name}"))).unwrap()).unwrap()
+}
+
 /// A `cutover` command run from the repository root.
 pub(crate) fn cutover() -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"));

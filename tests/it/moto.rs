@@ -149,27 +149,55 @@ pub(crate) fn aws_json(
     target: &str,
     body: &serde_json::Value,
 ) -> serde_json::Value {
-    let host = moto.url.trim_start_matches("http://");
     // moto routes a request by the service named in the credential scope (it checks no signature).
     let authorization = format!(
         "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0"
     );
-    let body = body.to_string();
-    let mut stream = TcpStream::connect(host).expect("moto is reachable");
-    let request = format!(
-        "POST / HTTP/1.1\r\nHost: {host}\r\nX-Amz-Target: {target}\r\nAuthorization: {authorization}\r\n\
-         Content-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    let (status, payload) = raw_http(
+        &moto.url,
+        "POST",
+        "/",
+        &[
+            ("X-Amz-Target", target),
+            ("Authorization", &authorization),
+            ("Content-Type", "application/x-amz-json-1.1"),
+        ],
+        body.to_string().as_bytes(),
     );
-    stream.write_all(request.as_bytes()).expect("request sent");
+    assert!((200..300).contains(&status), "{target}: {status} {payload}");
+    serde_json::from_str(&payload).unwrap_or_else(|e| panic!("{target}: {e}: {payload}"))
+}
+
+/// One HTTP/1.1 request on a fresh connection to the server at `base` (`http://host:port`):
+/// the status (0 if there was no answer) and the body.
+pub(crate) fn raw_http(
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let host = base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(host).expect("moto is reachable");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    ));
+    stream.write_all(head.as_bytes()).expect("request sent");
+    stream.write_all(body).expect("request sent");
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
     let (head, payload) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    assert!(
-        head.split_whitespace().nth(1).is_some_and(|s| s.starts_with('2')),
-        "{target}: {response}"
-    );
-    serde_json::from_str(payload).unwrap_or_else(|e| panic!("{target}: {e}: {payload}"))
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, payload.to_owned())
 }
 
 /// A proxy in front of `moto` that forwards one request at a time; returns its URL. moto's
@@ -225,20 +253,14 @@ async fn forward(
 }
 
 fn http_post(base: &str, path: &str, body: &str) -> u16 {
-    let host = base.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(host).expect("moto is reachable");
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).expect("request sent");
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+    raw_http(
+        base,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+    .0
 }
 
 #[tokio::test]

@@ -48,8 +48,7 @@ probe = {{ type = "http", url = "http://127.0.0.1:{probe_port}/", timeout = "2s"
 
 /// The fixture of a green task reaching RUNNING, with its own id and task ARN.
 fn green_event(id: &str, task: &str) -> Value {
-    let text = std::fs::read_to_string(repo("tests/fixtures/task-fargate-running.json")).unwrap();
-    let mut event: Value = serde_json::from_str(&text).unwrap();
+    let mut event = crate::fixture("task-fargate-running.json");
     event["id"] = json!(id);
     event["detail"]["taskArn"] = json!(format!(
         "arn:aws:ecs:us-west-2:111122223333:task/catsndogsECScluster/{task}"

@@ -6,8 +6,7 @@
 //! `TimeToLiveSpecification` (checked in the template text instead), nor the functions'
 //! `Architectures` and `LoggingConfig`, and it never runs the functions or the state machine.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 
 use aws_sdk_cloudformation::types::{Capability, Parameter, StackStatus};
 use cutover_core::{BuildContext, Loader};
@@ -23,25 +22,6 @@ fn template(args: &[&str]) -> std::process::Output {
         .args(args)
         .output()
         .expect("cutover runs")
-}
-
-/// PUTs `body` at `path` of the moto server (S3's REST API needs no signature there).
-fn http_put(base: &str, path: &str, body: &[u8]) -> u16 {
-    let host = base.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(host).expect("moto is reachable");
-    let head = format!(
-        "PUT {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
 }
 
 #[test]
@@ -73,10 +53,20 @@ async fn the_generated_stack_deploys_with_the_compiled_rule_table_state_machine_
 
     // The code the functions point at must exist for moto's CreateFunction.
     let bucket = moto::unique("cutover-code");
-    assert_eq!(http_put(&moto.url, &format!("/{bucket}"), b""), 200);
+    assert_eq!(
+        moto::raw_http(&moto.url, "PUT", &format!("/{bucket}"), &[], b"").0,
+        200
+    );
     let empty_zip = [b"PK\x05\x06".as_slice(), &[0u8; 18]].concat();
     assert_eq!(
-        http_put(&moto.url, &format!("/{bucket}/cutover.zip"), &empty_zip),
+        moto::raw_http(
+            &moto.url,
+            "PUT",
+            &format!("/{bucket}/cutover.zip"),
+            &[],
+            &empty_zip
+        )
+        .0,
         200
     );
 
