@@ -213,23 +213,13 @@ pub(crate) fn generate(file: &PipelineFile, arch: Arch, memory: u32) -> Result<V
         );
         resources.insert(
             role.clone(),
-            json!({
-                "Type": "AWS::IAM::Role",
-                "Properties": {
-                    "AssumeRolePolicyDocument": {
-                        "Version": "2012-10-17",
-                        "Statement": [{
-                            "Effect": "Allow",
-                            "Principal": {"Service": "lambda.amazonaws.com"},
-                            "Action": "sts:AssumeRole",
-                        }],
-                    },
-                    "Policies": [{
-                        "PolicyName": format!("cutover-{}", pipeline.name),
-                        "PolicyDocument": {"Version": "2012-10-17", "Statement": statements},
-                    }],
-                },
-            }),
+            deploy::service_role(
+                "lambda.amazonaws.com",
+                json!([{
+                    "PolicyName": format!("cutover-{}", pipeline.name),
+                    "PolicyDocument": {"Version": "2012-10-17", "Statement": statements},
+                }]),
+            ),
         );
         resources.insert(
             function.clone(),

@@ -97,6 +97,25 @@ impl DeployContext<'_> {
     }
 }
 
+/// An `AWS::IAM::Role` that `service` (`lambda.amazonaws.com`, `states.amazonaws.com`) may
+/// assume, with `policies` (a JSON array of inline policies, may be empty).
+pub fn service_role(service: &str, policies: Value) -> Value {
+    let mut properties = json!({
+        "AssumeRolePolicyDocument": {
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Effect": "Allow",
+                "Principal": {"Service": service},
+                "Action": "sts:AssumeRole",
+            }],
+        },
+    });
+    if policies.as_array().is_some_and(|p| !p.is_empty()) {
+        properties["Policies"] = policies;
+    }
+    json!({"Type": "AWS::IAM::Role", "Properties": properties})
+}
+
 /// The logical ID of the Lambda function that runs `pipeline` (`EcsEventsFunction`).
 pub fn function_id(pipeline: &str) -> String {
     format!("{}Function", pascal(pipeline))

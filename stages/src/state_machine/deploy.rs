@@ -67,21 +67,11 @@ pub(super) fn deployment(engine: &EngineConfig, cx: &DeployContext<'_>) -> Resul
         .into_iter()
         .map(|id| json!({"Fn::GetAtt": [id, "Arn"]}))
         .collect();
-    let mut role_resource = json!({
-        "Type": "AWS::IAM::Role",
-        "Properties": {
-            "AssumeRolePolicyDocument": {
-                "Version": "2012-10-17",
-                "Statement": [{
-                    "Effect": "Allow",
-                    "Principal": {"Service": "states.amazonaws.com"},
-                    "Action": "sts:AssumeRole",
-                }],
-            },
-        },
-    });
-    if !invoked.is_empty() {
-        role_resource["Properties"]["Policies"] = json!([{
+    // A definition without Task states invokes nothing: the role then has no policy.
+    let policies = if invoked.is_empty() {
+        json!([])
+    } else {
+        json!([{
             "PolicyName": "invoke-task-functions",
             "PolicyDocument": {
                 "Version": "2012-10-17",
@@ -91,8 +81,9 @@ pub(super) fn deployment(engine: &EngineConfig, cx: &DeployContext<'_>) -> Resul
                     "Resource": invoked,
                 }],
             },
-        }]);
-    }
+        }])
+    };
+    let role_resource = cutover_core::deploy::service_role("states.amazonaws.com", policies);
     let executions = json!({"Fn::Sub": format!(
         "arn:${{AWS::Partition}}:states:${{AWS::Region}}:${{AWS::AccountId}}:execution:${{{machine}.Name}}:*"
     )});
