@@ -452,10 +452,11 @@ impl Engine {
     /// top-level state. A finished execution just returns its outcome.
     pub async fn resume(&self, def: Arc<Definition>, id: &str) -> Result<ExecutionOutcome, EngineError> {
         let store = self.store.as_ref().ok_or(EngineError::NoStore)?;
-        // Accept a bare execution name too.
-        let arn = match store.load(id).map_err(EngineError::Store)? {
-            Some(_) => id.to_string(),
-            None => self.execution_arn(&def, id),
+        // Accept a bare execution name too (Step Functions names hold no `:`).
+        let arn = if id.starts_with("arn:") {
+            id.to_string()
+        } else {
+            self.execution_arn(&def, id)
         };
         // Whoever holds the lease is driving the execution; the record is read
         // after taking it, so a run that finished meanwhile is seen finished.
