@@ -11,8 +11,12 @@ use std::sync::Arc;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use cutover_core::{BuildContext, Event, StageConfig};
 use cutover_stages::filter::{Filter, FilterConfig};
-use serde::Deserialize;
 use serde_json::Value;
+
+#[path = "common/typed.rs"]
+mod typed;
+
+use typed::typed_decision;
 
 const EVENTS: usize = 20_000;
 
@@ -47,47 +51,6 @@ fn trace() -> Vec<Arc<[u8]>> {
             Arc::from(serde_json::to_vec(&v).expect("serialize"))
         })
         .collect()
-}
-
-#[derive(Deserialize)]
-struct Typed<'a> {
-    #[serde(borrow)]
-    source: &'a str,
-    #[serde(rename = "detail-type", borrow)]
-    detail_type: &'a str,
-    #[serde(borrow)]
-    detail: TypedDetail<'a>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct TypedDetail<'a> {
-    #[serde(borrow, default)]
-    cluster_arn: &'a str,
-    #[serde(borrow, default)]
-    last_status: &'a str,
-    #[serde(borrow, default)]
-    desired_status: &'a str,
-    #[serde(borrow, default)]
-    containers: Vec<TypedContainer<'a>>,
-}
-
-#[derive(Deserialize)]
-struct TypedContainer<'a> {
-    #[serde(borrow)]
-    name: &'a str,
-}
-
-fn typed_decision(bytes: &[u8]) -> bool {
-    let Ok(t) = serde_json::from_slice::<Typed<'_>>(bytes) else {
-        return false;
-    };
-    t.source == "aws.ecs"
-        && t.detail_type == "ECS Task State Change"
-        && t.detail.cluster_arn.ends_with(":cluster/catsndogsECScluster")
-        && t.detail.last_status == "RUNNING"
-        && t.detail.desired_status == "RUNNING"
-        && t.detail.containers.iter().any(|c| c.name == "cats-green")
 }
 
 /// How many of `events` the stage passes, deciding each as a fresh `Event`.
