@@ -65,7 +65,7 @@ pub(crate) async fn run(cmd: DedupCommand) -> anyhow::Result<ExitCode> {
                     result: None,
                 };
                 if store
-                    .claim(&record, now)
+                    .claim(&record, now, None)
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}"))?
                     == Claim::Won

@@ -95,13 +95,8 @@ fn respond(outcome: Outcome, eventbridge: bool) -> Result<Value, Diagnostic> {
         }),
         Outcome::Failed { stage, error } => {
             tracing::warn!(%stage, error = %error.message, retryable = error.retryable, "event failed");
-            let fallback = if error.retryable {
-                "Cutover.Retryable"
-            } else {
-                "Cutover.Failed"
-            };
             Err(Diagnostic {
-                error_type: error.kind.unwrap_or_else(|| fallback.into()),
+                error_type: error.error_name().to_owned(),
                 error_message: format!("{stage}: {}", error.message),
             })
         }

@@ -264,6 +264,26 @@ struct Run<'e> {
     start_time: String,
     input: Value,
     history: Mutex<Hist>,
+    /// The top-level state being run, so a Wait there can checkpoint its deadline.
+    top_state: Mutex<Option<String>>,
+    /// A resumed execution's Wait deadline: (state, Unix nanoseconds), used once.
+    resumed_wait: Mutex<Option<(String, i128)>>,
+}
+
+/// The deadline of the Wait state `state` that an interrupted run had started, from its history:
+/// a `WaitStarted` of that state after its last `StateEntered`.
+fn interrupted_wait(history: &[HistoryEvent], state: &str) -> Option<(String, i128)> {
+    for event in history.iter().rev() {
+        match &event.kind {
+            EventKind::WaitStarted { name, until } if name == state => {
+                return timestamp::parse(until).map(|t| (name.clone(), t));
+            }
+            EventKind::StateEntered { name, .. } if name == state => return None,
+            EventKind::StateExited { .. } => return None,
+            _ => {}
+        }
+    }
+    None
 }
 
 /// History plus a one-entry cache of the last formatted timestamp: on
@@ -439,6 +459,8 @@ impl Engine {
             start_time: timestamp::format_system(self.clock.now()),
             input: input.clone(),
             history: Mutex::new(Hist::default()),
+            top_state: Mutex::new(None),
+            resumed_wait: Mutex::new(None),
         };
         run.push(EventKind::ExecutionStarted { input: input.clone() });
         let m = &def.machine;
@@ -513,6 +535,9 @@ impl Engine {
                 events: rec.history.clone(),
                 last: None,
             }),
+            top_state: Mutex::new(None),
+            // A Wait keeps its schedule across restarts: it sleeps only what is left.
+            resumed_wait: Mutex::new(interrupted_wait(&rec.history, &state)),
         };
         run.push(EventKind::ExecutionResumed { state: state.clone() });
         let input = rec.next_input.clone().unwrap_or(Value::Null);
@@ -714,6 +739,9 @@ impl Run<'_> {
                         ),
                     ));
                 }
+                if top {
+                    *self.top_state.lock().unwrap_or_else(|e| e.into_inner()) = Some(st.name.clone());
+                }
                 match self.run_state(st, input).await? {
                     Flow::Next(n, out) => {
                         if top {
@@ -893,7 +921,18 @@ impl Run<'_> {
                 }
                 Kind::Wait(spec) => {
                     let now = timestamp::to_nanos(self.engine.clock.now());
+                    let resumed = {
+                        let mut r = self.resumed_wait.lock().unwrap_or_else(|e| e.into_inner());
+                        match r.take() {
+                            Some((name, until)) if name == st.name => Some(until),
+                            other => {
+                                *r = other;
+                                None
+                            }
+                        }
+                    };
                     let until = match spec {
+                        _ if resumed.is_some() => resumed.unwrap_or(now),
                         WaitSpec::Seconds(s) => now + *s as i128 * 1_000_000_000,
                         WaitSpec::Timestamp(t) => *t,
                         WaitSpec::SecondsPath(p) => {
@@ -933,6 +972,12 @@ impl Run<'_> {
                         name: st.name.clone(),
                         until: timestamp::format(until.max(now)),
                     });
+                    // Checkpoint the deadline (top-level states only: only they resume), so
+                    // a restarted process waits what is left, not the whole wait again.
+                    let top = self.top_state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    if top.as_deref() == Some(st.name.as_str()) {
+                        self.save(Some(&st.name), Some(&raw)).map_err(Stop::Fatal)?;
+                    }
                     if until > now {
                         let d = Duration::from_nanos((until - now).min(u64::MAX as i128) as u64);
                         self.engine.clock.sleep(d).await;

@@ -93,6 +93,10 @@ pub struct AwsSettings {
     pub credentials: Option<(String, String)>,
     /// Total attempts per call including the first (1 disables retries).
     pub max_attempts: Option<u32>,
+    /// The longest one HTTP attempt may take.
+    pub attempt_timeout: Option<Duration>,
+    /// The longest one call may take, retries included.
+    pub operation_timeout: Option<Duration>,
 }
 
 impl fmt::Debug for AwsSettings {
@@ -102,6 +106,8 @@ impl fmt::Debug for AwsSettings {
             .field("region", &self.region)
             .field("credentials", &self.credentials.as_ref().map(|_| "<static>"))
             .field("max_attempts", &self.max_attempts)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .field("operation_timeout", &self.operation_timeout)
             .finish()
     }
 }
@@ -114,6 +120,8 @@ impl AwsSettings {
             region: Some("us-east-1".into()),
             credentials: Some(("testing".into(), "testing".into())),
             max_attempts: None,
+            attempt_timeout: None,
+            operation_timeout: None,
         }
     }
 
@@ -142,6 +150,19 @@ impl AwsSettings {
         if let Some(n) = self.max_attempts {
             loader =
                 loader.retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(n.max(1)));
+        }
+        if self.attempt_timeout.is_some() || self.operation_timeout.is_some() {
+            // Replacing the timeout configuration drops the SDK's default connect timeout:
+            // keep it (3.1 s, as `BehaviorVersion::latest` sets it).
+            let mut timeouts =
+                aws_config::timeout::TimeoutConfig::builder().connect_timeout(Duration::from_millis(3100));
+            if let Some(t) = self.attempt_timeout {
+                timeouts = timeouts.operation_attempt_timeout(t);
+            }
+            if let Some(t) = self.operation_timeout {
+                timeouts = timeouts.operation_timeout(t);
+            }
+            loader = loader.timeout_config(timeouts.build());
         }
         loader.load().await
     }
@@ -224,6 +245,20 @@ impl Background {
                 t.len()
             })
             .unwrap_or(0)
+    }
+
+    /// Stops every task where it is (a Tokio abort) and waits for them to go; returns how many
+    /// there were. Embedded executions checkpoint each state, so a stopped one resumes from
+    /// there in the next process. A [`drain`](Self::drain) in progress is stopped by dropping it.
+    pub async fn abort(&self) -> usize {
+        let mut tasks = match self.tasks.lock() {
+            Ok(mut t) => std::mem::take(&mut *t),
+            Err(_) => return 0,
+        };
+        while tasks.try_join_next().is_some() {}
+        let n = tasks.len();
+        tasks.shutdown().await;
+        n
     }
 
     /// Waits until every task (including tasks spawned meanwhile) has finished.

@@ -19,6 +19,7 @@
 
 pub mod context;
 pub mod deploy;
+pub mod duration;
 pub mod error;
 pub mod event;
 pub mod outcome;
@@ -33,7 +34,7 @@ pub use error::{BuildError, FieldError, LoadError, LoadErrors};
 pub use event::{Event, EventError};
 pub use outcome::{Outcome, StageError};
 pub use path::{FieldPath, PathError};
-pub use pipeline::{Loader, Pipeline, PipelineFile, PipelineSpec, Settings, Siblings, StageSpec};
+pub use pipeline::{AwsCalls, Loader, Pipeline, PipelineFile, PipelineSpec, Settings, Siblings, StageSpec};
 pub use stage::{
     BoxFuture, Next, Stage, StageConfig, StageInfo, StageLayer, StageService, ValidateContext,
     registered_stages, typetag_names,

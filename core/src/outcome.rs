@@ -71,7 +71,21 @@ impl StageError {
         self.kind = Some(kind.into());
         self
     }
+
+    /// The error name hosts report (a Lambda error type, a Task failure's `Error` that a state
+    /// machine's `Retry`/`Catch` match): the kind, else `Cutover.Retryable` or `Cutover.Failed`.
+    pub fn error_name(&self) -> &str {
+        match &self.kind {
+            Some(kind) => kind,
+            None if self.retryable => RETRYABLE,
+            None => "Cutover.Failed",
+        }
+    }
 }
+
+/// The error name of a retryable failure that named no kind of its own (AWS throttling, 5xx,
+/// timeouts after the SDK's retries): what a state machine's `Retry` lists to retry them.
+pub const RETRYABLE: &str = "Cutover.Retryable";
 
 impl Outcome {
     /// A drop by the current stage (the chain fills in the stage's name).

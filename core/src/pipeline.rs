@@ -49,6 +49,50 @@ pub struct Settings {
     pub data_dir: Option<PathBuf>,
     /// The pipeline commands run when none is named (default: the only one).
     pub default_pipeline: Option<String>,
+    /// `[settings.aws]`: how long AWS calls may take and how often they are tried.
+    pub aws: AwsCalls,
+}
+
+/// `[settings.aws]`: limits on every AWS call the file's stages and hosts make, so a hung
+/// connection or a throttled API cannot stall a rollout step for ever. Each call is retried by
+/// the SDK's standard mode (exponential backoff with jitter) on throttling, 5xx, timeouts and
+/// connection errors; the stages make the retried writes safe (owner-guarded, idempotent names).
+///
+/// ```toml
+/// [settings.aws]
+/// attempt_timeout = "10s"     # one HTTP attempt, connect to last byte
+/// operation_timeout = "60s"   # one call, all its attempts and backoff included
+/// max_attempts = 5            # attempts per call (default: AWS_MAX_ATTEMPTS, else 3)
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsCalls {
+    /// The longest one HTTP attempt may take before it is abandoned (and retried).
+    #[serde(default = "default_attempt_timeout", with = "crate::duration")]
+    pub attempt_timeout: std::time::Duration,
+    /// The longest one call may take, all its attempts and backoff included.
+    #[serde(default = "default_operation_timeout", with = "crate::duration")]
+    pub operation_timeout: std::time::Duration,
+    /// Attempts per call; unset: `AWS_MAX_ATTEMPTS`, else the SDK's 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for AwsCalls {
+    fn default() -> Self {
+        Self {
+            attempt_timeout: default_attempt_timeout(),
+            operation_timeout: default_operation_timeout(),
+            max_attempts: None,
+        }
+    }
+}
+
+fn default_attempt_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
+}
+fn default_operation_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(60)
 }
 
 /// A loaded, validated pipeline file.
@@ -175,6 +219,7 @@ impl PipelineFile {
 
     /// A build context for this file: its settings' data directory and its base directory.
     pub fn build_context(&self) -> BuildContext {
+        let aws = &self.settings.aws;
         BuildContext::new(
             self.settings
                 .data_dir
@@ -182,6 +227,12 @@ impl PipelineFile {
                 .unwrap_or_else(|| PathBuf::from(".cutover")),
         )
         .with_base_dir(self.base_dir.clone())
+        .with_aws(crate::context::AwsSettings {
+            attempt_timeout: Some(aws.attempt_timeout),
+            operation_timeout: Some(aws.operation_timeout),
+            max_attempts: aws.max_attempts,
+            ..Default::default()
+        })
     }
 
     /// Builds one pipeline; every stage that cannot be built is reported.
@@ -395,12 +446,28 @@ impl Loader {
                         )),
                         None => {}
                     }
+                    if let Some(aws) = s.shift_remove("aws") {
+                        match serde_path_to_error::deserialize::<_, AwsCalls>(aws) {
+                            Ok(aws) => settings.aws = aws,
+                            Err(e) => {
+                                let path = e.path().to_string();
+                                let field = if path == "." {
+                                    "settings.aws".to_owned()
+                                } else {
+                                    format!("settings.aws.{path}")
+                                };
+                                errors.push(err(None, None, Some(&field), e.into_inner().to_string()));
+                            }
+                        }
+                    }
                     for k in s.keys() {
                         errors.push(err(
                             None,
                             None,
                             None,
-                            format!("unknown setting \"{k}\" in [settings], expected one of: data_dir, default_pipeline"),
+                            format!(
+                                "unknown setting \"{k}\" in [settings], expected one of: data_dir, default_pipeline, aws"
+                            ),
                         ));
                     }
                 }
@@ -814,6 +881,41 @@ mod tests {
             humanize("unknown variant `x`, expected one of `a`, `b`", false),
             "unknown variant \"x\", expected one of: a, b"
         );
+    }
+
+    #[test]
+    fn aws_settings_are_read_checked_and_applied_to_the_build_context() {
+        let stages = "[pipelines.p]\n[[pipelines.p.stages]]\ntype = \"nope\"\n";
+        let bad = format!("[settings.aws]\nattempt_timeout = \"10 parsecs\"\nretries = 3\n{stages}");
+        let errors = Loader::new()
+            .load_str("x.toml", &bad, Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            errors.contains("settings.aws.attempt_timeout") && errors.contains("invalid duration"),
+            "{errors}"
+        );
+        let fine = "[settings.aws]\nattempt_timeout = \"2s\"\nmax_attempts = 5\n";
+        let parsed: AwsCalls = toml::from_str::<toml::Table>(fine).unwrap()["settings"]["aws"]
+            .clone()
+            .try_into()
+            .unwrap();
+        assert_eq!(parsed.attempt_timeout, std::time::Duration::from_secs(2));
+        assert_eq!(parsed.operation_timeout, std::time::Duration::from_secs(60));
+        assert_eq!(parsed.max_attempts, Some(5));
+        let file = PipelineFile {
+            display: "x.toml".into(),
+            base_dir: PathBuf::from("."),
+            settings: Settings {
+                aws: parsed,
+                ..Settings::default()
+            },
+            pipelines: Vec::new(),
+        };
+        let aws = file.build_context().aws_settings().clone();
+        assert_eq!(aws.attempt_timeout, Some(std::time::Duration::from_secs(2)));
+        assert_eq!(aws.operation_timeout, Some(std::time::Duration::from_secs(60)));
+        assert_eq!(aws.max_attempts, Some(5));
     }
 
     #[test]

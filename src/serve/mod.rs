@@ -91,6 +91,13 @@ pub(crate) struct ServeArgs {
     /// an overload queues no unbounded number of bodies.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536), value_name = "N")]
     max_requests: u32,
+    /// On SIGTERM/SIGINT: how long in-flight events may take to finish before the daemon exits
+    /// anyway (HTTP senders and SQS redeliver what was not answered). Running embedded
+    /// executions are not waited for: they stop at their current state and resume in the next
+    /// process (a Wait with only what is left of it). Keep it under the platform's stop
+    /// timeout (ECS 30 s by default, Kubernetes 30 s, systemd 90 s).
+    #[arg(long, default_value = "20s", value_parser = cutover_core::duration::parse, value_name = "DURATION")]
+    shutdown_timeout: std::time::Duration,
     /// SQS and stdin: also serve `GET /healthz` and `GET /metrics` (no authentication) on this
     /// address until the daemon has stopped.
     #[arg(long, value_name = "ADDR")]
@@ -184,6 +191,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(pipeline = %pipeline.name(), dead_letter = %dead_letter, "cutover serve: starting");
     let host = Arc::new(Host::new(pipeline, dead_letter, args.concurrency));
     let shutdown = on_signal()?;
+    let mut signalled = shutdown.clone();
     // The health and metrics listener of the other sources stays up until they are drained.
     let (admin_stop, admin_stopped) = watch::channel(false);
     let admin = match args.metrics_listen {
@@ -222,16 +230,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         Source::Stdin => stdin::serve(host.clone(), args.max_body, shutdown).await,
     };
-    // Events that outlived their connection or poll still hold permits: wait for them, then
-    // for what they started in the background.
-    host.wait_idle().await;
-    if cx.background().pending() > 0 {
-        eprintln!(
-            "cutover serve: waiting for {} background task(s) (state-machine executions)",
-            cx.background().pending()
-        );
-    }
-    cx.background().drain().await;
+    settle(&host, &cx, &mut signalled, args.shutdown_timeout).await;
     admin_stop.send_replace(true);
     if let Some(admin) = admin {
         let _ = admin.await;
@@ -248,6 +247,60 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Finishes what the source started. At the end of input: every in-flight event, then every
+/// embedded execution to its end (a signal meanwhile turns this into a stop). On a signal: the
+/// in-flight events for at most `timeout`, and the executions are stopped at their current
+/// state, to resume in the next process.
+async fn settle(
+    host: &Host,
+    cx: &cutover_core::BuildContext,
+    signal: &mut watch::Receiver<bool>,
+    timeout: std::time::Duration,
+) {
+    let started = std::time::Instant::now();
+    let idle = async {
+        if !*signal.borrow() {
+            // Events that outlived their connection or poll still hold permits.
+            tokio::select! {
+                () = host.wait_idle() => return,
+                () = stopped(signal) => {}
+            }
+        }
+        if tokio::time::timeout(timeout, host.wait_idle()).await.is_err() {
+            eprintln!(
+                "cutover serve: {} event(s) still in flight after --shutdown-timeout {}; exiting without them \
+                 (http and sqs redeliver them; stdin lines must be replayed)",
+                host.in_flight(),
+                cutover_core::duration::format(timeout)
+            );
+        }
+    };
+    idle.await;
+    let background = cx.background();
+    if !*signal.borrow() && background.pending() > 0 {
+        eprintln!(
+            "cutover serve: waiting for {} background task(s) (state-machine executions)",
+            background.pending()
+        );
+        tokio::select! {
+            () = background.drain() => {}
+            () = stopped(signal) => {}
+        }
+    }
+    let stopped_executions = background.abort().await;
+    if stopped_executions > 0 {
+        eprintln!(
+            "cutover serve: stopped {stopped_executions} running execution(s) at their current state; \
+             they resume where they are on restart"
+        );
+    }
+    tracing::info!(
+        seconds = started.elapsed().as_secs_f64(),
+        stopped_executions,
+        "cutover serve: settled"
+    );
 }
 
 /// A receiver that turns true on the first SIGTERM or SIGINT; the second exits at once.

@@ -21,6 +21,19 @@ use super::{Host, Input, backoff, read_event, stopped};
 /// The most messages one ReceiveMessage call may return.
 const MAX_BATCH: usize = 10;
 
+/// A long poll answers after up to `wait_time` seconds by design: its attempt may take that
+/// much longer than `[settings.aws] attempt_timeout` allows other calls.
+fn long_poll(wait_time: i32) -> aws_sdk_sqs::config::Builder {
+    let wait = Duration::from_secs(u64::try_from(wait_time).unwrap_or(0));
+    aws_sdk_sqs::config::Builder::default().timeout_config(
+        aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
+            .connect_timeout(Duration::from_millis(3100))
+            .operation_attempt_timeout(wait + Duration::from_secs(10))
+            .operation_timeout(wait * 3 + Duration::from_secs(30))
+            .build(),
+    )
+}
+
 /// Polls `url` until shutdown is requested, then waits for the messages already received.
 pub(crate) async fn serve(
     host: Arc<Host>,
@@ -52,6 +65,8 @@ pub(crate) async fn serve(
             .max_number_of_messages(i32::try_from(permits.len()).unwrap_or(1))
             .wait_time_seconds(wait_time)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .customize()
+            .config_override(long_poll(wait_time))
             .send();
         // Abandoning a poll on shutdown loses nothing: a message SQS handed out meanwhile
         // returns after its visibility timeout.

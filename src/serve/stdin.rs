@@ -4,14 +4,15 @@
 //!
 //! Nobody can redeliver a line, so a retryable failure is retried here (up to
 //! [`RETRIES`] more times, backing off) and then dead-lettered like a permanent one. At the end
-//! of input, the daemon finishes what is running and exits.
+//! of input, the daemon finishes what is running and exits; on a signal it stops reading at
+//! once, even while the pipe stays open.
 
+use std::io::BufRead as _;
 use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -27,13 +28,13 @@ pub(crate) async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     eprintln!("cutover serve: reading events from stdin (JSON Lines)");
-    let mut lines = BufReader::new(tokio::io::stdin()).split(b'\n');
+    let mut lines = read_lines();
     let mut tasks = JoinSet::new();
     let mut number = 0u64;
     loop {
         let line = tokio::select! {
             () = stopped(&mut shutdown) => break,
-            line = lines.next_segment() => line.context("reading events from stdin")?,
+            line = lines.recv() => line.transpose().context("reading events from stdin")?,
         };
         let Some(line) = line else { break };
         number += 1;
@@ -79,6 +80,32 @@ pub(crate) async fn serve(
         }
     }
     Ok(())
+}
+
+/// Lines of stdin, read on a thread of their own: a read blocked on an open pipe must not keep
+/// the daemon from exiting on a signal (Tokio waits for its own blocking reads at shutdown, not
+/// for a plain thread). A small channel keeps reading in step with processing.
+fn read_lines() -> tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    std::thread::spawn(move || {
+        let mut input = std::io::stdin().lock();
+        loop {
+            let mut line = Vec::new();
+            match input.read_until(b'\n', &mut line) {
+                Ok(0) => return,
+                Ok(_) => {
+                    if tx.blocking_send(Ok(line)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    rx
 }
 
 async fn with_retries(host: &Host, input: &Input) -> Handled {

@@ -48,8 +48,10 @@ where
     } else {
         StageError::permanent(message)
     };
+    // A retryable failure is named for what it calls for, not its AWS code (still in the
+    // message): a state machine's `Retry` on `Cutover.Retryable` covers every such fault.
     match code {
-        Some(c) => error.with_kind(c),
-        None => error,
+        Some(c) if !retryable => error.with_kind(c),
+        _ => error,
     }
 }

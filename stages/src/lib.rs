@@ -13,7 +13,7 @@
 
 mod aws;
 pub mod dedup;
-mod duration;
+use cutover_core::duration;
 pub mod filter;
 pub mod health_check;
 pub mod state_machine;

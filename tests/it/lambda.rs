@@ -14,11 +14,13 @@ use crate::{cutover, fixture};
 
 /// What the function answered for one invocation.
 #[derive(Debug, Clone)]
-struct Answer {
-    id: String,
-    kind: &'static str,
-    body: Value,
-    error_type: Option<String>,
+pub(crate) struct Answer {
+    /// The invocation's request id (`ID`, or `ID_rN` for Lambda's N-th retry of it).
+    pub(crate) id: String,
+    /// `response` or `error`.
+    pub(crate) kind: &'static str,
+    pub(crate) body: Value,
+    pub(crate) error_type: Option<String>,
 }
 
 #[derive(Default)]
@@ -26,21 +28,36 @@ struct State {
     queue: VecDeque<(String, Value)>,
     answers: Vec<Answer>,
     first_poll: Option<Instant>,
+    /// Lambda's retries of an asynchronous invocation that ended in an error.
+    async_retries: u32,
+    payloads: std::collections::HashMap<String, Value>,
 }
 
 /// A minimal Runtime API: hands out queued events, records responses and errors.
-struct RuntimeApi {
-    addr: String,
+pub(crate) struct RuntimeApi {
+    pub(crate) addr: String,
     state: Arc<Mutex<State>>,
     stop: Arc<AtomicBool>,
 }
 
 impl RuntimeApi {
     fn start(events: Vec<(&str, Value)>) -> Self {
+        Self::asynchronous(events, 0)
+    }
+
+    /// Invokes like an asynchronous invocation (EventBridge's): an invocation that ends in an
+    /// error is invoked again, up to `retries` times (Lambda's default is 2; its waits of about
+    /// 1 and 2 minutes are left out), with request ids `ID_r1`, `ID_r2`, ….
+    pub(crate) fn asynchronous(events: Vec<(&str, Value)>, retries: u32) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let state = Arc::new(Mutex::new(State {
+            payloads: events
+                .iter()
+                .map(|(id, v)| ((*id).to_owned(), v.clone()))
+                .collect(),
             queue: events.into_iter().map(|(id, v)| (id.to_owned(), v)).collect(),
+            async_retries: retries,
             ..State::default()
         }));
         let stop = Arc::new(AtomicBool::new(false));
@@ -56,7 +73,12 @@ impl RuntimeApi {
     }
 
     fn wait_for_answers(&self, n: usize) -> Vec<Answer> {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        self.wait_for_answers_within(n, Duration::from_secs(60))
+    }
+
+    /// Every answer so far, once there are `n` or `within` has passed.
+    pub(crate) fn wait_for_answers_within(&self, n: usize, within: Duration) -> Vec<Answer> {
+        let deadline = Instant::now() + within;
         loop {
             let answers = self.state.lock().unwrap().answers.clone();
             if answers.len() >= n || Instant::now() > deadline {
@@ -64,6 +86,18 @@ impl RuntimeApi {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Whether every event has been answered for the last time (nothing queued or retried).
+    pub(crate) fn settled(&self, events: usize) -> bool {
+        let state = self.state.lock().unwrap();
+        state.queue.is_empty()
+            && state
+                .answers
+                .iter()
+                .filter(|a| a.kind == "response" || retries_of(&a.id) >= state.async_retries)
+                .count()
+                >= events
     }
 }
 
@@ -142,12 +176,23 @@ fn serve(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
                 "error"
             };
             let error_type = body.get("errorType").and_then(Value::as_str).map(str::to_owned);
-            state.lock().unwrap().answers.push(Answer {
+            let mut state = state.lock().unwrap();
+            let tries = retries_of(&id);
+            if kind == "error" && tries < state.async_retries {
+                let first = first_id(&id).to_owned();
+                if let Some(payload) = state.payloads.get(&first).cloned() {
+                    state
+                        .queue
+                        .push_back((format!("{first}_r{}", tries + 1), payload));
+                }
+            }
+            state.answers.push(Answer {
                 id,
                 kind,
                 body,
                 error_type,
             });
+            drop(state);
             if reply(
                 &mut writer,
                 "202 Accepted",
@@ -162,11 +207,35 @@ fn serve(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
     }
 }
 
+/// How many times Lambda had retried the invocation `id` (`ID_rN` → N). (Request ids travel in
+/// URL paths: no `#`.)
+fn retries_of(id: &str) -> u32 {
+    id.rsplit_once("_r")
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The request id of the first invocation of the event `id` was invoked for.
+pub(crate) fn first_id(id: &str) -> &str {
+    id.rsplit_once("_r").map_or(id, |(first, _)| first)
+}
+
 fn spawn(
     api: &RuntimeApi,
     config: &std::path::Path,
     pipeline: &str,
     data: &std::path::Path,
+) -> std::process::Child {
+    spawn_with(api, config, pipeline, data, &[])
+}
+
+/// `cutover lambda` served by `api`, with extra environment.
+pub(crate) fn spawn_with(
+    api: &RuntimeApi,
+    config: &std::path::Path,
+    pipeline: &str,
+    data: &std::path::Path,
+    env: &[(&str, String)],
 ) -> std::process::Child {
     cutover()
         .arg("lambda")
@@ -183,6 +252,7 @@ fn spawn(
         // The shipped pipeline runs its canary on the embedded engine: on virtual time it
         // finishes within the invocation.
         .env("CUTOVER_CLOCK", "virtual")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()

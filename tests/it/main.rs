@@ -2,20 +2,23 @@
 //! fixtures, and every AWS backend against a real emulator (moto server).
 
 mod cli;
+mod crash;
 mod dedup;
 mod demo;
+mod faults;
 #[cfg(feature = "ecs")]
 mod filter_ecs;
 mod fixtures;
 mod health;
-mod lambda;
+pub(crate) mod lambda;
 mod moto;
 mod registry;
+mod restart;
 mod rule;
 mod serve;
 mod state_machine;
 mod template;
-mod traffic;
+pub(crate) mod traffic;
 
 /// Path of a file in the repository.
 pub(crate) fn repo(path: &str) -> std::path::PathBuf {

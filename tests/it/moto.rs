@@ -17,8 +17,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use cutover_core::AwsSettings;
-use http_body_util::Full;
-use hyper::body::Bytes;
 
 /// A running moto server.
 #[derive(Debug)]
@@ -204,52 +202,12 @@ pub(crate) fn raw_http(
 /// threaded server checks a DynamoDB condition and applies the write without a lock, so two
 /// concurrent conditional writes can both pass (seen: 2 winners of 64); DynamoDB serialises
 /// the writes to an item. Tests of racing conditional writes go through this proxy to get that
-/// guarantee from the emulator, while the client still sends every request concurrently.
+/// guarantee from the emulator, while the client still sends every request concurrently. (It
+/// is the fault proxy of `faults.rs` injecting nothing.)
 pub(crate) async fn one_at_a_time(moto: &Moto) -> String {
-    let upstream = std::sync::Arc::new(moto.url.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
-    let turn = std::sync::Arc::new(tokio::sync::Mutex::new(()));
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let (client, turn, upstream) = (client.clone(), turn.clone(), upstream.clone());
-            let service = hyper::service::service_fn(move |request| {
-                forward(client.clone(), turn.clone(), upstream.clone(), request)
-            });
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    format!("http://{addr}")
-}
-
-type Upstream =
-    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
-
-/// One request of [`one_at_a_time`]: waits its turn, sends it on, returns the whole answer.
-async fn forward(
-    client: Upstream,
-    turn: std::sync::Arc<tokio::sync::Mutex<()>>,
-    upstream: std::sync::Arc<String>,
-    request: http::Request<hyper::body::Incoming>,
-) -> Result<http::Response<Full<Bytes>>, Box<dyn std::error::Error + Send + Sync>> {
-    use http_body_util::BodyExt as _;
-    let (mut parts, body) = request.into_parts();
-    let body = body.collect().await?.to_bytes();
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-    parts.uri = format!("{upstream}{path}").parse()?;
-    let _turn = turn.lock().await;
-    let response = client
-        .request(http::Request::from_parts(parts, Full::new(body)))
-        .await?;
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await?.to_bytes();
-    Ok(http::Response::from_parts(parts, Full::new(body)))
+    crate::faults::FaultProxy::start(&moto.url, 0, 0.0, Duration::ZERO)
+        .await
+        .url
 }
 
 fn http_post(base: &str, path: &str, body: &str) -> u16 {

@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use crate::{cutover, moto, repo};
 
 /// A test pipeline file: `events` (filter + in-memory dedup per task, fast) and `slow` (dedup
-/// per task, then a health check against `probe_port`, which never answers: the check takes
-/// its 2 s timeout).
+/// per task that does not wait for a claim in progress, then a health check against
+/// `probe_port`, which never answers: the check takes its 2 s timeout).
 fn pipeline_file(dir: &Path, probe_port: u16) -> PathBuf {
     let path = dir.join("serve.toml");
     let text = format!(
@@ -36,6 +36,9 @@ key = "{{detail.taskArn}}"
 type = "dedup"
 store = {{ type = "memory" }}
 key = "{{detail.taskArn}}"
+# A duplicate meeting the claim in progress does not wait for it: it fails retryably at once
+# (Dedup.InProgress), which is what these tests send through the hosts.
+wait = "0s"
 
 [[pipelines.slow.stages]]
 type = "health-check"

@@ -7,7 +7,7 @@ use serde_json::json;
 use crate::moto;
 
 /// A fresh hosted zone: its id and name.
-async fn zone(client: &route53::Client) -> (String, String) {
+pub(crate) async fn zone(client: &route53::Client) -> (String, String) {
     let name = format!("{}.lol", moto::unique("catsndogs"));
     let out = client
         .create_hosted_zone()
@@ -21,7 +21,7 @@ async fn zone(client: &route53::Client) -> (String, String) {
 }
 
 /// The pipeline of one `traffic-shift` stage loaded from TOML, as a pipeline file says it.
-async fn load(router: &str, cx: &BuildContext) -> Result<Pipeline, String> {
+pub(crate) async fn load(router: &str, cx: &BuildContext) -> Result<Pipeline, String> {
     let text = format!(
         "[pipelines.canary]\n[[pipelines.canary.stages]]\ntype = \"traffic-shift\"\nresult_key = \"traffic\"\n{router}\n"
     );
@@ -32,7 +32,7 @@ async fn load(router: &str, cx: &BuildContext) -> Result<Pipeline, String> {
 }
 
 /// Weight of each SetIdentifier of `record`, read straight from Route 53.
-async fn weights(client: &route53::Client, zone_id: &str, record: &str) -> Vec<(String, i64)> {
+pub(crate) async fn weights(client: &route53::Client, zone_id: &str, record: &str) -> Vec<(String, i64)> {
     let out = client
         .list_resource_record_sets()
         .hosted_zone_id(zone_id)

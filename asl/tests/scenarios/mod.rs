@@ -765,3 +765,61 @@ async fn endless_loops_hit_the_history_limit() {
     assert_eq!(out.status, ExecutionStatus::Failed);
     assert_eq!(out.error.as_deref(), Some("States.Runtime"));
 }
+
+#[tokio::test]
+async fn a_resumed_wait_keeps_its_original_deadline() {
+    let store: Arc<dyn ExecutionStore> = Arc::new(MemoryStore::new());
+    let def = Arc::new(
+        Definition::from_value(&json!({
+            "StartAt": "Bake",
+            "States": {
+                "Bake": {"Type": "Wait", "Seconds": 1, "Next": "Done"},
+                "Done": {"Type": "Pass", "End": true}
+            }
+        }))
+        .unwrap()
+        .with_name("bake"),
+    );
+    let first = Engine::new(
+        Arc::new(cutover_asl::NoTasks),
+        Arc::new(cutover_asl::WallClock),
+        Some(store.clone()),
+    );
+    // The process "stops" 100 ms into the 1 s wait: the run is dropped where it is.
+    let stopped = tokio::time::timeout(
+        Duration::from_millis(100),
+        first.start(def.clone(), "b", json!({})),
+    )
+    .await;
+    assert!(stopped.is_err(), "still waiting when stopped");
+    let unfinished = store.list_unfinished().unwrap();
+    assert_eq!(unfinished[0].next_state.as_deref(), Some("Bake"));
+    let waits = |history: &[cutover_asl::HistoryEvent]| -> Vec<String> {
+        history
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::WaitStarted { until, .. } => Some(until.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        waits(&unfinished[0].history).len(),
+        1,
+        "the deadline was checkpointed"
+    );
+
+    let second = Engine::new(
+        Arc::new(cutover_asl::NoTasks),
+        Arc::new(cutover_asl::WallClock),
+        Some(store.clone()),
+    );
+    let out = second.resume(def, &unfinished[0].execution_arn).await.unwrap();
+    assert_eq!(out.status, ExecutionStatus::Succeeded);
+    let deadlines = waits(&out.history);
+    assert_eq!(deadlines.len(), 2, "{:?}", out.history);
+    assert_eq!(
+        deadlines[0], deadlines[1],
+        "the resumed wait ends when the first would have"
+    );
+}

@@ -54,17 +54,25 @@ fn n(v: i64) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
-/// The names the claim condition uses (DynamoDB rejects unused ones).
-fn claim_names() -> HashMap<String, String> {
-    [
+/// The claim condition and the names it uses (DynamoDB rejects unused ones).
+fn claim_condition(replacing: bool) -> (&'static str, HashMap<String, String>) {
+    let mut names = vec![
         ("#pk", KEY_ATTRIBUTE),
         ("#st", "status"),
         ("#lease", "lease_expires"),
         ("#exp", TTL_ATTRIBUTE),
-    ]
-    .into_iter()
-    .map(|(a, b)| (a.to_owned(), b.to_owned()))
-    .collect()
+    ];
+    let condition = if replacing {
+        names.push(("#owner", "owner"));
+        "attribute_not_exists(#pk) OR #exp <= :now OR (#st = :inprog AND (#lease <= :now OR #owner = :prev))"
+    } else {
+        "attribute_not_exists(#pk) OR #exp <= :now OR (#st = :inprog AND #lease <= :now)"
+    };
+    let names = names
+        .into_iter()
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .collect();
+    (condition, names)
 }
 
 fn record_from(item: &HashMap<String, AttributeValue>) -> Option<Record> {
@@ -162,7 +170,12 @@ impl DynamoStore {
 }
 
 impl DedupStore for DynamoStore {
-    fn claim<'a>(&'a self, r: &'a Record, now: i64) -> BoxFuture<'a, Result<Claim, StageError>> {
+    fn claim<'a>(
+        &'a self,
+        r: &'a Record,
+        now: i64,
+        replacing: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Claim, StageError>> {
         Box::pin(async move {
             let mut item = HashMap::from([
                 (KEY_ATTRIBUTE.to_owned(), s(&r.key)),
@@ -176,17 +189,22 @@ impl DedupStore for DynamoStore {
             if !r.event_id.is_empty() {
                 item.insert("event_id".to_owned(), s(&r.event_id));
             }
+            let (condition, names) = claim_condition(replacing.is_some());
+            let mut values = HashMap::from([
+                (":now".to_owned(), n(now)),
+                (":inprog".to_owned(), s(Status::InProgress.as_str())),
+            ]);
+            if let Some(prev) = replacing {
+                values.insert(":prev".to_owned(), s(prev));
+            }
             let result = self
                 .client
                 .put_item()
                 .table_name(&self.table)
                 .set_item(Some(item))
-                .condition_expression(
-                    "attribute_not_exists(#pk) OR #exp <= :now OR (#st = :inprog AND #lease <= :now)",
-                )
-                .set_expression_attribute_names(Some(claim_names()))
-                .expression_attribute_values(":now", n(now))
-                .expression_attribute_values(":inprog", s(Status::InProgress.as_str()))
+                .condition_expression(condition)
+                .set_expression_attribute_names(Some(names))
+                .set_expression_attribute_values(Some(values))
                 .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
                 .send()
                 .await;
@@ -195,10 +213,10 @@ impl DedupStore for DynamoStore {
                 Err(err) => match err.as_service_error() {
                     Some(PutItemError::ConditionalCheckFailedException(e)) => {
                         match e.item().and_then(record_from) {
-                            Some(existing) => Ok(Claim::Lost(existing)),
+                            Some(existing) => Ok(existing.contested_by(r)),
                             // Older emulators do not return ALL_OLD; read it instead.
                             None => match self.read(&r.key).await? {
-                                Some(existing) => Ok(Claim::Lost(existing)),
+                                Some(existing) => Ok(existing.contested_by(r)),
                                 None => Err(StageError::retryable(format!(
                                     "dedup key {} was held but has disappeared; retry",
                                     r.key
@@ -208,6 +226,40 @@ impl DedupStore for DynamoStore {
                     }
                     _ => Err(aws_error("dynamodb:PutItem", &err)),
                 },
+            }
+        })
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StageError>> {
+        Box::pin(self.read(key))
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        lease_expires: i64,
+    ) -> BoxFuture<'a, Result<bool, StageError>> {
+        Box::pin(async move {
+            let out = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key(KEY_ATTRIBUTE, s(key))
+                .update_expression("SET #lease = :lease")
+                .condition_expression("#owner = :me AND #st = :inprog")
+                .expression_attribute_names("#lease", "lease_expires")
+                .expression_attribute_names("#owner", "owner")
+                .expression_attribute_names("#st", "status")
+                .expression_attribute_values(":lease", n(lease_expires))
+                .expression_attribute_values(":me", s(owner))
+                .expression_attribute_values(":inprog", s(Status::InProgress.as_str()))
+                .send()
+                .await;
+            match out {
+                Ok(_) => Ok(true),
+                Err(e) if is_condition_failure(&e) => Ok(false),
+                Err(e) => Err(aws_error("dynamodb:UpdateItem", &e)),
             }
         })
     }
@@ -288,13 +340,14 @@ where
 {
     match result {
         Ok(_) => Ok(()),
-        Err(e)
-            if e.as_service_error().and_then(ProvideErrorMetadata::code)
-                == Some("ConditionalCheckFailedException") =>
-        {
+        Err(e) if is_condition_failure(&e) => {
             tracing::warn!(stage = "dedup", key, "the claim was taken over {when}");
             Ok(())
         }
         Err(e) => Err(aws_error(operation, &e)),
     }
+}
+
+fn is_condition_failure<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
+    e.as_service_error().and_then(ProvideErrorMetadata::code) == Some("ConditionalCheckFailedException")
 }

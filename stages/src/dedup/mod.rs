@@ -12,9 +12,14 @@
 //! - it failed permanently → the failure is recorded (and blocks like a completion);
 //! - it dropped the event → the claim is released (nothing was started);
 //! - a duplicate of a completed key is dropped with what it duplicates, when, and the result;
-//! - a duplicate arriving while the first is still in progress fails *retryably*
-//!   (`Dedup.InProgress`): it is neither dropped nor passed until the first finishes;
-//! - a claimer that crashed holds its key only until `lease` runs out.
+//! - a duplicate arriving while another event's claim is in progress waits (`wait`) for it to
+//!   settle; a claim still in progress after that whose claimer is alive drops it as a
+//!   duplicate of an in-progress rollout, one whose claimer may be dead fails it retryably
+//!   (`Dedup.InProgress`) for its host to retry;
+//! - the claimer renews its lease while the rest runs, so a claimer that crashed holds its key
+//!   only until `lease` runs out (tens of seconds), and then the next delivery takes over;
+//! - another attempt of the *same* event (a lost answer, a crashed process, a host's retry)
+//!   takes over that event's claim at once: the work after the claim is idempotent.
 //!
 //! ```toml
 //! [[pipelines.ecs-events.stages]]
@@ -23,7 +28,8 @@
 //! # store = { type = "dynamodb", table = "cutover-dedup" }
 //! # key = "{detail.taskArn}"                     # one pass per task instead of per deployment
 //! ttl = "24h"
-//! lease = "5m"
+//! lease = "30s"                               # renewed while the rollout starts
+//! wait = "20s"                                # how long a duplicate waits for an in-progress claim
 //! ```
 
 mod dynamodb;
@@ -32,11 +38,12 @@ mod store;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use cutover_core::{
-    BoxFuture, BuildContext, BuildError, Clock, DeployContext, Deployment, Event, FieldError, Next, Outcome,
-    Stage, StageConfig, StageError, Statement, Template, ValidateContext, ValueTemplate,
+    BoxFuture, BuildContext, BuildError, Clock, DeployContext, Deployment, Event, FieldError, Metrics, Next,
+    Outcome, Stage, StageConfig, StageError, Statement, Template, ValidateContext, ValueTemplate,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -128,10 +135,19 @@ pub struct DedupConfig {
     /// How long a completed key blocks duplicates (the DynamoDB TTL).
     #[serde(default = "default_ttl", with = "crate::duration")]
     pub ttl: Duration,
-    /// How long an in-progress claim blocks others before it counts as abandoned. Make it longer
-    /// than the rest of the pipeline can take.
+    /// How long an in-progress claim blocks others before it counts as abandoned. The claimer
+    /// renews it every third of it while the rest of the pipeline runs, so it bounds how long
+    /// a crashed claimer blocks its deployment, not how long the pipeline may take.
     #[serde(default = "default_lease", with = "crate::duration")]
     pub lease: Duration,
+    /// How long an event that meets another event's in-progress claim waits for it to settle:
+    /// a completion drops it as a duplicate, a release or an abandoned lease lets it claim. If
+    /// the claim is still in progress then and its claimer renewed the lease meanwhile (it is
+    /// alive and answers for the deployment), the event is dropped as a duplicate of an
+    /// in-progress rollout; otherwise it fails retryably (`Dedup.InProgress`) for its host to
+    /// retry. Longer than a third of `lease` tells live claimers from dead ones.
+    #[serde(default = "default_wait", with = "crate::duration")]
+    pub wait: Duration,
     /// The deciding payload, hashed into the record (default: the key). A duplicate whose
     /// payload hash differs is reported as such.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -175,7 +191,10 @@ fn default_ttl() -> Duration {
     Duration::from_secs(86_400)
 }
 fn default_lease() -> Duration {
-    Duration::from_secs(300)
+    Duration::from_secs(30)
+}
+fn default_wait() -> Duration {
+    Duration::from_secs(20)
 }
 fn default_path() -> PathBuf {
     PathBuf::from("dedup.sqlite")
@@ -218,7 +237,10 @@ impl StageConfig for DedupConfig {
                     Arc::new(DynamoStore::new(client, table))
                 }
             };
-            Ok(Arc::new(Dedup::new(self.clone(), store, cx.clock())) as Arc<dyn Stage>)
+            Ok(
+                Arc::new(Dedup::new(self.clone(), store, cx.clock()).with_metrics(cx.metrics().clone()))
+                    as Arc<dyn Stage>,
+            )
         })
     }
 
@@ -254,10 +276,10 @@ impl StageConfig for DedupConfig {
                 ));
             }
         }
-        if self.lease.is_zero() {
+        if self.lease < Duration::from_secs(3) {
             errors.push(FieldError::new(
                 "lease",
-                "must be longer than the rest of the pipeline takes, e.g. \"5m\"",
+                "must be at least \"3s\" (it is renewed every third of it), e.g. \"30s\"",
             ));
         }
         if self.ttl < self.lease {
@@ -289,7 +311,10 @@ impl StageConfig for DedupConfig {
         // The stack creates and names the table (so two stacks never collide) and points the
         // function at it; the table named in the file is what runs outside this stack.
         let table = cx.logical_id("Table");
+        // An invocation may wait for another event's claim, and repeats its own store writes.
+        let budget = secs(self.wait).saturating_add(30);
         Ok(Deployment::default()
+            .timeout(u32::try_from(budget).unwrap_or(900))
             .resource(
                 &table,
                 json!({
@@ -346,7 +371,9 @@ pub struct Dedup {
     config: DedupConfig,
     store: Arc<dyn DedupStore>,
     clock: Arc<dyn Clock>,
+    metrics: Metrics,
     owner: String,
+    attempts: AtomicU64,
 }
 
 impl Dedup {
@@ -356,8 +383,16 @@ impl Dedup {
             config,
             store,
             clock,
+            metrics: Metrics::default(),
             owner: owner_prefix(),
+            attempts: AtomicU64::new(0),
         }
+    }
+
+    /// Counts takeovers, lost leases and bookkeeping errors in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     fn payload_hash(&self, event: &Event, key: &str) -> Result<String, StageError> {
@@ -370,6 +405,23 @@ impl Dedup {
         };
         let digest = Sha256::digest(payload.as_bytes());
         Ok(digest.iter().take(12).map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// A fresh claim for one attempt of `event_id`: its owner token is unique to the attempt, so
+    /// a retried write of this very record recognises itself.
+    fn record(&self, key: &str, hash: &str, event_id: &str, now: i64) -> Record {
+        let attempt = self.attempts.fetch_add(1, Ordering::Relaxed);
+        Record {
+            key: key.to_owned(),
+            status: Status::InProgress,
+            lease_expires: now.saturating_add(secs(self.config.lease)),
+            expires: now.saturating_add(secs(self.config.ttl)),
+            payload_hash: hash.to_owned(),
+            owner: format!("{}/{event_id}/{now}/{attempt}", self.owner),
+            claimed_at: now,
+            event_id: event_id.to_owned(),
+            result: None,
+        }
     }
 
     async fn run<'a>(&'a self, event: Event, next: Next<'a>) -> Outcome {
@@ -385,71 +437,217 @@ impl Dedup {
             Ok(h) => h,
             Err(e) => return Outcome::failed(e),
         };
-        let now = unix(self.clock.as_ref());
         let event_id = event.id().unwrap_or_default().to_owned();
-        let owner = format!("{}/{}/{}", self.owner, event_id, now);
-        let record = Record {
-            key: key.clone(),
-            status: Status::InProgress,
-            lease_expires: now.saturating_add(secs(self.config.lease)),
-            expires: now.saturating_add(secs(self.config.ttl)),
-            payload_hash: hash.clone(),
-            owner: owner.clone(),
-            claimed_at: now,
-            event_id,
-            result: None,
-        };
-        match self.store.claim(&record, now).await {
-            Err(e) => Outcome::failed(e),
-            Ok(Claim::Lost(existing)) => duplicate(&existing, &hash, now),
-            Ok(Claim::Won) => {
-                let mut event = event;
-                event.context_mut().insert("dedup".into(), json!({"key": key}));
-                let outcome = next.run(event).await;
-                let expires = unix(self.clock.as_ref()).saturating_add(secs(self.config.ttl));
-                let bookkeeping = match &outcome {
-                    Outcome::Passed { context } => {
-                        let result = context
-                            .get(&self.config.result_field)
-                            .map(|v| match v {
-                                Value::String(s) => s.clone(),
-                                other => other.to_string(),
-                            })
-                            .unwrap_or_else(|| "passed".into());
-                        self.store
-                            .finish(&key, &owner, Status::Completed, &result, expires)
-                            .await
+        let waiting_since = Instant::now();
+        let mut replacing: Option<String> = None;
+        let mut takeovers = 0;
+        // The in-progress claim of another event as first seen, to tell a live claimer (its
+        // lease was renewed since) from a dead one.
+        let mut first_seen: Option<Record> = None;
+        let mut polls = 0;
+        loop {
+            let now = unix(self.clock.as_ref());
+            let record = self.record(&key, &hash, &event_id, now);
+            let mut existing = match self.claim(&record, now, replacing.as_deref()).await {
+                Err(e) => return Outcome::failed(e),
+                Ok(Claim::Won) => {
+                    if let Some(previous) = &replacing {
+                        self.metrics.add("cutover_dedup_takeovers_total", &[], 1);
+                        tracing::warn!(stage = "dedup", %key, previous, "took over this event's own earlier claim");
                     }
-                    Outcome::Failed { error, stage } if !error.retryable => {
-                        self.store
-                            .finish(
-                                &key,
-                                &owner,
-                                Status::Failed,
-                                &format!("{stage}: {}", error.message),
-                                expires,
-                            )
-                            .await
-                    }
-                    Outcome::Failed { .. } | Outcome::Dropped { .. } => {
-                        self.store.release(&key, &owner).await
-                    }
-                };
-                match bookkeeping {
-                    Ok(()) => outcome,
-                    // The rollout started but the record could not be completed: the lease
-                    // still blocks duplicates, and the failure must not be hidden.
-                    Err(e) if outcome.is_passed() => {
-                        tracing::error!(stage = "dedup", %key, error = %e, "started, but could not mark the key completed");
-                        outcome
-                    }
-                    Err(e) => {
-                        tracing::error!(stage = "dedup", %key, error = %e, "could not release the claim; it expires with its lease");
-                        outcome
-                    }
+                    return self.run_claimed(event, next, record).await;
+                }
+                Ok(Claim::Lost(existing)) => existing,
+            };
+            // Wait while another event's claim is in progress; anything else ends the wait.
+            loop {
+                if existing.status != Status::InProgress {
+                    return duplicate(&existing, &hash, now);
+                }
+                // Another attempt of this same event (its answer was lost, its process died, or
+                // its host retried it): take it over. Safe because what follows the claim is
+                // idempotent (see ARCHITECTURE.md, "Invariant: a claim's work is idempotent").
+                let own = !event_id.is_empty()
+                    && existing.event_id == event_id
+                    && existing.payload_hash == hash
+                    && replacing.as_deref() != Some(existing.owner.as_str());
+                if own && takeovers < MAX_TAKEOVERS {
+                    takeovers += 1;
+                    replacing = Some(existing.owner.clone());
+                    break;
+                }
+                let seen = first_seen.get_or_insert_with(|| existing.clone());
+                if waiting_since.elapsed() >= self.config.wait {
+                    let alive = seen.owner == existing.owner && existing.lease_expires > seen.lease_expires;
+                    return in_progress(&existing, &hash, unix(self.clock.as_ref()), alive);
+                }
+                tokio::time::sleep(poll_interval(polls)).await;
+                polls += 1;
+                match self.store.get(&key).await {
+                    // A failed poll changes nothing: poll again until the wait ends.
+                    Err(e) if e.retryable => {}
+                    Err(e) => return Outcome::failed(e),
+                    Ok(Some(r)) if !r.claimable(unix(self.clock.as_ref()), None) => existing = r,
+                    // Released, expired or abandoned: claim it.
+                    Ok(_) => break,
                 }
             }
         }
+    }
+
+    /// One claim, its write repeated after retryable store errors (beyond the SDK's own
+    /// retries, whose quota a burst of faults can spend): a repeat of an applied write
+    /// recognises itself, so repeating is safe.
+    async fn claim(&self, record: &Record, now: i64, replacing: Option<&str>) -> Result<Claim, StageError> {
+        let mut attempt = 0;
+        loop {
+            match self.store.claim(record, now, replacing).await {
+                Err(e) if e.retryable && attempt < STORE_RETRIES => {
+                    tracing::warn!(stage = "dedup", key = %record.key, error = %e, "could not claim the key; retrying");
+                    tokio::time::sleep(poll_interval(attempt + 2)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Runs the rest of the chain under a claim this attempt won, renewing its lease meanwhile,
+    /// and records how it ended.
+    async fn run_claimed<'a>(&'a self, mut event: Event, next: Next<'a>, claim: Record) -> Outcome {
+        let Record { key, owner, .. } = claim;
+        event.context_mut().insert("dedup".into(), json!({"key": key}));
+        let chain = next.run(event);
+        tokio::pin!(chain);
+        let outcome = tokio::select! {
+            outcome = &mut chain => outcome,
+            () = self.heartbeat(&key, &owner) => chain.await,
+        };
+        let expires = unix(self.clock.as_ref()).saturating_add(secs(self.config.ttl));
+        let (what, status, result) = match &outcome {
+            Outcome::Passed { context } => {
+                let result = context
+                    .get(&self.config.result_field)
+                    .map(|v| match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                    .unwrap_or_else(|| "passed".into());
+                ("mark the key completed", Some(Status::Completed), result)
+            }
+            Outcome::Failed { error, stage } if !error.retryable => (
+                "record the failure",
+                Some(Status::Failed),
+                format!("{stage}: {}", error.message),
+            ),
+            Outcome::Failed { .. } | Outcome::Dropped { .. } => ("release the claim", None, String::new()),
+        };
+        let mut attempt = 0;
+        loop {
+            let done = match status {
+                Some(status) => self.store.finish(&key, &owner, status, &result, expires).await,
+                None => self.store.release(&key, &owner).await,
+            };
+            match done {
+                Ok(()) => return outcome,
+                Err(e) if e.retryable && attempt < STORE_RETRIES => {
+                    tracing::warn!(stage = "dedup", %key, error = %e, "could not {what}; retrying");
+                    tokio::time::sleep(poll_interval(attempt + 2)).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    // The claim stays in progress until its lease runs out (it is no longer
+                    // renewed); a redelivery then takes over, and what follows is idempotent.
+                    self.metrics.add("cutover_dedup_bookkeeping_errors_total", &[], 1);
+                    tracing::error!(stage = "dedup", %key, error = %e, "could not {what}; the claim ends with its lease");
+                    return outcome;
+                }
+            }
+        }
+    }
+
+    /// Renews the lease every third of it while the chain runs; returns only if the claim was
+    /// taken over (this attempt held it too long without renewing, e.g. paused or partitioned).
+    /// A third of the lease is measured on the stage's clock (which may run faster than the wall
+    /// clock: an accelerated demo), checked every 100 ms of real time.
+    async fn heartbeat(&self, key: &str, owner: &str) {
+        let every = secs(self.config.lease / 3).max(1);
+        let mut next = unix(self.clock.as_ref()).saturating_add(every);
+        loop {
+            tokio::time::sleep(HEARTBEAT_CHECK).await;
+            let now = unix(self.clock.as_ref());
+            if now < next {
+                continue;
+            }
+            let lease_expires = now.saturating_add(secs(self.config.lease));
+            match self.store.renew(key, owner, lease_expires).await {
+                Ok(true) => next = now.saturating_add(every),
+                Ok(false) => {
+                    self.metrics.add("cutover_dedup_leases_lost_total", &[], 1);
+                    tracing::error!(
+                        stage = "dedup",
+                        key,
+                        "lost the claim: its lease ran out and another attempt took it over; \
+                         finishing anyway (what follows the claim is idempotent)"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(stage = "dedup", key, error = %e, "could not renew the claim's lease; retrying");
+                    next = now.saturating_add((every / 4).max(1));
+                }
+            }
+        }
+    }
+}
+
+/// How often the heartbeat looks at the clock.
+const HEARTBEAT_CHECK: Duration = Duration::from_millis(100);
+
+/// How many times one event takes over claims of its own earlier attempts before it waits like
+/// any other duplicate (bounds a ping-pong between concurrent deliveries of one event).
+const MAX_TAKEOVERS: u32 = 3;
+
+/// Extra tries of a claim, a completion, a failure record or a release after a retryable store
+/// error (400 ms, 800 ms, then 1 s apart).
+const STORE_RETRIES: u32 = 4;
+
+/// Between polls of another event's claim: 100 ms doubling to 1 s.
+fn poll_interval(polls: u32) -> Duration {
+    Duration::from_millis(100)
+        .saturating_mul(1 << polls.min(4))
+        .min(Duration::from_secs(1))
+}
+
+/// The end of a wait for another event's claim that is still in progress: a claimer that
+/// renewed its lease while this event waited is alive and answers for the deployment, so this
+/// event is a settled duplicate; otherwise it cannot be told yet and is retried later.
+fn in_progress(existing: &Record, hash: &str, now: i64, alive: bool) -> Outcome {
+    let ago = now.saturating_sub(existing.claimed_at);
+    let by = if existing.event_id.is_empty() {
+        String::new()
+    } else {
+        format!(" by event {}", existing.event_id)
+    };
+    let differs = if existing.payload_hash != hash {
+        " (its payload differed)"
+    } else {
+        ""
+    };
+    if alive {
+        Outcome::dropped(format!(
+            "duplicate of {}, in progress: claimed {ago}s ago{by}, whose claimer is alive (renewing its lease){differs}",
+            existing.key
+        ))
+    } else {
+        Outcome::failed(
+            StageError::retryable(format!(
+                "{} is in progress: claimed {ago}s ago{by}, lease until {}s from now; retry later",
+                existing.key,
+                existing.lease_expires.saturating_sub(now)
+            ))
+            .with_kind("Dedup.InProgress"),
+        )
     }
 }
 
@@ -476,14 +674,7 @@ fn duplicate(existing: &Record, hash: &str, now: i64) -> Outcome {
             existing.key,
             existing.result.as_deref().unwrap_or("-")
         )),
-        Status::InProgress => Outcome::failed(
-            StageError::retryable(format!(
-                "{} is in progress: claimed {ago}s ago{by}, lease until {}s from now; retry later",
-                existing.key,
-                existing.lease_expires.saturating_sub(now)
-            ))
-            .with_kind("Dedup.InProgress"),
-        ),
+        Status::InProgress => in_progress(existing, hash, now, false),
     }
 }
 

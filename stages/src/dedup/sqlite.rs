@@ -133,17 +133,23 @@ fn read(row: &rusqlite::Row<'_>) -> Result<Record, rusqlite::Error> {
 }
 
 impl DedupStore for SqliteStore {
-    fn claim<'a>(&'a self, record: &'a Record, now: i64) -> BoxFuture<'a, Result<Claim, StageError>> {
+    fn claim<'a>(
+        &'a self,
+        record: &'a Record,
+        now: i64,
+        replacing: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Claim, StageError>> {
         let record = record.clone();
+        let replacing = replacing.map(str::to_owned);
         let sweep = self.claims.fetch_add(1, Ordering::Relaxed) % 256 == 255;
         Box::pin(self.blocking(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let existing = tx
                 .query_row("SELECT * FROM dedup WHERE key = ?1", [&record.key], read)
                 .optional()?;
-            if let Some(existing) = existing.filter(|r| !r.claimable(now)) {
+            if let Some(existing) = existing.filter(|r| !r.claimable(now, replacing.as_deref())) {
                 tx.commit()?;
-                return Ok(Claim::Lost(existing));
+                return Ok(existing.contested_by(&record));
             }
             tx.execute(
                 "INSERT OR REPLACE INTO dedup (key, status, lease_expires, expires, payload_hash, owner, claimed_at, event_id, result)
@@ -164,6 +170,30 @@ impl DedupStore for SqliteStore {
             }
             tx.commit()?;
             Ok(Claim::Won)
+        }))
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StageError>> {
+        let key = key.to_owned();
+        Box::pin(self.blocking(move |conn| {
+            conn.query_row("SELECT * FROM dedup WHERE key = ?1", [&key], read)
+                .optional()
+        }))
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        lease_expires: i64,
+    ) -> BoxFuture<'a, Result<bool, StageError>> {
+        let (key, owner) = (key.to_owned(), owner.to_owned());
+        Box::pin(self.blocking(move |conn| {
+            conn.execute(
+                "UPDATE dedup SET lease_expires = ?3 WHERE key = ?1 AND owner = ?2 AND status = 'IN_PROGRESS'",
+                params![key, owner, lease_expires],
+            )
+            .map(|changed| changed == 1)
         }))
     }
 

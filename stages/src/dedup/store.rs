@@ -1,10 +1,16 @@
 //! The idempotency record and the [`DedupStore`] contract every backend honours.
 //!
 //! A claim is one atomic conditional write. It succeeds when the key is absent, when its record
-//! has expired (TTL), or when it is an in-progress claim whose lease ran out (its claimer
-//! crashed); otherwise it fails and returns the existing record, so a lost race costs no extra
-//! read. Completing, releasing and recording a failure are guarded by the claimer's token, so a
-//! claimer whose lease was taken over cannot overwrite its successor.
+//! has expired (TTL), when it is an in-progress claim whose lease ran out (its claimer crashed),
+//! or when it is the in-progress claim of the owner the caller names as the one it replaces (a
+//! takeover by another attempt of the same event); otherwise it fails and returns the existing
+//! record, so a lost race costs no extra read.
+//!
+//! A claim recognises itself: a write that fails against a record carrying the caller's own
+//! owner token was in fact applied by an earlier try of the same request (its answer was lost and
+//! the SDK retried), so it has won. Completing, renewing, releasing and recording a failure are
+//! guarded by the owner token, so a claimer whose lease was taken over cannot overwrite its
+//! successor, and each of them may be repeated safely.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -70,9 +76,22 @@ pub struct Record {
 }
 
 impl Record {
-    /// Whether a new claim may take this record's place at `now`.
-    pub fn claimable(&self, now: i64) -> bool {
-        self.expires <= now || (self.status == Status::InProgress && self.lease_expires <= now)
+    /// Whether a new claim may take this record's place at `now`; `replacing` is the owner of
+    /// an in-progress claim the caller may take over.
+    pub fn claimable(&self, now: i64, replacing: Option<&str>) -> bool {
+        self.expires <= now
+            || (self.status == Status::InProgress
+                && (self.lease_expires <= now || replacing == Some(self.owner.as_str())))
+    }
+
+    /// The outcome of a conditional claim that found this record in place of `claim`.
+    pub fn contested_by(self, claim: &Record) -> Claim {
+        if self.owner == claim.owner && self.status == Status::InProgress {
+            // The caller's own write, applied by a try whose answer was lost.
+            Claim::Won
+        } else {
+            Claim::Lost(self)
+        }
     }
 }
 
@@ -87,8 +106,24 @@ pub enum Claim {
 
 /// Storage for idempotency records.
 pub trait DedupStore: Send + Sync + fmt::Debug {
-    /// Claims `record.key` with one conditional write (see the module docs).
-    fn claim<'a>(&'a self, record: &'a Record, now: i64) -> BoxFuture<'a, Result<Claim, StageError>>;
+    /// Claims `record.key` with one conditional write (see the module docs), taking over the
+    /// in-progress claim of `replacing` if that owner still holds it.
+    fn claim<'a>(
+        &'a self,
+        record: &'a Record,
+        now: i64,
+        replacing: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Claim, StageError>>;
+    /// Reads the record of `key`, if any (strongly consistent).
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StageError>>;
+    /// Extends an in-progress claim's lease to `lease_expires` — if `owner` still holds it.
+    /// `Ok(false)`: somebody else holds the key now (the lease ran out and was taken over).
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        lease_expires: i64,
+    ) -> BoxFuture<'a, Result<bool, StageError>>;
     /// Marks the key `Completed` with the pipeline's result, or `Failed` with the permanent
     /// failure, and sets when it expires — if `owner` still holds it.
     fn finish<'a>(
@@ -120,14 +155,42 @@ impl MemoryStore {
 }
 
 impl DedupStore for MemoryStore {
-    fn claim<'a>(&'a self, record: &'a Record, now: i64) -> BoxFuture<'a, Result<Claim, StageError>> {
+    fn claim<'a>(
+        &'a self,
+        record: &'a Record,
+        now: i64,
+        replacing: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Claim, StageError>> {
         Box::pin(async move {
             self.with(|m| match m.get(&record.key) {
-                Some(existing) if !existing.claimable(now) => Claim::Lost(existing.clone()),
+                Some(existing) if !existing.claimable(now, replacing) => {
+                    existing.clone().contested_by(record)
+                }
                 _ => {
                     m.insert(record.key.clone(), record.clone());
                     Claim::Won
                 }
+            })
+        })
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StageError>> {
+        Box::pin(async move { self.with(|m| m.get(key).cloned()) })
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        lease_expires: i64,
+    ) -> BoxFuture<'a, Result<bool, StageError>> {
+        Box::pin(async move {
+            self.with(|m| match m.get_mut(key) {
+                Some(r) if r.owner == owner && r.status == Status::InProgress => {
+                    r.lease_expires = lease_expires;
+                    true
+                }
+                _ => false,
             })
         })
     }

@@ -108,13 +108,16 @@ impl TaskHandler for PipelineTasks {
                     format!("{}: dropped by {stage}: {reason}", pipeline.name()),
                 )),
                 Outcome::Failed { stage, error } => Err(TaskFailure::new(
-                    error.kind.clone().unwrap_or_else(|| "States.TaskFailed".into()),
+                    error.error_name(),
                     format!("{}: {stage}: {}", pipeline.name(), error.message),
                 )),
             }
         })
     }
 }
+
+/// How often an engine looks for executions released by another process.
+const RELEASE_SCAN: Duration = Duration::from_secs(1);
 
 /// Runs executions of one definition on the embedded engine.
 #[derive(Debug, Clone)]
@@ -223,6 +226,7 @@ impl LocalEngine {
         };
         if resume {
             this.resume_unfinished()?;
+            this.watch_released();
         }
         Ok(this)
     }
@@ -242,6 +246,38 @@ impl LocalEngine {
             background,
             wait,
         }
+    }
+
+    /// Every second, resumes unfinished executions nobody holds: those another process on the
+    /// same data directory released when it stopped (the old daemon of a rolling restart) are
+    /// picked up within a second. One that a process still drives keeps its lease and is left
+    /// alone.
+    fn watch_released(&self) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RELEASE_SCAN).await;
+                if let Err(error) = this.resume_free() {
+                    tracing::debug!(%error, "scanning for released executions");
+                }
+            }
+        });
+    }
+
+    /// Resumes the unfinished executions of this definition whose lease is free now.
+    fn resume_free(&self) -> Result<(), BuildError> {
+        let unfinished = self
+            .engine
+            .unfinished()
+            .map_err(|e| BuildError::Backend(format!("execution store: {e}")))?;
+        let free = unfinished.into_iter().any(|r| {
+            r.state_machine == self.definition.name()
+                && matches!(self.store.lease(&r.execution_arn), Ok(Some(_)))
+        });
+        if free {
+            self.resume_unfinished()?;
+        }
+        Ok(())
     }
 
     fn resume_unfinished(&self) -> Result<(), BuildError> {
@@ -287,11 +323,10 @@ impl StateMachineEngine for LocalEngine {
                 Ok(reservation) => reservation,
                 Err(EngineError::ExecutionAlreadyExists(arn) | EngineError::AlreadyRunning(arn)) => {
                     return match self.store.load(&arn) {
-                        Ok(Some(existing)) if &existing.input == input => Ok(Started::Duplicate { arn }),
-                        Ok(Some(_)) => Err(StageError::permanent(format!(
-                            "an execution named {name} already exists with a different input ({arn})"
-                        ))
-                        .with_kind("ExecutionAlreadyExists")),
+                        Ok(Some(existing)) => Ok(Started::Duplicate {
+                            same_input: &existing.input == input,
+                            arn,
+                        }),
                         // Another process holds the name and has not saved its first state yet:
                         // a redelivery will find the record and compare inputs.
                         Ok(None) => Err(StageError::retryable(format!(

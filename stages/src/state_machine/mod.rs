@@ -152,17 +152,20 @@ pub enum Started {
         /// How it ended, when the engine waited for it.
         status: Option<String>,
     },
-    /// An execution of that name and input already exists.
+    /// An execution of that name already exists (started by an earlier attempt whose answer
+    /// was lost, or by another event of the same deployment).
     Duplicate {
         /// Its ARN.
         arn: String,
+        /// Whether it was started with the same input.
+        same_input: bool,
     },
 }
 
 /// Starts executions.
 pub trait StateMachineEngine: Send + Sync + std::fmt::Debug {
-    /// Starts an execution named `name` with `input`; a second start of the same name with the
-    /// same input is [`Started::Duplicate`], with another input an error.
+    /// Starts an execution named `name` with `input`; a second start of the same name is
+    /// [`Started::Duplicate`], saying whether the input was the same.
     fn start<'a>(&'a self, name: &'a str, input: &'a Value) -> BoxFuture<'a, Result<Started, StageError>>;
 }
 
@@ -324,6 +327,17 @@ pub struct StartStateMachine {
 }
 
 impl StartStateMachine {
+    /// Whether the execution name is derived from the event's dedup key, i.e. names the
+    /// deployment: then an execution of that name is this deployment's, whatever its input.
+    fn name_is_the_deployments(&self, event: &Event) -> bool {
+        self.name.is_none()
+            && event
+                .context()
+                .get("dedup")
+                .and_then(|d| d.get("key"))
+                .is_some_and(Value::is_string)
+    }
+
     fn name_for(&self, event: &Event) -> Result<String, StageError> {
         let raw = match &self.name {
             Some(t) => t
@@ -362,9 +376,32 @@ impl Stage for StartStateMachine {
             };
             match self.engine.start(&name, &input).await {
                 Err(e) => Outcome::failed(e),
-                Ok(Started::Duplicate { arn }) => Outcome::dropped(format!(
-                    "execution {name} already exists with the same input ({arn}): not started again"
-                )),
+                // The name exists with another input and the name is not the deployment's own
+                // (a `name` template that two deployments share): a conflict, not a duplicate.
+                Ok(Started::Duplicate {
+                    arn,
+                    same_input: false,
+                }) if !self.name_is_the_deployments(&event) => Outcome::failed(
+                    StageError::permanent(format!(
+                        "an execution named {name} already exists with a different input ({arn}); \
+                             names must be unique per deployment"
+                    ))
+                    .with_kind("ExecutionAlreadyExists"),
+                ),
+                // This deployment's execution — started by an earlier attempt whose answer was
+                // lost, or by another event of the deployment whose claim this one took over
+                // (its input names that event). It is running or done, which is what this
+                // attempt was to achieve.
+                Ok(Started::Duplicate { arn, .. }) => {
+                    tracing::info!(execution = %arn, "execution {name} already exists with the same input: not started again");
+                    event
+                        .context_mut()
+                        .insert(self.output.clone(), Value::String(arn));
+                    event
+                        .context_mut()
+                        .insert(format!("{}_existed", self.output), Value::Bool(true));
+                    next.run(event).await
+                }
                 Ok(Started::New { arn, status }) => {
                     event
                         .context_mut()

@@ -69,15 +69,10 @@ impl StateMachineEngine for SfnEngine {
                         .input()
                         .and_then(|i| serde_json::from_str::<Value>(i).ok())
                         .is_some_and(|i| &i == input);
-                    if same {
-                        Ok(Started::Duplicate { arn })
-                    } else {
-                        Err(StageError::permanent(format!(
-                            "an execution named {name} already exists with a different input ({arn}); \
-                             names must be unique per deployment"
-                        ))
-                        .with_kind("ExecutionAlreadyExists"))
-                    }
+                    Ok(Started::Duplicate {
+                        arn,
+                        same_input: same,
+                    })
                 }
                 Err(err) => Err(aws_error("states:StartExecution", &err)),
             }

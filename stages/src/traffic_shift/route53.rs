@@ -731,7 +731,9 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.retryable, "{err:?}");
-        assert_eq!(err.kind.as_deref(), Some("Throttling"));
+        // Named for what it calls for (the canary's Retry covers it); the code is in the message.
+        assert_eq!(err.error_name(), "Cutover.Retryable");
+        assert!(err.message.contains("Throttling"), "{}", err.message);
         assert_eq!(
             requests.load(std::sync::atomic::Ordering::SeqCst),
             2,

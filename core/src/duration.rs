@@ -1,7 +1,7 @@
 //! Durations in pipeline files, written the way people say them: `"2s"`, `"500ms"`, `"1m30s"`.
 //!
 //! A duration is one or more `<integer><unit>` parts with the units `ms`, `s`, `m`, `h` and
-//! `d`; a bare `0` is zero. Stages use `#[serde(with = "crate::duration")]` (or `crate::duration::option`) on a
+//! `d`; a bare `0` is zero. Stages use `#[serde(with = "cutover_core::duration")]` (or `…::duration::option`) on a
 //! `std::time::Duration` field; serialising writes the shortest equivalent text back, so a
 //! configuration survives a TOML round trip unchanged.
 
@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serializer};
 
 /// Parses `"1m30s"`-style text.
-pub(crate) fn parse(text: &str) -> Result<Duration, String> {
+pub fn parse(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text == "0" {
         return Ok(Duration::ZERO);
@@ -63,7 +63,7 @@ pub(crate) fn parse(text: &str) -> Result<Duration, String> {
 }
 
 /// The shortest text [`parse`] reads back as `duration` (milliseconds precision).
-pub(crate) fn format(duration: Duration) -> String {
+pub fn format(duration: Duration) -> String {
     let mut ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
     if ms == 0 {
         return "0s".into();
@@ -85,30 +85,31 @@ pub(crate) fn format(duration: Duration) -> String {
 }
 
 /// `#[serde(with = "crate::duration")]` on a `Duration` field: writes the text.
-pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format(*d))
 }
 
 /// `#[serde(with = "crate::duration")]` on a `Duration` field: reads the text.
-pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     parse(&text).map_err(serde::de::Error::custom)
 }
 
 /// `#[serde(default, with = "crate::duration::option", skip_serializing_if = "Option::is_none")]`
 /// for an `Option<Duration>` field.
-#[allow(dead_code)] // shared with the dedup stage
-pub(crate) mod option {
+pub mod option {
     use super::*;
 
-    pub(crate) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    /// Writes the duration as text, or nothing.
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match d {
             Some(d) => s.serialize_str(&format(*d)),
             None => s.serialize_none(),
         }
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    /// Reads optional duration text.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let text = Option::<String>::deserialize(d)?;
         text.map(|t| parse(&t).map_err(serde::de::Error::custom))
             .transpose()
