@@ -167,6 +167,34 @@ pub async fn run(handler: LambdaHandler) -> Result<(), lambda_runtime::Error> {
     lambda_runtime::run(handler).await
 }
 
+/// Tells the Lambda service why the function cannot start (`POST /runtime/init/error` of the
+/// Runtime API), so the invocation fails with the reason — a broken pipeline file names its
+/// field in the function's error, not only in its logs. Best effort: without a Runtime API
+/// (`AWS_LAMBDA_RUNTIME_API` unset or unreachable) it only logs.
+pub fn report_init_error(message: &str) {
+    tracing::error!(error = %message, "the function cannot start");
+    let Ok(api) = std::env::var("AWS_LAMBDA_RUNTIME_API") else {
+        return;
+    };
+    let body = json!({"errorType": "Cutover.InitError", "errorMessage": message}).to_string();
+    let request = format!(
+        "POST /2018-06-01/runtime/init/error HTTP/1.1\r\nHost: {api}\r\nContent-Type: application/json\r\n\
+         Lambda-Runtime-Function-Error-Type: Cutover.InitError\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let sent = std::net::TcpStream::connect(&api).and_then(|mut stream| {
+        use std::io::{Read as _, Write as _};
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        stream.write_all(request.as_bytes())?;
+        // Wait for the answer, so the report is in before the process exits.
+        let mut answer = [0u8; 256];
+        stream.read(&mut answer).map(drop)
+    });
+    if let Err(error) = sent {
+        tracing::error!(%error, "could not report the init error to the Runtime API");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

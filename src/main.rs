@@ -181,7 +181,13 @@ fn main() -> ExitCode {
             Command::Template(args) => template::run(args),
             Command::Package(args) => package::run(args),
             Command::Lambda => {
-                let handler = cutover::lambda::LambdaHandler::from_env().await?;
+                let handler = match cutover::lambda::LambdaHandler::from_env().await {
+                    Ok(handler) => handler,
+                    Err(e) => {
+                        cutover::lambda::report_init_error(&e.to_string());
+                        return Err(e.into());
+                    }
+                };
                 cutover::lambda::run(handler)
                     .await
                     .map_err(|e| anyhow::anyhow!("lambda runtime: {e}"))?;

@@ -37,4 +37,11 @@ async fn asl_executions() {
         failed, 0,
         "{report}{passed} passed, {failed} failed, {skipped} skipped"
     );
+    // Every case runs: a skip would hide a gap behind a green test.
+    let cases = text.lines().filter(|l| !l.trim().is_empty()).count();
+    assert_eq!(
+        (passed, skipped),
+        (cases, 0),
+        "{report}{passed} passed, {failed} failed, {skipped} skipped"
+    );
 }

@@ -397,9 +397,9 @@ mod tests {
         let many: Vec<serde_json::Value> = (0..2000).map(|_| json!("x")).collect();
         let p = json!({"a": ["x"], "b": ["x"], "c": ["x"], "d": ["nope"]});
         let e = json!({"a": many, "b": many, "c": many, "d": many});
-        let started = std::time::Instant::now();
+        // The answer only: speed is for benchmarks (`cargo bench -p cutover-stages --bench
+        // filter` times the matcher), not for a clock in a test on a shared machine.
         assert!(!m(p, e));
-        assert!(started.elapsed() < std::time::Duration::from_secs(2));
     }
 
     #[test]

@@ -55,3 +55,59 @@ where
         _ => error,
     }
 }
+
+/// A loopback HTTP server that gives every request one canned answer (a recorded AWS response
+/// or error), for tests of how the SDK and our code read it.
+#[cfg(test)]
+pub(crate) mod canned {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Starts the server: its URL and a count of the requests it answered.
+    pub(crate) async fn serve(status: &str, content_type: &str, body: &str) -> (String, Arc<AtomicU32>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let count = Arc::new(AtomicU32::new(0));
+        let seen = count.clone();
+        let response: Arc<str> = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let (seen, response) = (seen.clone(), response.clone());
+                tokio::spawn(async move {
+                    // Read the whole request (head and Content-Length body) before answering.
+                    let mut data = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let Ok(n) = socket.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        data.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&data).to_ascii_lowercase();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let length = text
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            if data.len() >= end + 4 + length {
+                                break;
+                            }
+                        }
+                    }
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    let _ = socket.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        (url, count)
+    }
+}

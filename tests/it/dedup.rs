@@ -246,11 +246,11 @@ async fn dynamodb_release_on_retryable_failure() {
 
 #[tokio::test]
 async fn dynamodb_unreachable_is_a_retryable_failure_not_a_pass_or_drop() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A port held for the whole test but not listening: every connection is refused (a port
+    // merely found free could be taken by another test meanwhile).
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = held.local_addr().unwrap().port();
     let settings = cutover_core::AwsSettings {
         max_attempts: Some(2),
         ..cutover_core::AwsSettings::emulator(format!("http://127.0.0.1:{port}"))

@@ -53,7 +53,10 @@ fn healthy_green_is_promoted_step_by_step() {
         .collect();
     assert_eq!(dns, [(90, 10), (50, 50), (0, 100)]);
     assert_eq!(steps(&lines, "before")[0]["dns"]["green"], 0);
-    assert!(steps(&lines, "health").iter().all(|h| h["state"] == "healthy"));
+    // One health check after each of the three shifts, all healthy.
+    let health = steps(&lines, "health");
+    assert_eq!(health.len(), 3, "{lines:?}");
+    assert!(health.iter().all(|h| h["state"] == "healthy"), "{health:?}");
 }
 
 #[test]

@@ -349,4 +349,88 @@ fn a_broken_pipeline_file_is_an_init_error_naming_the_problem() {
     let mut child = spawn(&api, &bad, "p", dir.path());
     let status = child.wait().unwrap();
     assert!(!status.success());
+    // The Runtime API got the init error, naming the stage and what is wrong with it.
+    let answers = api.wait_for_answers(1);
+    let init = answers
+        .iter()
+        .find(|a| a.id == "error")
+        .unwrap_or_else(|| panic!("no POST /runtime/init/error: {answers:?}"));
+    assert_eq!(init.error_type.as_deref(), Some("Cutover.InitError"));
+    let message = init.body["errorMessage"].as_str().unwrap();
+    assert!(
+        message.contains("stage 1") && message.contains("unknown stage type \"filterr\""),
+        "{message}"
+    );
+}
+
+#[test]
+fn the_packaged_bootstrap_starts_as_lambda_starts_it() {
+    // The zip `cutover package` makes, with this build as the binary, unpacked as Lambda
+    // unpacks it into its task directory.
+    let dir = tempfile::tempdir().unwrap();
+    let zip_path = dir.path().join("cutover.zip");
+    let out = cutover()
+        .args([
+            "package",
+            "pipelines/catsndogs.toml",
+            "--binary",
+            env!("CARGO_BIN_EXE_cutover"),
+            "--output",
+        ])
+        .arg(&zip_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let task = dir.path().join("task");
+    zip::ZipArchive::new(std::fs::File::open(&zip_path).unwrap())
+        .unwrap()
+        .extract(&task)
+        .unwrap();
+
+    // Started as Lambda starts a provided.al2023 function: `bootstrap` by path, from another
+    // working directory, with the runtime's variables only — no CUTOVER_CONFIG (it finds
+    // `cutover.toml` beside itself) and no CUTOVER_PIPELINE (the file's default pipeline).
+    let data = dir.path().join("tmp");
+    let api = RuntimeApi::start(vec![
+        ("r1", fixture("task-fargate-running.json")),
+        ("r2", fixture("task-fargate-provisioning.json")),
+    ]);
+    let mut child = std::process::Command::new(task.join("bootstrap"))
+        .current_dir("/")
+        .env_clear()
+        .env("AWS_LAMBDA_RUNTIME_API", &api.addr)
+        .env("AWS_LAMBDA_FUNCTION_NAME", "cutover")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("AWS_LAMBDA_LOG_STREAM_NAME", "stream")
+        .env("AWS_LAMBDA_LOG_GROUP_NAME", "group")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        // What the generated stack sets (the writable directory of a function).
+        .env("CUTOVER_SETTINGS__DATA_DIR", &data)
+        .env("CUTOVER_CLOCK", "virtual")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let answers = api.wait_for_answers(2);
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        answers.len(),
+        2,
+        "{answers:?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(answers[0].kind, "response", "{answers:?}");
+    assert_eq!(answers[0].body["outcome"], "passed", "{answers:?}");
+    assert!(
+        answers[0].body["context"]["execution"]
+            .as_str()
+            .is_some_and(|e| e.contains(":execution:canary:")),
+        "{answers:?}"
+    );
+    assert_eq!(answers[1].body["outcome"], "dropped");
+    assert_eq!(answers[1].body["stage"], "filter");
+    assert!(data.join("dedup.sqlite").exists(), "state in the data directory");
 }

@@ -17,6 +17,11 @@ use crate::{cutover, moto, repo};
 /// per task that does not wait for a claim in progress, then a health check against
 /// `probe_port`, which never answers: the check takes its 2 s timeout).
 fn pipeline_file(dir: &Path, probe_port: u16) -> PathBuf {
+    pipeline_file_with(dir, probe_port, "2s")
+}
+
+/// [`pipeline_file`] with the health check's timeout.
+fn pipeline_file_with(dir: &Path, probe_port: u16, probe_timeout: &str) -> PathBuf {
     let path = dir.join("serve.toml");
     let text = format!(
         r#"
@@ -42,7 +47,7 @@ wait = "0s"
 
 [[pipelines.slow.stages]]
 type = "health-check"
-probe = {{ type = "http", url = "http://127.0.0.1:{probe_port}/", timeout = "2s", healthy_threshold = 1, unhealthy_threshold = 1, max_checks = 1 }}
+probe = {{ type = "http", url = "http://127.0.0.1:{probe_port}/", timeout = "{probe_timeout}", healthy_threshold = 1, unhealthy_threshold = 1, max_checks = 1 }}
 "#
     );
     std::fs::write(&path, text).unwrap();
@@ -285,6 +290,19 @@ fn black_hole() -> TcpListener {
     TcpListener::bind("127.0.0.1:0").unwrap()
 }
 
+/// Lets one health check through a held [`black_hole`]: answers its request 503 (green is
+/// unhealthy), so the check ends when the test says, not when a timer runs out.
+fn open_gate(hole: &TcpListener) {
+    let (mut conn, _) = hole.accept().unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+        head.push(byte[0]);
+    }
+    let _ =
+        conn.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+}
+
 #[test]
 fn http_authentication_limits_and_errors() {
     let dir = tempfile::tempdir().unwrap();
@@ -494,9 +512,10 @@ fn http_runs_events_and_batches_and_dead_letters_permanent_failures() {
 
 #[test]
 fn sigterm_finishes_in_flight_events_and_a_retryable_failure_answers_503() {
+    // The health check waits at the gate until the test opens it: no race with a timer.
     let hole = black_hole();
     let dir = tempfile::tempdir().unwrap();
-    let file = pipeline_file(dir.path(), hole.local_addr().unwrap().port());
+    let file = pipeline_file_with(dir.path(), hole.local_addr().unwrap().port(), "60s");
     let state = dir.path().join("state");
     let mut daemon = serve_http(&file, "slow", &state, &["--no-auth"], &[]);
     let addr = daemon.addr().to_owned();
@@ -527,6 +546,10 @@ fn sigterm_finishes_in_flight_events_and_a_retryable_failure_answers_503() {
 
     let signalled = Instant::now();
     daemon.signal("TERM");
+    // Still in flight after the signal; now let its health check end.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!slow.is_finished(), "answered before its health check ended");
+    open_gate(&hole);
     let (response, answered) = slow.join().unwrap();
     assert_eq!(response.status, 200, "{response:?}");
     let result = &response.json()["results"][0];
@@ -557,7 +580,7 @@ fn sigterm_finishes_in_flight_events_and_a_retryable_failure_answers_503() {
 fn requests_beyond_max_requests_are_answered_429_and_later_ones_are_served() {
     let hole = black_hole();
     let dir = tempfile::tempdir().unwrap();
-    let file = pipeline_file(dir.path(), hole.local_addr().unwrap().port());
+    let file = pipeline_file_with(dir.path(), hole.local_addr().unwrap().port(), "60s");
     let state = dir.path().join("state");
     let daemon = serve_http(
         &file,
@@ -572,8 +595,8 @@ fn requests_beyond_max_requests_are_answered_429_and_later_ones_are_served() {
         std::thread::spawn(move || request(&addr, "POST", "/events", &[], event.as_bytes()))
     };
     wait_in_flight(&addr, 1);
-    // The one admitted request is in its 2 s health check: another is turned away at once,
-    // before its body is read, and told when to come back.
+    // The one admitted request is held in its health check (at the gate): another is turned
+    // away at once, before its body is read, and told when to come back.
     let busy = request(
         &addr,
         "POST",
@@ -593,15 +616,15 @@ fn requests_beyond_max_requests_are_answered_429_and_later_ones_are_served() {
     );
     // Health and metrics are not requests for events: still served.
     assert_eq!(request(&addr, "GET", "/healthz", &[], b"").status, 200);
+    open_gate(&hole);
     assert_eq!(slow.join().unwrap().status, 200);
-    // Once the first is answered, the retried request gets in.
-    let retried = request(
-        &addr,
-        "POST",
-        "/events",
-        &[],
-        green_event("busy-2", "busy-2").to_string().as_bytes(),
-    );
+    // Once the first is answered, the retried request gets in (and its check through the gate).
+    let retried = {
+        let (addr, event) = (addr.clone(), green_event("busy-2", "busy-2").to_string());
+        std::thread::spawn(move || request(&addr, "POST", "/events", &[], event.as_bytes()))
+    };
+    open_gate(&hole);
+    let retried = retried.join().unwrap();
     assert_eq!(retried.status, 200, "{retried:?}");
     assert_eq!(retried.json()["results"][0]["outcome"], "passed");
     let metrics = request(&addr, "GET", "/metrics", &[], b"");
@@ -855,4 +878,186 @@ fn an_event_whose_dead_letter_cannot_be_written_is_not_acknowledged() {
         "{}",
         daemon.stderr()
     );
+}
+
+#[test]
+fn http_refuses_to_start_without_credentials_unless_told_no_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = pipeline_file(dir.path(), 9);
+    let out = cutover()
+        .arg("serve")
+        .arg(&file)
+        .args(["--pipeline", "events", "--listen", "127.0.0.1:0"])
+        .env_remove("CUTOVER_API_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the http source needs credentials")
+            && err.contains("--api-key-env")
+            && err.contains("--no-auth"),
+        "{err}"
+    );
+}
+
+#[test]
+fn stdin_retries_a_retryable_failure_then_dead_letters_it() {
+    // DynamoDB on a port that is held but never listens: every claim is refused, retryably.
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = held.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ddb.toml");
+    std::fs::write(
+        &file,
+        "[pipelines.p]\n[[pipelines.p.stages]]\ntype = \"dedup\"\nkey = \"{detail.taskArn}\"\n\
+         store = { type = \"dynamodb\", table = \"t\" }\n",
+    )
+    .unwrap();
+    let dead = dir.path().join("dead.jsonl");
+    let mut child = cutover()
+        .arg("serve")
+        .arg(&file)
+        .args(["--source", "stdin", "--dead-letter"])
+        .arg(&dead)
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_MAX_ATTEMPTS", "1")
+        .env("CUTOVER_LOG", "info")
+        .env("CUTOVER_SETTINGS__DATA_DIR", dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{}", green_event("r-1", "retried")).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // Tried four times (the first and the source's 3 retries), then kept as a dead letter.
+    assert_eq!(stderr.matches("retry_in_ms").count(), 3, "{stderr}");
+    let outcome: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(outcome["outcome"], "failed", "{outcome}");
+    assert_eq!(outcome["dead_letter"], true, "{outcome}");
+    let letters = read_jsonl(&dead);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["id"], "r-1");
+    assert!(
+        letters[0]["error"].as_str().unwrap().contains("dynamodb:PutItem"),
+        "{letters:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sqs_message_of_a_killed_daemon_comes_back_and_is_processed_once() {
+    use aws_sdk_sqs::types::QueueAttributeName;
+
+    let moto = moto::shared();
+    let cx = cutover_core::BuildContext::new("unused").with_aws(moto.aws());
+    let sqs = aws_sdk_sqs::Client::new(cx.aws_config().await);
+    let queue = sqs
+        .create_queue()
+        .queue_name(moto::unique("serve-return"))
+        .attributes(QueueAttributeName::VisibilityTimeout, "1")
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    sqs.send_message()
+        .queue_url(&queue)
+        .message_body(green_event("v-1", "returns").to_string())
+        .send()
+        .await
+        .unwrap();
+
+    // `notify` records each pass; dedup (SQLite in the state directory, shared by both
+    // daemons) holds the claim; the health check waits at a gate that is never opened for the
+    // first daemon.
+    let hole = black_hole();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let file = dir.path().join("sqs.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[pipelines.p]\n[[pipelines.p.stages]]\ntype = \"notify\"\nfile = \"passes.jsonl\"\non = [\"passed\"]\n\n\
+             [[pipelines.p.stages]]\ntype = \"dedup\"\nkey = \"{{detail.taskArn}}\"\nlease = \"3s\"\n\n\
+             [[pipelines.p.stages]]\ntype = \"health-check\"\n\
+             probe = {{ type = \"http\", url = \"http://127.0.0.1:{}/\", timeout = \"60s\", healthy_threshold = 1, unhealthy_threshold = 1, max_checks = 1 }}\n",
+            hole.local_addr().unwrap().port()
+        ),
+    )
+    .unwrap();
+    let args = [
+        file.to_str().unwrap(),
+        "--source",
+        "sqs",
+        "--queue-url",
+        &queue,
+        "--wait-time",
+        "1",
+        "--state",
+        state.to_str().unwrap(),
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ];
+    let mut first = Daemon::start(&args, &moto.env(), Stdio::null());
+    // Received and claimed, then stuck in its health check: killed there.
+    let (conn, _) = tokio::task::spawn_blocking({
+        let hole = hole.try_clone().unwrap();
+        move || hole.accept().unwrap()
+    })
+    .await
+    .unwrap();
+    first.signal("KILL");
+    first.wait(Duration::from_secs(30));
+    drop(conn);
+
+    // The second daemon gets the message back after its visibility timeout; the same event
+    // takes its dead claim over at once, and this time green answers.
+    let _gate = std::thread::spawn(move || {
+        loop {
+            open_gate(&hole);
+        }
+    });
+    let mut second = Daemon::start(&args, &moto.env(), Stdio::null());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let passes = state.join("passes.jsonl");
+    while read_jsonl(&passes).is_empty() {
+        assert!(Instant::now() < deadline, "never processed: {}", second.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Deleted once it passed: the queue is empty, in flight or not.
+    loop {
+        let attrs = sqs
+            .get_queue_attributes()
+            .queue_url(&queue)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .unwrap();
+        let a = attrs.attributes().unwrap();
+        if a[&QueueAttributeName::ApproximateNumberOfMessages] == "0"
+            && a[&QueueAttributeName::ApproximateNumberOfMessagesNotVisible] == "0"
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not deleted: {a:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Two seconds more (two visibility timeouts): nothing comes back, nothing passes again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        second.terminate(Duration::from_secs(30)),
+        0,
+        "{}",
+        second.stderr()
+    );
+    let passes = read_jsonl(&passes);
+    assert_eq!(passes.len(), 1, "processed once: {passes:?}");
 }

@@ -642,12 +642,13 @@ fn engine_futures_are_send() {
 async fn abort_stops_a_waiting_execution() {
     let def = Arc::new(
         Definition::from_value(&json!({
-            "StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 5, "End": true}}
+            "StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 3600, "End": true}}
         }))
         .unwrap(),
     );
     let store: Arc<dyn ExecutionStore> = Arc::new(MemoryStore::new());
-    // Real (sped-up) time, so the abort lands while the Wait is pending.
+    // Real time and an hour's wait: the abort lands while the Wait is pending, however slow
+    // the machine is to start the run.
     let e = Engine::new(
         Arc::new(cutover_asl::NoTasks),
         Arc::new(cutover_asl::ScaledClock { speed: 1.0 }),
@@ -657,7 +658,7 @@ async fn abort_stops_a_waiting_execution() {
     let e2 = e.clone();
     let run = tokio::spawn(async move { e2.start(def, "stop-me", json!({})).await });
     let mut aborted = false;
-    for _ in 0..100 {
+    for _ in 0..3000 {
         tokio::time::sleep(Duration::from_millis(10)).await;
         if e.abort(&arn, Some("operator said stop".into())) {
             aborted = true;

@@ -127,6 +127,45 @@ impl Elbv2Probe {
     }
 }
 
+impl Elbv2Probe {
+    /// Every target of the group `arn` with its health, as `DescribeTargetHealth` reports it.
+    async fn describe(&self, arn: &str) -> Result<Vec<TargetState>, StageError> {
+        let out = self
+            .client
+            .describe_target_health()
+            .target_group_arn(arn)
+            .send()
+            .await
+            .map_err(|e| {
+                let mut error = aws_error("DescribeTargetHealth", &e);
+                if matches!(
+                    error.kind.as_deref(),
+                    Some("TargetGroupNotFound" | "ValidationError")
+                ) {
+                    error.message = format!("field \"probe.target_group_arn\": {}", error.message);
+                    error.kind = Some(format!("HealthCheck.{}", error.kind.unwrap_or_default()));
+                }
+                error
+            })?;
+        Ok(out
+            .target_health_descriptions()
+            .iter()
+            .map(|d| {
+                let health = d.target_health();
+                TargetState {
+                    id: d.target().and_then(|t| t.id()).unwrap_or_default().to_owned(),
+                    port: d.target().and_then(|t| t.port()),
+                    state: health
+                        .and_then(|h| h.state())
+                        .map_or_else(|| "unknown".to_owned(), |s| s.as_str().to_owned()),
+                    reason: health.and_then(|h| h.reason()).map(|r| r.as_str().to_owned()),
+                    description: health.and_then(|h| h.description()).map(str::to_owned),
+                }
+            })
+            .collect())
+    }
+}
+
 impl HealthProbe for Elbv2Probe {
     fn check<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<HealthReport, StageError>> {
         Box::pin(async move {
@@ -134,39 +173,7 @@ impl HealthProbe for Elbv2Probe {
                 StageError::permanent(format!("field \"probe.target_group_arn\": {e}"))
                     .with_kind("HealthCheck.InvalidInput")
             })?;
-            let out = self
-                .client
-                .describe_target_health()
-                .target_group_arn(&arn)
-                .send()
-                .await
-                .map_err(|e| {
-                    let mut error = aws_error("DescribeTargetHealth", &e);
-                    if matches!(
-                        error.kind.as_deref(),
-                        Some("TargetGroupNotFound" | "ValidationError")
-                    ) {
-                        error.message = format!("field \"probe.target_group_arn\": {}", error.message);
-                        error.kind = Some(format!("HealthCheck.{}", error.kind.unwrap_or_default()));
-                    }
-                    error
-                })?;
-            let targets: Vec<TargetState> = out
-                .target_health_descriptions()
-                .iter()
-                .map(|d| {
-                    let health = d.target_health();
-                    TargetState {
-                        id: d.target().and_then(|t| t.id()).unwrap_or_default().to_owned(),
-                        port: d.target().and_then(|t| t.port()),
-                        state: health
-                            .and_then(|h| h.state())
-                            .map_or_else(|| "unknown".to_owned(), |s| s.as_str().to_owned()),
-                        reason: health.and_then(|h| h.reason()).map(|r| r.as_str().to_owned()),
-                        description: health.and_then(|h| h.description()).map(str::to_owned),
-                    }
-                })
-                .collect();
+            let targets = self.describe(&arn).await?;
             Ok(evaluate(&arn, &targets, self.config.min_healthy_percent))
         })
     }
@@ -175,43 +182,70 @@ impl HealthProbe for Elbv2Probe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Value;
 
-    /// Shaped like `aws elbv2 describe-target-health` output (the AWS CLI reference example,
-    /// extended with a draining and an initial target).
-    const RECORDED: &str = r#"{
-      "TargetHealthDescriptions": [
-        { "Target": { "Id": "i-0f76fade", "Port": 80 }, "HealthCheckPort": "80",
-          "TargetHealth": { "State": "unhealthy", "Reason": "Target.ResponseCodeMismatch",
-                            "Description": "Health checks failed with these codes: [404]" } },
-        { "Target": { "Id": "i-0f76fade435676abd", "Port": 80 }, "HealthCheckPort": "80",
-          "TargetHealth": { "State": "healthy" } },
-        { "Target": { "Id": "i-0aa11bb22cc33dd44", "Port": 80 }, "HealthCheckPort": "80",
-          "TargetHealth": { "State": "draining", "Reason": "Target.DeregistrationInProgress" } },
-        { "Target": { "Id": "i-0123456789abcdef0", "Port": 80 }, "HealthCheckPort": "80",
-          "TargetHealth": { "State": "initial", "Reason": "Elb.RegistrationInProgress" } }
-      ]
-    }"#;
+    /// A `DescribeTargetHealth` response as the service sends it (Query protocol XML, the shape
+    /// of the API reference's example), with an unhealthy, a healthy, a draining and an initial
+    /// target.
+    const RECORDED: &str = r#"<DescribeTargetHealthResponse xmlns="http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/">
+  <DescribeTargetHealthResult>
+    <TargetHealthDescriptions>
+      <member>
+        <HealthCheckPort>80</HealthCheckPort>
+        <TargetHealth>
+          <State>unhealthy</State>
+          <Reason>Target.ResponseCodeMismatch</Reason>
+          <Description>Health checks failed with these codes: [404]</Description>
+        </TargetHealth>
+        <Target><Port>80</Port><Id>i-0f76fade</Id></Target>
+      </member>
+      <member>
+        <HealthCheckPort>80</HealthCheckPort>
+        <TargetHealth><State>healthy</State></TargetHealth>
+        <Target><Port>80</Port><Id>i-0f76fade435676abd</Id></Target>
+      </member>
+      <member>
+        <HealthCheckPort>80</HealthCheckPort>
+        <TargetHealth><State>draining</State><Reason>Target.DeregistrationInProgress</Reason></TargetHealth>
+        <Target><Port>80</Port><Id>i-0aa11bb22cc33dd44</Id></Target>
+      </member>
+      <member>
+        <HealthCheckPort>80</HealthCheckPort>
+        <TargetHealth><State>initial</State><Reason>Elb.RegistrationInProgress</Reason></TargetHealth>
+        <Target><Port>80</Port><Id>i-0123456789abcdef0</Id></Target>
+      </member>
+    </TargetHealthDescriptions>
+  </DescribeTargetHealthResult>
+  <ResponseMetadata><RequestId>c534f810-f389-11e5-9192-3fff33344cfa</RequestId></ResponseMetadata>
+</DescribeTargetHealthResponse>"#;
 
-    fn recorded() -> Vec<TargetState> {
-        let v: Value = serde_json::from_str(RECORDED).unwrap();
-        v["TargetHealthDescriptions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| TargetState {
-                id: d["Target"]["Id"].as_str().unwrap().to_owned(),
-                port: d["Target"]["Port"].as_i64().map(|p| i32::try_from(p).unwrap()),
-                state: d["TargetHealth"]["State"].as_str().unwrap().to_owned(),
-                reason: d["TargetHealth"]["Reason"].as_str().map(str::to_owned),
-                description: d["TargetHealth"]["Description"].as_str().map(str::to_owned),
-            })
-            .collect()
+    /// The recorded response read by the SDK and the probe, from a loopback server.
+    async fn recorded() -> Vec<TargetState> {
+        let (url, requests) = crate::aws::canned::serve("200 OK", "text/xml", RECORDED).await;
+        let cx = cutover_core::BuildContext::new("unused").with_aws(cutover_core::AwsSettings {
+            max_attempts: Some(1),
+            ..cutover_core::AwsSettings::emulator(url)
+        });
+        let probe = Elbv2Probe::new(
+            aws_sdk_elasticloadbalancingv2::Client::new(cx.aws_config().await),
+            Elbv2ProbeConfig {
+                target_group_arn: "tg/green".parse().unwrap(),
+                min_healthy_percent: 100,
+            },
+        );
+        let targets = probe.describe("tg/green").await.unwrap();
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+        targets
     }
 
-    #[test]
-    fn every_target_counts_not_only_the_first() {
-        let targets = recorded();
+    #[tokio::test]
+    async fn every_target_counts_not_only_the_first() {
+        let targets = recorded().await;
+        assert_eq!(targets.len(), 4);
+        assert_eq!(targets[0].port, Some(80));
+        assert_eq!(
+            targets[0].description.as_deref(),
+            Some("Health checks failed with these codes: [404]")
+        );
         let report = evaluate("tg/green", &targets, 100);
         assert!(!report.healthy);
         assert!(
@@ -234,9 +268,10 @@ mod tests {
         assert!(!evaluate("tg/green", &first_healthy, 100).healthy);
     }
 
-    #[test]
-    fn all_healthy_is_healthy_and_none_is_not() {
-        let mut targets = recorded();
+    #[tokio::test]
+    async fn all_healthy_is_healthy_and_none_is_not() {
+        let recorded = recorded().await;
+        let mut targets = recorded.clone();
         for t in &mut targets {
             t.state = "healthy".into();
         }
@@ -244,7 +279,7 @@ mod tests {
         let report = evaluate("tg", &[], 0);
         assert!(!report.healthy);
         assert!(report.reason.contains("no registered targets"));
-        let draining_only = vec![recorded().swap_remove(2)];
+        let draining_only = vec![recorded[2].clone()];
         assert!(!evaluate("tg", &draining_only, 0).healthy);
     }
 }

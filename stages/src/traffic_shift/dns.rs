@@ -102,9 +102,6 @@ impl LocalDnsServer {
     /// new one. Lets several stages (and rebuilt pipelines) share one port.
     pub fn shared(addr: SocketAddr, store: Arc<WeightStore>) -> io::Result<Arc<Self>> {
         static RUNNING: OnceLock<Mutex<HashMap<SocketAddr, Weak<LocalDnsServer>>>> = OnceLock::new();
-        if addr.port() == 0 {
-            return Self::start(addr, store);
-        }
         let mut running = RUNNING
             .get_or_init(Default::default)
             .lock()
@@ -116,8 +113,9 @@ impl LocalDnsServer {
             server.zones.add(store);
             return Ok(server);
         }
+        // Port 0 starts a new server on a free port, shared from then on under its address.
         let server = Self::start(addr, store)?;
-        running.insert(addr, Arc::downgrade(&server));
+        running.insert(server.local_addr(), Arc::downgrade(&server));
         Ok(server)
     }
 
@@ -367,12 +365,6 @@ mod tests {
     #[tokio::test]
     async fn shared_servers_serve_several_records_on_one_port() {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let www = WeightStore::open(spec(), dir.path().join("www.json")).unwrap();
         let api = WeightStore::open(
             RecordSpec {
@@ -383,7 +375,9 @@ mod tests {
         )
         .unwrap();
         api.set(Weights::green(100)).unwrap();
-        let first = LocalDnsServer::shared(addr, www).unwrap();
+        // A free port taken by the first server itself (no bind-then-release race).
+        let first = LocalDnsServer::shared(SocketAddr::from(([127, 0, 0, 1], 0)), www).unwrap();
+        let addr = first.local_addr();
         let second = LocalDnsServer::shared(addr, api).unwrap();
         assert!(Arc::ptr_eq(&first, &second));
         let www = ask(addr, "www.catsndogs.lol.", RecordType::A).await;
