@@ -162,9 +162,21 @@ impl tower::Service<LambdaEvent<Value>> for LambdaHandler {
     }
 }
 
-/// Serves invocations until the runtime stops.
+/// Serves invocations until the runtime stops. On SIGTERM (which Lambda sends before it shuts
+/// an environment down, when an extension is registered) it exits at once and cleanly: every
+/// EMF line is written whole at the end of its invocation, and nothing else is held between
+/// invocations (a dedup claim ends with its invocation or with its short lease).
 pub async fn run(handler: LambdaHandler) -> Result<(), lambda_runtime::Error> {
-    lambda_runtime::run(handler).await
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        served = lambda_runtime::run(handler) => served,
+        _ = term.recv() => {
+            tracing::info!("SIGTERM: the environment is shutting down");
+            use std::io::Write as _;
+            let _ = std::io::stdout().flush();
+            Ok(())
+        }
+    }
 }
 
 /// Tells the Lambda service why the function cannot start (`POST /runtime/init/error` of the

@@ -434,3 +434,30 @@ fn the_packaged_bootstrap_starts_as_lambda_starts_it() {
     assert_eq!(answers[1].body["stage"], "filter");
     assert!(data.join("dedup.sqlite").exists(), "state in the data directory");
 }
+
+#[test]
+fn sigterm_stops_the_function_cleanly() {
+    let data = tempfile::tempdir().unwrap();
+    let api = RuntimeApi::start(vec![("r1", fixture("task-fargate-running.json"))]);
+    let mut child = spawn(
+        &api,
+        &crate::repo("pipelines/catsndogs.toml"),
+        "ecs-events",
+        data.path(),
+    );
+    // Served one invocation, then waits for the next: Lambda shuts the environment down.
+    assert_eq!(api.wait_for_answers(1).len(), 1);
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running 30 s after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+}
