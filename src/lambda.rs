@@ -15,7 +15,7 @@
 //!
 //! Errors carry `Cutover.Retryable` / `Cutover.Failed` when the stage named no kind. Logs are
 //! JSON (`tracing`); after every invoke one CloudWatch Embedded Metric Format line goes to
-//! stdout.
+//! stdout (`Rollbacks` counts a traffic shift that sent every request back to blue).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), lambda_runtime::Error> {
@@ -117,6 +117,7 @@ fn emit_emf(pipeline: &str, outcome: &Outcome, latency_ms: f64) {
     let duplicate = u8::from(matches!(outcome, Outcome::Dropped { stage, .. } if stage == "dedup"));
     let started =
         u8::from(matches!(outcome, Outcome::Passed { context } if context.contains_key("execution")));
+    let rollbacks = u8::from(matches!(outcome, Outcome::Passed { context } if sent_back_to_blue(context)));
     let line = json!({
         "_aws": {
             "Timestamp": ms,
@@ -130,6 +131,7 @@ fn emit_emf(pipeline: &str, outcome: &Outcome, latency_ms: f64) {
                     {"Name": "Failed", "Unit": "Count"},
                     {"Name": "Duplicates", "Unit": "Count"},
                     {"Name": "ExecutionsStarted", "Unit": "Count"},
+                    {"Name": "Rollbacks", "Unit": "Count"},
                     {"Name": "Latency", "Unit": "Milliseconds"}
                 ]
             }]
@@ -142,9 +144,21 @@ fn emit_emf(pipeline: &str, outcome: &Outcome, latency_ms: f64) {
         "Failed": failed,
         "Duplicates": duplicate,
         "ExecutionsStarted": started,
+        "Rollbacks": rollbacks,
         "Latency": latency_ms,
     });
     println!("{line}");
+}
+
+/// Whether a passed outcome is a traffic shift that sent every request back to blue (green 0,
+/// blue 100: the canary's rollback step), at the top of the context or under one key (a
+/// stage's `result_key`). `cutover template` alarms on the `Rollbacks` metric this feeds.
+fn sent_back_to_blue(context: &serde_json::Map<String, Value>) -> bool {
+    let all_blue = |m: &serde_json::Map<String, Value>| {
+        m.get("green").and_then(Value::as_i64) == Some(0)
+            && m.get("blue").and_then(Value::as_i64) == Some(100)
+    };
+    all_blue(context) || context.values().any(|v| v.as_object().is_some_and(all_blue))
 }
 
 impl tower::Service<LambdaEvent<Value>> for LambdaHandler {
@@ -251,5 +265,20 @@ mod tests {
                 .error_type,
             "Cutover.Failed"
         );
+    }
+
+    #[test]
+    fn a_shift_of_all_traffic_to_blue_counts_as_a_rollback() {
+        let context = |v: Value| v.as_object().unwrap().clone();
+        assert!(sent_back_to_blue(&context(
+            json!({"blue": 100, "green": 0, "status": "INSYNC"})
+        )));
+        assert!(sent_back_to_blue(&context(
+            json!({"traffic": {"blue": 100, "green": 0}})
+        )));
+        assert!(!sent_back_to_blue(&context(json!({"blue": 90, "green": 10}))));
+        assert!(!sent_back_to_blue(&context(
+            json!({"execution": "arn:aws:states:…"})
+        )));
     }
 }

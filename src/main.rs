@@ -19,6 +19,7 @@ macro_rules! outln {
 
 mod dedup_cmd;
 mod demo;
+mod dlq_cmd;
 mod input;
 mod package;
 mod pattern_cmd;
@@ -47,13 +48,14 @@ enum Command {
     /// Watch the whole canary on this machine: blue and green web services, the weighted DNS
     /// zone, a recorded green deployment, one rollout 10% → 50% → 100% (or a rollback).
     #[command(
-        after_help = "Examples:\n  cutover demo\n  cutover demo --fail-green      # green fails at 50%: automatic rollback, exit status 1\n  \
+        after_help = "Examples:\n  cutover demo\n  cutover demo --fail-green    # green fails at 50%: rollback, exit status 1\n  \
         cutover demo --json --speed 60"
     )]
     Demo(demo::DemoArgs),
     /// Check pipeline files; print every problem, exit non-zero if any.
     #[command(after_help = "Examples:\n  cutover validate pipelines/*.toml\n  \
-        CUTOVER_PIPELINES__ECS_EVENTS__STAGES__1__CLUSTER=prod cutover validate pipelines/catsndogs.toml")]
+        CUTOVER_PIPELINES__ECS_EVENTS__STAGES__1__CLUSTER=prod \\\n      \
+        cutover validate pipelines/catsndogs.toml")]
     Validate {
         /// Pipeline files (TOML).
         #[arg(required = true)]
@@ -72,9 +74,11 @@ enum Command {
     /// Print the EventBridge rule pattern compiled from a pipeline's filter stages; measure it
     /// on a trace; or create/update the rule.
     #[command(after_help = "Examples:\n  cutover rule pipelines/catsndogs.toml\n  \
-        cutover rule pipelines/catsndogs.toml --trace tests/fixtures/deployment-trace.jsonl\n  \
+        cutover rule pipelines/catsndogs.toml \\\n      \
+        --trace tests/fixtures/deployment-trace.jsonl\n  \
+        arn=arn:aws:lambda:us-west-2:111122223333:function:cutover-ecs-events\n  \
         cutover rule pipelines/catsndogs.toml --apply --name cutover-ecs-events \\\n      \
-        --target-arn arn:aws:lambda:us-west-2:111122223333:function:cutover-ecs-events")]
+        --target-arn \"$arn\"")]
     Rule(rule::RuleArgs),
     /// Run, check, draw and conformance-test Amazon States Language definitions on the embedded
     /// engine.
@@ -94,23 +98,32 @@ enum Command {
     /// Match EventBridge patterns against events; run conformance cases.
     #[command(subcommand)]
     Pattern(pattern_cmd::PatternCommand),
+    /// Redrive dead-lettered events (the stack's dead-letter queue, the daemon's file or
+    /// queue) through their pipeline.
+    #[command(subcommand)]
+    Dlq(dlq_cmd::DlqCommand),
     /// Run a pipeline as a daemon: events from HTTP (an EventBridge API destination), an SQS
     /// queue or stdin; permanent failures to a dead-letter file or queue.
     #[command(after_help = "Examples:\n  \
-        CUTOVER_API_KEY=s3cret cutover serve pipelines/catsndogs.toml --api-key-env CUTOVER_API_KEY --listen 0.0.0.0:8080\n  \
-        cutover serve pipelines/catsndogs.toml --source sqs --queue-url https://sqs.us-west-2.amazonaws.com/111122223333/ecs-events\n  \
+        CUTOVER_API_KEY=s3cret cutover serve pipelines/catsndogs.toml \\\n      \
+        --api-key-env CUTOVER_API_KEY --listen 0.0.0.0:8080\n  \
+        cutover serve pipelines/catsndogs.toml --source sqs \\\n      \
+        --queue-url https://sqs.us-west-2.amazonaws.com/111122223333/ecs-events\n  \
         tail -f events.jsonl | cutover serve pipelines/catsndogs.toml --source stdin\n\n\
-        HTTP: POST /events (one event or a JSON array), GET /healthz, GET /metrics (Prometheus).\n\
+        HTTP: POST /events (one event or a JSON array), GET /healthz,\n\
+        GET /metrics (Prometheus).\n\
         SIGTERM/SIGINT: stop taking events, finish those in flight, exit 0.")]
     Serve(serve::ServeArgs),
     /// Print a least-privilege CloudFormation template deploying a pipeline file to AWS Lambda.
     #[command(
-        after_help = "Example:\n  cutover template pipelines/catsndogs-aws.toml --arch arm64 --output cutover.yaml"
+        after_help = "Example:\n  cutover template pipelines/catsndogs-aws.toml --arch arm64 \\\n      \
+        --output cutover.yaml"
     )]
     Template(template::TemplateArgs),
     /// Make the Lambda zip: the binary as `bootstrap` and the pipeline file as `cutover.toml`.
     #[command(
-        after_help = "Example:\n  cutover package pipelines/catsndogs-aws.toml --binary target/lambda/cutover/bootstrap --output cutover.zip"
+        after_help = "Example:\n  cutover package pipelines/catsndogs-aws.toml \\\n      \
+        --binary target/lambda/cutover/bootstrap --output cutover.zip"
     )]
     Package(package::PackageArgs),
 }
@@ -176,6 +189,7 @@ fn main() -> ExitCode {
             Command::Rule(args) => rule::run(args).await,
             Command::Pattern(cmd) => pattern_cmd::run(cmd),
             Command::Dedup(cmd) => dedup_cmd::run(cmd).await,
+            Command::Dlq(cmd) => dlq_cmd::run(cmd).await,
             Command::States(cmd) => states_cmd::run(cmd).await,
             Command::Serve(args) => serve::run(args).await,
             Command::Template(args) => template::run(args),
@@ -221,7 +235,10 @@ fn validate(files: &[PathBuf]) -> ExitCode {
                 let list: Vec<String> = f
                     .pipelines
                     .iter()
-                    .map(|p| format!("{} ({} stages)", p.name, p.stages.len()))
+                    .map(|p| match p.stages.len() {
+                        1 => format!("{} (1 stage)", p.name),
+                        n => format!("{} ({n} stages)", p.name),
+                    })
                     .collect();
                 outln!("{}: ok — {}", file.display(), list.join(", "));
             }
@@ -243,5 +260,37 @@ fn stages() {
     let width = all.iter().map(|s| s.name.len()).max().unwrap_or(0);
     for s in all {
         outln!("{:width$}  {}  [{}]", s.name, s.summary, s.provider);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// clap wraps help text to the terminal's width, and an example wrapped in the middle of a
+    /// command no longer copy-pastes: every line after the options fits an 80-column terminal.
+    #[test]
+    fn help_examples_fit_80_columns() {
+        fn collect(cmd: &clap::Command, path: &str, wide: &mut Vec<String>) {
+            if let Some(help) = cmd.get_after_help() {
+                for line in help.to_string().lines() {
+                    if line.chars().count() > 80 {
+                        wide.push(format!("{path}: {line}"));
+                    }
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                collect(sub, &format!("{path} {}", sub.get_name()), wide);
+            }
+        }
+        let mut wide = Vec::new();
+        collect(&Cli::command(), "cutover", &mut wide);
+        assert!(
+            wide.is_empty(),
+            "help lines wider than 80 columns:\n{}",
+            wide.join("\n")
+        );
     }
 }

@@ -18,10 +18,13 @@ pub(crate) enum StatesCommand {
     /// succeeded).
     #[command(
         after_help = "Examples:\n  cutover states run pipelines/canary.asl.json --input '{}' \\\n      \
-        --resources pipelines/canary-resources.toml --virtual-time\n\n\
-        The resources file maps Task resources to stages or pipelines:\n  \
-        [resources]\n  \"arn:aws:lambda:…:function:cutover-health-check\" = { type = \"health-check\", probe = { … } }\n  \
-        \"arn:aws:lambda:…:function:cutover-traffic-shift\" = \"traffic-shift\"   # a pipeline of the same file"
+        --resources resources.toml --virtual-time\n\n\
+        resources.toml (yours) maps Task resources to its own pipelines or to stages:\n  \
+        [resources]\n  \
+        \"arn:aws:lambda:…:function:cutover-traffic-shift\" = \"traffic-shift\"\n  \
+        [resources.\"arn:aws:lambda:…:function:cutover-health-check\"]\n  \
+        type = \"health-check\"\n  \
+        probe = { … }"
     )]
     Run {
         /// The definition (JSON).

@@ -3,13 +3,22 @@
 //!
 //! Every pipeline of the file becomes one Lambda function running the cutover binary
 //! (`provided.al2023`, handler `bootstrap`) with `CUTOVER_PIPELINE` naming the pipeline, its
-//! own role and log group. A pipeline whose stages compile to an event pattern also gets the
-//! EventBridge rule with that pattern, targeting its function, and the permission for
-//! EventBridge to invoke it. Everything else — tables, state machines, parameters, outputs, the
-//! IAM statements of each function's role, environment overrides — comes from the stages
-//! themselves ([`StageConfig::deployment`](cutover_core::StageConfig::deployment)): this module
-//! knows no stage by name.
+//! own role and log group ([`function`]). A pipeline whose stages compile to an event pattern
+//! also gets the EventBridge rule with that pattern, targeting its function, and an encrypted
+//! dead-letter queue that keeps every event the rule could not deliver or the function could
+//! not process ([`dead_letter`]). Everything else — tables, state machines, parameters,
+//! outputs, the IAM statements of each function's role, environment overrides — comes from the
+//! stages themselves ([`StageConfig::deployment`](cutover_core::StageConfig::deployment)):
+//! this module knows no stage by name. The stack's alarms ([`alarms`]) and hardening
+//! parameters ([`hardening`]) apply to what the stages add by CloudFormation type.
+//!
+//! The template is assembled as a [`Stack`] and a [`function::Function`] plan per pipeline,
+//! rendered as plain CloudFormation or as AWS SAM ([`Format`]).
 
+mod alarms;
+mod dead_letter;
+mod function;
+mod hardening;
 mod yaml;
 
 use std::path::{Path, PathBuf};
@@ -17,15 +26,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use cutover_core::{DeployContext, LoadError, LoadErrors, Loader, PipelineFile, Statement, deploy};
+use cutover_core::{LoadErrors, Loader, PipelineFile, deploy};
 use serde_json::{Map, Value, json};
 
-use self::yaml::{COMMENT, to_yaml};
-
-/// Where the function writes embedded state (Lambda's only writable directory).
-const DATA_DIR: &str = "/tmp/cutover";
-/// The least function timeout, in seconds.
-const MIN_TIMEOUT: u32 = 30;
+use self::yaml::to_yaml;
 
 /// Arguments of `cutover template`.
 #[derive(Debug, Args)]
@@ -77,12 +81,27 @@ impl Arch {
     }
 }
 
+/// How the functions are built and written.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    /// The functions' architecture.
+    pub(crate) arch: Arch,
+    /// Memory of each function, in MB.
+    pub(crate) memory: u32,
+    /// CloudFormation or SAM.
+    pub(crate) format: Format,
+}
+
 pub(crate) fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
     let file = Loader::new()
         .load_file(&args.file)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let template = match generate(&file, args.arch, args.memory) {
-        Ok(t) if args.format == Format::Sam => to_sam(t, &file),
+    let settings = Settings {
+        arch: args.arch,
+        memory: args.memory,
+        format: args.format,
+    };
+    let template = match generate(&file, settings) {
         Ok(t) => t,
         Err(errors) => {
             eprintln!("{errors}");
@@ -108,27 +127,28 @@ pub(crate) fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The template for every pipeline of `file`, or every problem that keeps it from deploying.
-pub(crate) fn generate(file: &PipelineFile, arch: Arch, memory: u32) -> Result<Value, LoadErrors> {
-    let names: Vec<String> = file.pipelines.iter().map(|p| p.name.clone()).collect();
-    let file_name = Path::new(&file.display)
-        .file_name()
-        .map_or_else(|| file.display.clone(), |n| n.to_string_lossy().into_owned());
-    let mut errors = Vec::new();
-    let mut parameters = json!({
-        "CodeS3Bucket": {
-            "Type": "String",
-            "Description": "The S3 bucket holding the package zip (`cutover package`: bootstrap + cutover.toml)",
-        },
-        "CodeS3Key": {
-            "Type": "String",
-            "Default": "cutover.zip",
-            "Description": "The package zip's key in CodeS3Bucket",
-        },
-    });
-    let mut resources = Map::new();
-    let mut outputs = Map::new();
-    let add = |kind: &str, into: &mut Map<String, Value>, id: String, value: Value, owner: &str| {
+/// What the template holds, gathered from every pipeline and stage.
+#[derive(Debug, Default)]
+pub(crate) struct Stack {
+    /// Template parameters by name.
+    pub(crate) parameters: Map<String, Value>,
+    /// Resources by logical ID.
+    pub(crate) resources: Map<String, Value>,
+    /// Outputs by name.
+    pub(crate) outputs: Map<String, Value>,
+    /// The logical IDs of the alarms, for the output that names them.
+    pub(crate) alarms: Vec<String>,
+}
+
+impl Stack {
+    /// Adds what a stage contributes; a logical ID another stage already used is a clash.
+    pub(crate) fn add(
+        kind: &str,
+        into: &mut Map<String, Value>,
+        id: String,
+        value: Value,
+        owner: &str,
+    ) -> Result<(), String> {
         if into.contains_key(&id) {
             Err(format!(
                 "{owner} adds the {kind} {id}, which another stage already added; give the stages distinct `name`s"
@@ -137,228 +157,96 @@ pub(crate) fn generate(file: &PipelineFile, arch: Arch, memory: u32) -> Result<V
             into.insert(id, value);
             Ok(())
         }
-    };
+    }
+}
 
+/// The template for every pipeline of `file`, or every problem that keeps it from deploying.
+pub(crate) fn generate(file: &PipelineFile, settings: Settings) -> Result<Value, LoadErrors> {
+    let names: Vec<String> = file.pipelines.iter().map(|p| p.name.clone()).collect();
+    let file_name = Path::new(&file.display)
+        .file_name()
+        .map_or_else(|| file.display.clone(), |n| n.to_string_lossy().into_owned());
+    let mut stack = Stack::default();
+    stack.parameters.insert(
+        "CodeS3Bucket".into(),
+        json!({
+            "Type": "String",
+            "Description": "The S3 bucket holding the package zip (`cutover package`: bootstrap + cutover.toml)",
+        }),
+    );
+    stack.parameters.insert(
+        "CodeS3Key".into(),
+        json!({
+            "Type": "String",
+            "Default": "cutover.zip",
+            "Description": "The package zip's key in CodeS3Bucket",
+        }),
+    );
+    let mut errors = Vec::new();
+    let mut functions = Vec::new();
     for pipeline in &file.pipelines {
-        let err = |stage: Option<(usize, String)>, field: Option<String>, message: String| LoadError {
-            file: file.display.clone(),
-            pipeline: Some(pipeline.name.clone()),
-            stage,
-            field,
-            message,
-        };
-        let function = deploy::function_id(&pipeline.name);
-        let base = deploy::pascal(&pipeline.name);
-        let (role, logs) = (format!("{base}Role"), format!("{base}LogGroup"));
-        let mut environment = Map::new();
-        environment.insert("CUTOVER_PIPELINE".into(), json!(pipeline.name));
-        environment.insert("CUTOVER_SETTINGS__DATA_DIR".into(), json!(DATA_DIR));
-        let mut statements = vec![statement(&Statement::new(
-            ["logs:CreateLogStream", "logs:PutLogEvents"],
-            [json!({"Fn::GetAtt": [logs, "Arn"]})],
-            "write the function's logs to its own log group",
-        ))];
-        let mut timeout = MIN_TIMEOUT;
-
-        for (i, stage) in pipeline.stages.iter().enumerate() {
-            let cx = DeployContext {
-                file: &file.display,
-                base_dir: &file.base_dir,
-                pipeline: &pipeline.name,
-                stage_index: i + 1,
-                stage_name: &stage.name,
-                pipelines: &names,
-            };
-            let at = Some((i + 1, stage.type_name.clone()));
-            let d = match stage.config.deployment(&cx) {
-                Ok(d) => d,
-                Err(e) => {
-                    errors.push(err(at, Some(e.field).filter(|f| !f.is_empty()), e.message));
-                    continue;
-                }
-            };
-            let owner = format!("stage \"{}\"", stage.name);
-            let mut clash = |r: Result<(), String>| {
-                if let Err(m) = r {
-                    errors.push(err(at.clone(), None, m));
-                }
-            };
-            for (id, v) in d.resources {
-                clash(add("resource", &mut resources, id, v, &owner));
-            }
-            for (id, v) in d.parameters {
-                clash(match &mut parameters {
-                    Value::Object(p) => add("parameter", p, id, v, &owner),
-                    _ => Ok(()),
-                });
-            }
-            for (id, v) in d.outputs {
-                clash(add("output", &mut outputs, id, v, &owner));
-            }
-            statements.extend(d.statements.iter().map(statement));
-            environment.extend(d.environment);
-            timeout = timeout.max(d.timeout_secs);
-        }
-
-        let description = pipeline
-            .description
-            .clone()
-            .unwrap_or_else(|| format!("cutover pipeline {}", pipeline.name));
-        resources.insert(
-            logs.clone(),
-            json!({
-                "Type": "AWS::Logs::LogGroup",
-                "Properties": {"RetentionInDays": 30},
-            }),
-        );
-        resources.insert(
-            role.clone(),
-            deploy::service_role(
-                "lambda.amazonaws.com",
-                json!([{
-                    "PolicyName": format!("cutover-{}", pipeline.name),
-                    "PolicyDocument": {"Version": "2012-10-17", "Statement": statements},
-                }]),
-            ),
-        );
-        resources.insert(
-            function.clone(),
-            json!({
-                "Type": "AWS::Lambda::Function",
-                "Properties": {
-                    "Description": truncate(&description, 256),
-                    "Runtime": "provided.al2023",
-                    "Handler": "bootstrap",
-                    "Architectures": [arch.name()],
-                    "Code": {"S3Bucket": {"Ref": "CodeS3Bucket"}, "S3Key": {"Ref": "CodeS3Key"}},
-                    "Role": {"Fn::GetAtt": [role, "Arn"]},
-                    "MemorySize": memory,
-                    "Timeout": timeout.min(900),
-                    "LoggingConfig": {"LogGroup": {"Ref": logs}},
-                    "Environment": {"Variables": environment},
-                },
-            }),
-        );
-        outputs.insert(
-            format!("{function}Arn"),
-            json!({
-                "Description": format!("The function running pipeline \"{}\"", pipeline.name),
-                "Value": {"Fn::GetAtt": [function, "Arn"]},
-            }),
-        );
-
-        match pipeline.event_pattern() {
-            Err(message) => errors.push(err(None, None, message)),
-            Ok(None) => {}
-            Ok(Some(pattern)) => {
-                let rule = format!("{base}Rule");
-                resources.insert(
-                    rule.clone(),
-                    json!({
-                        "Type": "AWS::Events::Rule",
-                        "Properties": {
-                            "Description": format!("cutover pipeline {}: compiled from its filter stages", pipeline.name),
-                            "State": "ENABLED",
-                            "EventPattern": pattern,
-                            "Targets": [{"Id": "cutover", "Arn": {"Fn::GetAtt": [function, "Arn"]}}],
-                        },
-                    }),
-                );
-                resources.insert(
-                    format!("{base}RulePermission"),
-                    json!({
-                        "Type": "AWS::Lambda::Permission",
-                        "Properties": {
-                            "Action": "lambda:InvokeFunction",
-                            "FunctionName": {"Ref": function},
-                            "Principal": "events.amazonaws.com",
-                            "SourceArn": {"Fn::GetAtt": [rule, "Arn"]},
-                        },
-                    }),
-                );
-                outputs.insert(
-                    format!("{rule}Name"),
-                    json!({
-                        "Description": format!("The EventBridge rule that triggers pipeline \"{}\"", pipeline.name),
-                        "Value": {"Ref": rule},
-                    }),
-                );
-            }
+        if let Some(function) = function::plan(file, pipeline, &names, &mut stack, &mut errors) {
+            functions.push(function);
         }
     }
-
     if !errors.is_empty() {
         return Err(LoadErrors(errors));
     }
-    Ok(json!({
-        "AWSTemplateFormatVersion": "2010-09-09",
-        "Description": format!(
+
+    // State machines are hardened before the functions are rendered, so that pass sees only
+    // the stages' machines; encryption then covers every table, queue and log group.
+    let machines = hardening::harden_state_machines(&mut stack);
+    for function in &functions {
+        function.render(&mut stack, settings);
+    }
+    hardening::encrypt_at_rest(&mut stack.resources);
+    for machine in &machines {
+        alarms::state_machine(&mut stack, machine);
+    }
+    if !functions.is_empty() {
+        alarms::rollbacks(&mut stack, &functions);
+    }
+    let used = hardening::Used {
+        state_machines: !machines.is_empty(),
+    };
+    alarms::name_them(&mut stack);
+
+    let mut template = Map::new();
+    template.insert("AWSTemplateFormatVersion".into(), json!("2010-09-09"));
+    if settings.format == Format::Sam {
+        template.insert("Transform".into(), json!("AWS::Serverless-2016-10-31"));
+    }
+    template.insert(
+        "Description".into(),
+        json!(format!(
             "cutover pipelines of {file_name} ({}), generated by `cutover template`; regenerate rather than edit",
             names.join(", ")
-        ),
-        "Parameters": parameters,
-        "Resources": resources,
-        "Outputs": outputs,
-    }))
+        )),
+    );
+    stack.parameters.extend(alarms::parameters());
+    stack.parameters.extend(hardening::parameters(used));
+    let mut conditions = alarms::conditions();
+    conditions.extend(hardening::conditions());
+    template.insert("Parameters".into(), Value::Object(stack.parameters));
+    template.insert("Conditions".into(), Value::Object(conditions));
+    template.insert("Resources".into(), Value::Object(stack.resources));
+    template.insert("Outputs".into(), Value::Object(stack.outputs));
+    Ok(Value::Object(template))
 }
 
-/// The same stack with the SAM transform: each function an `AWS::Serverless::Function` (still
-/// with its own least-privilege role, so SAM adds no managed policy) whose EventBridge rule and
-/// invoke permission SAM derives from an `EventBridgeRule` event.
-fn to_sam(mut template: Value, file: &PipelineFile) -> Value {
-    let Some(resources) = template["Resources"].as_object_mut() else {
-        return template;
-    };
-    let mut dropped_outputs = Vec::new();
-    for pipeline in &file.pipelines {
-        let base = deploy::pascal(&pipeline.name);
-        let rule = resources.shift_remove(&format!("{base}Rule"));
-        resources.shift_remove(&format!("{base}RulePermission"));
-        let Some(function) = resources.get_mut(&deploy::function_id(&pipeline.name)) else {
-            continue;
-        };
-        function["Type"] = json!("AWS::Serverless::Function");
-        let props = &mut function["Properties"];
-        if let Some(code) = props.as_object_mut().and_then(|p| p.shift_remove("Code")) {
-            props["CodeUri"] = json!({"Bucket": code["S3Bucket"], "Key": code["S3Key"]});
-        }
-        if let Some(rule) = rule {
-            props["Events"] = json!({
-                base.clone(): {
-                    "Type": "EventBridgeRule",
-                    "Properties": {"Pattern": rule["Properties"]["EventPattern"]},
-                },
-            });
-            dropped_outputs.push(format!("{base}RuleName"));
-        }
-    }
-    if let Some(outputs) = template["Outputs"].as_object_mut() {
-        for name in dropped_outputs {
-            outputs.shift_remove(&name);
-        }
-    }
-    let mut sam = Map::new();
-    for (k, v) in template.as_object().into_iter().flatten() {
-        sam.insert(k.clone(), v.clone());
-        if k == "AWSTemplateFormatVersion" {
-            sam.insert("Transform".into(), json!("AWS::Serverless-2016-10-31"));
-        }
-    }
-    Value::Object(sam)
+/// `{"Fn::GetAtt": [id, attribute]}`.
+pub(crate) fn get_att(id: &str, attribute: &str) -> Value {
+    json!({"Fn::GetAtt": [id, attribute]})
 }
 
-/// An IAM statement with its reason as a comment above it.
-fn statement(s: &Statement) -> Value {
-    json!({
-        COMMENT: s.why,
-        "Effect": "Allow",
-        "Action": s.actions,
-        "Resource": s.resources,
-    })
+/// `{"Ref": id}`.
+pub(crate) fn reference(id: &str) -> Value {
+    json!({ "Ref": id })
 }
 
-fn truncate(s: &str, max: usize) -> String {
-    s.chars().take(max).collect()
+/// The logical ID prefix of everything made for `pipeline` (`EcsEvents`).
+pub(crate) fn base(pipeline: &str) -> String {
+    deploy::pascal(pipeline)
 }
 
 #[cfg(test)]
@@ -372,13 +260,26 @@ mod tests {
             .unwrap()
     }
 
+    fn settings(format: Format) -> Settings {
+        Settings {
+            arch: Arch::X86_64,
+            memory: 128,
+            format,
+        }
+    }
+
+    const FILTERED: &str = "[pipelines.e]\n[[pipelines.e.stages]]\ntype = \"filter\"\ncluster = \"c\"\n\
+         [[pipelines.e.stages]]\ntype = \"dedup\"\nstore = { type = \"dynamodb\", table = \"t\" }\n";
+
     #[test]
     fn embedded_backends_are_refused_naming_stage_and_change() {
         let file = load(
             "[pipelines.e]\n[[pipelines.e.stages]]\ntype = \"filter\"\ncluster = \"c\"\n\
              [[pipelines.e.stages]]\ntype = \"dedup\"\nstore = { type = \"local\" }\n",
         );
-        let err = generate(&file, Arch::Arm64, 256).unwrap_err().to_string();
+        let err = generate(&file, settings(Format::Cloudformation))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with("x.toml: pipeline \"e\", stage 2 (dedup): field \"store\": the embedded stores"),
             "{err}"
@@ -388,11 +289,8 @@ mod tests {
 
     #[test]
     fn a_filtered_pipeline_gets_its_rule_and_the_table_its_permissions() {
-        let file = load(
-            "[pipelines.e]\n[[pipelines.e.stages]]\ntype = \"filter\"\ncluster = \"c\"\n\
-             [[pipelines.e.stages]]\ntype = \"dedup\"\nstore = { type = \"dynamodb\", table = \"t\" }\n",
-        );
-        let t = generate(&file, Arch::X86_64, 128).unwrap();
+        let file = load(FILTERED);
+        let t = generate(&file, settings(Format::Cloudformation)).unwrap();
         let r = &t["Resources"];
         assert_eq!(
             r["ERule"]["Properties"]["EventPattern"],
@@ -414,14 +312,21 @@ mod tests {
             r["EDedupTable"]["Properties"]["TimeToLiveSpecification"]["AttributeName"],
             "expires"
         );
+        assert_eq!(
+            r["EDedupTable"]["Properties"]["SSESpecification"]["KMSMasterKeyId"],
+            json!({"Fn::If": ["HasKmsKey", {"Ref": "KmsKeyArn"}, {"Ref": "AWS::NoValue"}]}),
+            "a stage's table is encrypted with the stack's key when one is given"
+        );
 
-        let sam = to_sam(t.clone(), &file);
+        let sam = generate(&file, settings(Format::Sam)).unwrap();
         assert_eq!(sam["Transform"], "AWS::Serverless-2016-10-31");
         let f = &sam["Resources"]["EFunction"];
         assert_eq!(f["Type"], "AWS::Serverless::Function");
+        let event = &f["Properties"]["Events"]["E"]["Properties"];
+        assert_eq!(event["Pattern"], r["ERule"]["Properties"]["EventPattern"]);
         assert_eq!(
-            f["Properties"]["Events"]["E"]["Properties"]["Pattern"],
-            r["ERule"]["Properties"]["EventPattern"]
+            event["DeadLetterConfig"],
+            r["ERule"]["Properties"]["Targets"][0]["DeadLetterConfig"]
         );
         assert_eq!(
             f["Properties"]["Role"],
@@ -429,5 +334,140 @@ mod tests {
             "our role, not SAM's"
         );
         assert!(sam["Resources"].get("ERule").is_none());
+        assert!(sam["Outputs"].get("ERuleName").is_none());
+    }
+
+    #[test]
+    fn failed_events_go_to_an_encrypted_queue_from_the_rule_and_the_function() {
+        let file = load(FILTERED);
+        let t = generate(&file, settings(Format::Cloudformation)).unwrap();
+        let r = &t["Resources"];
+        let queue_arn = json!({"Fn::GetAtt": ["EDeadLetterQueue", "Arn"]});
+        let target = &r["ERule"]["Properties"]["Targets"][0];
+        assert_eq!(target["DeadLetterConfig"]["Arn"], queue_arn);
+        assert_eq!(target["RetryPolicy"]["MaximumEventAgeInSeconds"], 3600);
+        let invoke = &r["EEventInvokeConfig"]["Properties"];
+        assert_eq!(invoke["DestinationConfig"]["OnFailure"]["Destination"], queue_arn);
+        assert_eq!(invoke["MaximumRetryAttempts"], 2);
+        assert_eq!(invoke["MaximumEventAgeInSeconds"], 3600);
+        assert_eq!(invoke["Qualifier"], "$LATEST");
+        let queue = &r["EDeadLetterQueue"]["Properties"];
+        assert_eq!(queue["MessageRetentionPeriod"], 1_209_600);
+        assert_eq!(
+            queue["KmsMasterKeyId"],
+            json!({"Fn::If": ["HasKmsKey", {"Ref": "KmsKeyArn"}, {"Ref": "AWS::NoValue"}]})
+        );
+        // EventBridge may send from this rule only; the function's role may send to this queue.
+        let policy = &r["EDeadLetterQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"][0];
+        assert_eq!(policy["Principal"], json!({"Service": "events.amazonaws.com"}));
+        assert_eq!(policy["Action"], "sqs:SendMessage");
+        assert_eq!(
+            policy["Condition"]["ArnEquals"]["aws:SourceArn"],
+            json!({"Fn::GetAtt": ["ERule", "Arn"]})
+        );
+        let statements = r["ERole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+            .as_array()
+            .unwrap();
+        assert!(
+            statements
+                .iter()
+                .any(|s| s["Action"] == json!(["sqs:SendMessage"]) && s["Resource"] == json!([queue_arn])),
+            "{statements:?}"
+        );
+        assert_eq!(
+            t["Outputs"]["EDeadLetterQueueUrl"]["Value"],
+            json!({"Ref": "EDeadLetterQueue"})
+        );
+    }
+
+    #[test]
+    fn alarms_watch_functions_queues_and_rollbacks_and_notify_the_optional_topic() {
+        let file = load(FILTERED);
+        let t = generate(&file, settings(Format::Cloudformation)).unwrap();
+        let r = t["Resources"].as_object().unwrap();
+        let alarms: Vec<&str> = r
+            .iter()
+            .filter(|(_, v)| v["Type"] == "AWS::CloudWatch::Alarm")
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(
+            alarms,
+            [
+                "EErrorsAlarm",
+                "EThrottlesAlarm",
+                "EDeadLetterQueueAlarm",
+                "RollbacksAlarm"
+            ]
+        );
+        let dlq = &r["EDeadLetterQueueAlarm"]["Properties"];
+        assert_eq!(dlq["MetricName"], "ApproximateNumberOfMessagesVisible");
+        assert_eq!(dlq["ComparisonOperator"], "GreaterThanThreshold");
+        assert_eq!(dlq["Threshold"], 0);
+        assert_eq!(
+            dlq["AlarmActions"],
+            json!({"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]})
+        );
+        assert_eq!(
+            r["ERollbacksMetricFilter"]["Properties"]["FilterPattern"],
+            "{ $.Rollbacks = 1 }"
+        );
+        assert_eq!(t["Parameters"]["AlarmTopicArn"]["Default"], "");
+        let names = &t["Outputs"]["Alarms"]["Value"]["Fn::Join"][1];
+        assert_eq!(names.as_array().unwrap().len(), alarms.len());
+    }
+
+    #[test]
+    fn state_machines_log_at_error_and_trace_on_request_with_their_own_permissions() {
+        let file = load(
+            "[pipelines.e]\n[[pipelines.e.stages]]\ntype = \"start-state-machine\"\n\
+             engine = { type = \"step-functions\", definition = \"canary.asl.json\", resources = { \
+             \"arn:aws:lambda:us-east-1:111122223333:function:cutover-traffic-shift\" = \"e\", \
+             \"arn:aws:lambda:us-east-1:111122223333:function:cutover-health-check\" = \"e\" } }\n",
+        );
+        let t = generate(&file, settings(Format::Cloudformation)).unwrap();
+        let r = &t["Resources"];
+        let machine = &r["EStartStateMachineStateMachine"];
+        let logging = &machine["Properties"]["LoggingConfiguration"];
+        assert_eq!(logging["Level"], json!({"Ref": "StateMachineLogLevel"}));
+        assert_eq!(logging["IncludeExecutionData"], false);
+        assert_eq!(
+            logging["Destinations"][0]["CloudWatchLogsLogGroup"]["LogGroupArn"],
+            json!({"Fn::GetAtt": ["EStartStateMachineStateMachineLogGroup", "Arn"]})
+        );
+        assert_eq!(
+            machine["Properties"]["TracingConfiguration"]["Enabled"],
+            json!({"Fn::If": ["TracingEnabled", true, false]})
+        );
+        assert_eq!(
+            machine["DependsOn"],
+            json!(["EStartStateMachineStateMachineLoggingPolicy"])
+        );
+        let policy = &r["EStartStateMachineStateMachineLoggingPolicy"]["Properties"];
+        assert_eq!(
+            policy["Roles"],
+            json!([{"Ref": "EStartStateMachineStateMachineRole"}])
+        );
+        assert_eq!(t["Parameters"]["StateMachineLogLevel"]["Default"], "ERROR");
+        for metric in ["ExecutionsFailed", "ExecutionsTimedOut"] {
+            let alarm = &r[format!("EStartStateMachineStateMachine{metric}Alarm")]["Properties"];
+            assert_eq!(alarm["MetricName"], metric);
+            assert_eq!(
+                alarm["Dimensions"][0]["Value"],
+                json!({"Ref": "EStartStateMachineStateMachine"})
+            );
+        }
+        let f = &r["EFunction"]["Properties"];
+        assert_eq!(
+            f["ReservedConcurrentExecutions"],
+            json!({"Fn::If": ["ReservesConcurrency", {"Ref": "ReservedConcurrency"}, {"Ref": "AWS::NoValue"}]})
+        );
+        assert!(r.get("EDeadLetterQueue").is_none(), "no rule, no queue");
+    }
+
+    #[test]
+    fn a_file_without_state_machines_has_no_state_machine_parameters() {
+        let t = generate(&load(FILTERED), settings(Format::Cloudformation)).unwrap();
+        assert!(t["Parameters"].get("StateMachineLogLevel").is_none());
+        assert!(t["Conditions"].get("HasKmsKey").is_some());
     }
 }

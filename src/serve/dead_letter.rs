@@ -13,7 +13,10 @@
 //!
 //! The file may be rotated by moving it away (logrotate's default): before each record the
 //! sink checks that its path still names the file it holds open, and opens a new one there if
-//! not, so no record lands in a file that has been moved aside or deleted.
+//! not, so no record lands in a file that has been moved aside or deleted. It holds an
+//! exclusive lock on the file (`flock`) from that check to the end of the record, the lock
+//! `cutover dlq redrive --file` takes to rewrite the file: a record written during a redrive
+//! lands in the rewritten file, never in the one it replaces.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -85,6 +88,24 @@ async fn moved(_path: &Path, _file: &tokio::fs::File) -> bool {
     false
 }
 
+/// The dead-letter file's lock, held while one record is written; released on drop.
+struct Held(std::fs::File);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // The lock belongs to the open file, which the sink keeps: release it explicitly.
+        let _ = self.0.unlock();
+    }
+}
+
+/// Waits for the exclusive lock on `file` (a redrive rewriting it holds it for a moment).
+async fn lock(file: &tokio::fs::File) -> std::io::Result<Held> {
+    let handle = file.try_clone().await?.into_std().await;
+    tokio::task::spawn_blocking(move || handle.lock().map(|()| Held(handle)))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
 impl DeadLetter {
     /// Opens (creating it and its directory if needed) a JSON Lines file for appending.
     pub(crate) async fn file(path: &Path) -> anyhow::Result<Self> {
@@ -123,12 +144,19 @@ impl DeadLetter {
         match self {
             DeadLetter::File { path, file } => {
                 let mut file = file.lock().await;
-                if moved(path, &file).await {
-                    tracing::info!(path = %path.display(), "the dead-letter file was moved; opening a new one");
+                let _held = loop {
+                    let held = lock(&file)
+                        .await
+                        .map_err(|e| format!("locking {}: {e}", path.display()))?;
+                    if !moved(path, &file).await {
+                        break held;
+                    }
+                    drop(held);
+                    tracing::info!(path = %path.display(), "the dead-letter file was moved or rewritten; opening the new one");
                     *file = open_append(path)
                         .await
                         .map_err(|e| format!("reopening {}: {e}", path.display()))?;
-                }
+                };
                 let mut bytes = line.into_bytes();
                 bytes.push(b'\n');
                 let written = async {
@@ -207,6 +235,31 @@ mod tests {
         );
         assert_eq!(r["event"], "not json");
         assert_eq!(r["kind"], Value::Null);
+    }
+
+    #[tokio::test]
+    async fn a_record_written_during_a_rewrite_lands_in_the_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dl.jsonl");
+        let sink = DeadLetter::file(&path).await.unwrap();
+        let error = StageError::permanent("boom");
+        sink.write("p", &input(b"{}"), "s", &error).await.unwrap();
+
+        // A rewrite as `cutover dlq redrive --file` makes it: lock, replace, unlock.
+        let old = std::fs::File::open(&path).unwrap();
+        old.lock().unwrap();
+        let writing =
+            tokio::spawn(async move { sink.write("p", &input(b"{\"late\":true}"), "s", &error).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!writing.is_finished(), "the writer waits for the lock");
+        let replacement = dir.path().join("new");
+        std::fs::write(&replacement, "").unwrap();
+        std::fs::rename(&replacement, &path).unwrap();
+        drop(old);
+        writing.await.unwrap().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains("late"), "{text}");
     }
 
     #[tokio::test]

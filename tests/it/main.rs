@@ -5,6 +5,7 @@ mod cli;
 mod crash;
 mod dedup;
 mod demo;
+mod dlq;
 mod faults;
 #[cfg(feature = "ecs")]
 mod filter_ecs;
@@ -12,6 +13,7 @@ mod fixtures;
 mod health;
 pub(crate) mod lambda;
 mod moto;
+mod readme;
 mod registry;
 mod restart;
 mod rule;

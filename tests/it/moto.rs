@@ -2,15 +2,21 @@
 //!
 //! `scripts/test.sh` starts one server and exports `CUTOVER_MOTO_URL`; [`shared`] attaches to
 //! it. Without that variable (a bare `cargo test`), [`shared`] starts a server itself from
-//! `CUTOVER_MOTO_SERVER`, `.venv/bin/moto_server` or `PATH`, watched by a shell loop that stops
-//! it when the test process exits. Tests whose moto state must not be shared (Step Functions
-//! execution mode needs `reset`) use [`dedicated`], stopped on drop. Every test names its
-//! resources with [`unique`].
+//! `CUTOVER_MOTO_SERVER`, `.venv/bin/moto_server` or `PATH`. Tests whose moto state must not be
+//! shared (Step Functions execution mode needs `reset`) use [`dedicated`], stopped on drop.
+//! Every test names its resources with [`unique`].
+//!
+//! A server this process starts runs in a process group of its own with a watchdog shell that
+//! stops the group when the test process is gone (a static is never dropped; a test binary can
+//! be killed), and its group id is written to `CUTOVER_MOTO_PID_DIR` when set, so
+//! `scripts/test.sh` can stop and account for every server of its run.
 
 #![allow(dead_code)] // the harness serves every AWS test module; not all use every helper yet
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -23,14 +29,61 @@ use cutover_core::AwsSettings;
 pub(crate) struct Moto {
     /// `http://127.0.0.1:PORT`.
     pub(crate) url: String,
-    child: Option<Child>,
+    /// `None` when attached to the server of `CUTOVER_MOTO_URL`.
+    server: Option<Server>,
 }
 
-impl Drop for Moto {
+/// A moto_server this process started, and its watchdog.
+///
+/// Both run in a process group led by moto: stopping the group stops whatever moto runs, and the
+/// terminal's Ctrl-C, which goes to the test process's group, leaves the watchdog alive to
+/// clean up after the test process.
+#[derive(Debug)]
+struct Server {
+    moto: Child,
+    watchdog: Option<Child>,
+    /// This server's entry in `CUTOVER_MOTO_PID_DIR`.
+    pid_file: Option<PathBuf>,
+}
+
+impl Drop for Server {
     fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
+        // moto is our child and not yet reaped, so its pid still names this group: the signals
+        // cannot reach a group that reused the number.
+        let group = self.moto.id();
+        signal_group(group, "TERM");
+        if !exits_within(&mut self.moto, Duration::from_secs(10)) {
+            signal_group(group, "KILL");
+            let _ = self.moto.wait();
+        }
+        if let Some(watchdog) = &mut self.watchdog {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
+        if let Some(file) = &self.pid_file {
+            let _ = std::fs::remove_file(file);
+        }
+    }
+}
+
+/// Sends `signal` (`TERM`, `KILL`) to every process of a group. `kill` runs as a command: the
+/// workspace forbids `unsafe`, which calling `kill(2)` directly would need.
+fn signal_group(group: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args(["-s", signal, "--", &format!("-{group}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Whether `child` exits (and is reaped) within `limit`.
+fn exits_within(child: &mut Child, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return true,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => return false,
         }
     }
 }
@@ -70,7 +123,7 @@ impl Moto {
 pub(crate) fn shared() -> &'static Moto {
     static SHARED: OnceLock<Moto> = OnceLock::new();
     SHARED.get_or_init(|| match std::env::var("CUTOVER_MOTO_URL") {
-        Ok(url) => Moto { url, child: None },
+        Ok(url) => Moto { url, server: None },
         Err(_) => start(),
     })
 }
@@ -108,21 +161,43 @@ fn start() -> Moto {
         .expect("a free port")
         .port();
     let bin = moto_binary();
-    // The shell stops moto when the test process is gone (a static is never dropped), or
-    // when it is itself terminated (dedicated servers, on drop).
-    let script = format!(
-        "'{bin}' -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; trap 'kill $m; exit 0' TERM; \
-         while kill -0 {parent} 2>/dev/null && kill -0 $m 2>/dev/null; do sleep 0.5; done; kill $m 2>/dev/null",
-        parent = std::process::id(),
-    );
-    let child = Command::new("sh")
-        .arg("-c")
-        .arg(script)
+    let moto = Command::new(&bin)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .env("AWS_EC2_METADATA_DISABLED", "true")
+        .process_group(0)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {bin}: {e}; run ./scripts/test.sh, which installs moto"));
-    let url = format!("http://127.0.0.1:{port}");
+    let group = moto.id();
+    // From here a panic drops `server`, which stops moto.
+    let mut server = Server {
+        moto,
+        watchdog: None,
+        pid_file: None,
+    };
+    let watchdog = format!(
+        "while kill -0 {parent} 2>/dev/null; do sleep 0.5; done; kill -s TERM -- -{group} 2>/dev/null",
+        parent = std::process::id(),
+    );
+    server.watchdog = Some(
+        Command::new("sh")
+            .arg("-c")
+            .arg(watchdog)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(group as i32)
+            .spawn()
+            .expect("sh runs the moto watchdog"),
+    );
+    if let Some(dir) = std::env::var_os("CUTOVER_MOTO_PID_DIR") {
+        let file = PathBuf::from(dir).join(group.to_string());
+        std::fs::write(&file, format!("{bin} on port {port}\n"))
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", file.display()));
+        server.pid_file = Some(file);
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -132,8 +207,8 @@ fn start() -> Moto {
         std::thread::sleep(Duration::from_millis(100));
     }
     Moto {
-        url,
-        child: Some(child),
+        url: format!("http://127.0.0.1:{port}"),
+        server: Some(server),
     }
 }
 

@@ -1,14 +1,21 @@
 //! `cutover template` and `cutover package`: the generated stack deploys (moto server's
 //! CloudFormation `CreateStack`) and holds what the pipeline file says, with least privilege.
 //!
-//! moto creates the table, rule, state machine, roles (with their inline policies), functions,
-//! log groups and the rule's Lambda permission. It does not apply a table's
-//! `TimeToLiveSpecification` (checked in the template text instead), nor the functions'
-//! `Architectures` and `LoggingConfig`, and it never runs the functions or the state machine.
+//! moto creates the table, rule (with its target's dead-letter queue and retry policy), the
+//! dead-letter queue, state machine, roles (with their inline policies and the `AWS::IAM::Policy`
+//! resources attached to them), functions, log groups and the rule's Lambda permission, and it
+//! evaluates the template's conditions. It does not create `AWS::Lambda::EventInvokeConfig`,
+//! `AWS::SQS::QueuePolicy`, `AWS::CloudWatch::Alarm` or `AWS::Logs::MetricFilter` resources
+//! (the unit tests of `src/template.rs` check them, cfn-lint and checkov lint them), nor apply a
+//! table's `TimeToLiveSpecification` and `SSESpecification` (checked in the template text
+//! instead), the functions' `Architectures`, `LoggingConfig`, `TracingConfig` and reserved
+//! concurrency, or a state machine's logging and tracing; it never runs the functions or the
+//! state machine.
 
 use std::io::Read;
 
 use aws_sdk_cloudformation::types::{Capability, Parameter, StackStatus};
+use aws_sdk_sqs::types::QueueAttributeName;
 use cutover_core::{BuildContext, Loader};
 use serde_json::Value;
 
@@ -42,6 +49,122 @@ fn embedded_backends_cannot_be_templated_and_the_error_says_what_to_change() {
     }
 }
 
+/// A stack created in moto from a generated template.
+struct Deployed {
+    cx: BuildContext,
+    outputs: Vec<aws_sdk_cloudformation::types::Output>,
+    resources: Vec<aws_sdk_cloudformation::types::StackResourceSummary>,
+}
+
+impl Deployed {
+    /// Creates a stack from `body` with `parameters` (the code bucket is made here).
+    async fn create(moto: &moto::Moto, body: &str, parameters: &[(&str, &str)]) -> Deployed {
+        // The code the functions point at must exist for moto's CreateFunction.
+        let bucket = moto::unique("cutover-code");
+        assert_eq!(
+            moto::raw_http(&moto.url, "PUT", &format!("/{bucket}"), &[], b"").0,
+            200
+        );
+        let empty_zip = [b"PK\x05\x06".as_slice(), &[0u8; 18]].concat();
+        assert_eq!(
+            moto::raw_http(
+                &moto.url,
+                "PUT",
+                &format!("/{bucket}/cutover.zip"),
+                &[],
+                &empty_zip
+            )
+            .0,
+            200
+        );
+        let cx = BuildContext::new("unused").with_aws(moto.aws());
+        let cfn = aws_sdk_cloudformation::Client::new(cx.aws_config().await);
+        let stack = moto::unique("cutover");
+        let parameter = |k: &str, v: &str| Parameter::builder().parameter_key(k).parameter_value(v).build();
+        cfn.create_stack()
+            .stack_name(&stack)
+            .template_body(body)
+            .set_parameters(Some(
+                std::iter::once(parameter("CodeS3Bucket", &bucket))
+                    .chain(parameters.iter().map(|(k, v)| parameter(k, v)))
+                    .collect(),
+            ))
+            .capabilities(Capability::CapabilityIam)
+            .send()
+            .await
+            .expect("moto creates the stack");
+        let described = cfn.describe_stacks().stack_name(&stack).send().await.unwrap();
+        let s = &described.stacks()[0];
+        assert_eq!(s.stack_status(), Some(&StackStatus::CreateComplete), "{s:?}");
+        let resources = cfn
+            .list_stack_resources()
+            .stack_name(&stack)
+            .send()
+            .await
+            .unwrap();
+        Deployed {
+            outputs: s.outputs().to_vec(),
+            resources: resources.stack_resource_summaries().to_vec(),
+            cx,
+        }
+    }
+
+    fn output(&self, key: &str) -> String {
+        self.outputs
+            .iter()
+            .find(|o| o.output_key() == Some(key))
+            .and_then(|o| o.output_value())
+            .unwrap_or_else(|| panic!("no output {key}: {:?}", self.outputs))
+            .to_owned()
+    }
+
+    fn physical(&self, logical: &str) -> String {
+        self.resources
+            .iter()
+            .find(|r| r.logical_resource_id() == Some(logical))
+            .and_then(|r| r.physical_resource_id())
+            .unwrap_or_else(|| panic!("moto did not create {logical}"))
+            .to_owned()
+    }
+
+    /// The inline policy `name` of the role `role` (its physical name).
+    async fn policy(&self, role: &str, name: &str) -> Value {
+        let p = aws_sdk_iam::Client::new(self.cx.aws_config().await)
+            .get_role_policy()
+            .role_name(role)
+            .policy_name(name)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("policy {name} of {role}: {e:?}"));
+        let text = p.policy_document();
+        serde_json::from_str::<Value>(&policy_json(text)).unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
+
+    /// The dead-letter queue's attributes.
+    async fn queue(&self) -> std::collections::HashMap<QueueAttributeName, String> {
+        aws_sdk_sqs::Client::new(self.cx.aws_config().await)
+            .get_queue_attributes()
+            .queue_url(self.output("EcsEventsDeadLetterQueueUrl"))
+            .attribute_names(QueueAttributeName::All)
+            .send()
+            .await
+            .unwrap()
+            .attributes()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// The statement of `policy` one of whose actions contains `action`.
+fn statement<'a>(policy: &'a Value, action: &str) -> &'a Value {
+    policy["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["Action"].to_string().contains(action))
+        .unwrap_or_else(|| panic!("no statement with {action} in {policy}"))
+}
+
 #[tokio::test]
 async fn the_generated_stack_deploys_with_the_compiled_rule_table_state_machine_and_scoped_roles() {
     let moto = moto::shared();
@@ -50,78 +173,38 @@ async fn the_generated_stack_deploys_with_the_compiled_rule_table_state_machine_
     let body = String::from_utf8(out.stdout).unwrap();
     assert!(body.contains("TimeToLiveSpecification:\n        AttributeName: expires\n        Enabled: true"));
     assert!(body.contains("- x86_64"));
+    // What moto does not create, by type (see the module comment): present in the template.
+    for kind in [
+        "AWS::Lambda::EventInvokeConfig",
+        "AWS::SQS::QueuePolicy",
+        "AWS::CloudWatch::Alarm",
+        "AWS::Logs::MetricFilter",
+    ] {
+        assert!(body.contains(&format!("Type: {kind}\n")), "{kind}");
+    }
 
-    // The code the functions point at must exist for moto's CreateFunction.
-    let bucket = moto::unique("cutover-code");
-    assert_eq!(
-        moto::raw_http(&moto.url, "PUT", &format!("/{bucket}"), &[], b"").0,
-        200
-    );
-    let empty_zip = [b"PK\x05\x06".as_slice(), &[0u8; 18]].concat();
-    assert_eq!(
-        moto::raw_http(
-            &moto.url,
-            "PUT",
-            &format!("/{bucket}/cutover.zip"),
-            &[],
-            &empty_zip
-        )
-        .0,
-        200
-    );
-
-    let cx = BuildContext::new("unused").with_aws(moto.aws());
-    let config = cx.aws_config().await;
-    let cfn = aws_sdk_cloudformation::Client::new(config);
-    let stack = moto::unique("cutover");
-    cfn.create_stack()
-        .stack_name(&stack)
-        .template_body(&body)
-        .parameters(
-            Parameter::builder()
-                .parameter_key("CodeS3Bucket")
-                .parameter_value(&bucket)
-                .build(),
-        )
-        .capabilities(Capability::CapabilityIam)
-        .send()
-        .await
-        .expect("moto creates the stack");
-    let described = cfn.describe_stacks().stack_name(&stack).send().await.unwrap();
-    let s = &described.stacks()[0];
-    assert_eq!(s.stack_status(), Some(&StackStatus::CreateComplete), "{s:?}");
-    let output = |key: &str| {
-        s.outputs()
-            .iter()
-            .find(|o| o.output_key() == Some(key))
-            .and_then(|o| o.output_value())
-            .unwrap_or_else(|| panic!("no output {key}: {:?}", s.outputs()))
-            .to_owned()
-    };
-    let resources = cfn
-        .list_stack_resources()
-        .stack_name(&stack)
-        .send()
-        .await
-        .unwrap();
-    let physical = |logical: &str| {
-        resources
-            .stack_resource_summaries()
-            .iter()
-            .find(|r| r.logical_resource_id() == Some(logical))
-            .and_then(|r| r.physical_resource_id())
-            .unwrap_or_else(|| panic!("moto did not create {logical}"))
-            .to_owned()
-    };
+    let stack = Deployed::create(moto, &body, &[]).await;
+    let config = stack.cx.aws_config().await;
+    let output = |key: &str| stack.output(key);
+    let physical = |logical: &str| stack.physical(logical);
 
     for logical in [
         "EcsEventsLogGroup",
         "EcsEventsRulePermission",
         "TrafficShiftFunction",
         "HealthCheckRole",
+        "EcsEventsStartStateMachineStateMachineLogGroup",
+        "EcsEventsStartStateMachineStateMachineLoggingPolicy",
     ] {
         physical(logical);
     }
+    assert!(
+        !stack
+            .resources
+            .iter()
+            .any(|r| r.logical_resource_id() == Some("EcsEventsDeadLetterQueueKeyPolicy")),
+        "no KMS key, no key policy"
+    );
 
     // The dedup table: the store's key schema, on demand.
     let table = output("EcsEventsDedupTableName");
@@ -162,7 +245,22 @@ async fn the_generated_stack_deploys_with_the_compiled_rule_table_state_machine_
         .await
         .unwrap();
     let ecs_function = output("EcsEventsFunctionArn");
-    assert_eq!(targets.targets()[0].arn(), ecs_function);
+    let target = &targets.targets()[0];
+    assert_eq!(target.arn(), ecs_function);
+
+    // Dead letters: what EventBridge cannot deliver within an hour goes to the stack's queue,
+    // kept 14 days, encrypted (SQS-managed keys without a KMS key).
+    let queue = stack.queue().await;
+    let queue_arn = queue[&QueueAttributeName::QueueArn].clone();
+    assert_eq!(queue[&QueueAttributeName::MessageRetentionPeriod], "1209600");
+    assert_eq!(queue[&QueueAttributeName::SqsManagedSseEnabled], "true");
+    assert_eq!(
+        target.dead_letter_config().and_then(|d| d.arn()),
+        Some(queue_arn.as_str())
+    );
+    let retry = target.retry_policy().expect("an explicit retry policy");
+    assert_eq!(retry.maximum_event_age_in_seconds(), Some(3600));
+    assert_eq!(retry.maximum_retry_attempts(), Some(185));
 
     // The state machine: the canary definition with the two Task functions' ARNs.
     let machine_arn = output("EcsEventsStartStateMachineStateMachineArn");
@@ -188,70 +286,54 @@ async fn the_generated_stack_deploys_with_the_compiled_rule_table_state_machine_
     );
 
     // The roles: each function's role allows only what its stages call, on those resources.
-    let iam = aws_sdk_iam::Client::new(config);
-    let policy = |role: String, name: &'static str| {
-        let iam = iam.clone();
-        async move {
-            let p = iam
-                .get_role_policy()
-                .role_name(&role)
-                .policy_name(name)
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("policy {name} of {role}: {e:?}"));
-            let text = p.policy_document();
-            serde_json::from_str::<Value>(&policy_json(text)).unwrap_or_else(|e| panic!("{e}: {text}"))
-        }
-    };
-    let ecs = policy(physical("EcsEventsRole"), "cutover-ecs-events").await;
-    let statements = ecs["Statement"].as_array().unwrap();
+    let ecs = stack
+        .policy(&physical("EcsEventsRole"), "cutover-ecs-events")
+        .await;
     let table_arn = t.table_arn().unwrap();
-    let dynamo = statements
-        .iter()
-        .find(|s| s["Action"].to_string().contains("dynamodb:PutItem"))
-        .expect("a dynamodb statement");
-    assert_eq!(dynamo["Resource"], serde_json::json!([table_arn]));
-    let start = statements
-        .iter()
-        .find(|s| s["Action"].to_string().contains("states:StartExecution"))
-        .expect("a states statement");
+    assert_eq!(
+        statement(&ecs, "dynamodb:PutItem")["Resource"],
+        serde_json::json!([table_arn])
+    );
+    let start = statement(&ecs, "states:StartExecution");
     assert_eq!(start["Resource"][0], machine_arn.as_str());
     let executions = start["Resource"][1].as_str().unwrap();
     assert!(
         executions.contains(":states:") && executions.contains(":execution:") && executions.ends_with(":*"),
         "{start}"
     );
-    let all_actions: Vec<String> = statements
+    // The on-failure destination: this queue only. X-Ray: denied while tracing is disabled.
+    assert_eq!(
+        statement(&ecs, "sqs:SendMessage")["Resource"],
+        serde_json::json!([queue_arn])
+    );
+    assert_eq!(statement(&ecs, "xray:PutTraceSegments")["Effect"], "Deny");
+    let all_actions: Vec<String> = ecs["Statement"]
+        .as_array()
+        .unwrap()
         .iter()
         .flat_map(|s| s["Action"].as_array().cloned().unwrap_or_default())
         .map(|a| a.as_str().unwrap().to_owned())
         .collect();
     assert!(all_actions.iter().all(|a| !a.contains('*')), "{all_actions:?}");
 
-    let shift = policy(physical("TrafficShiftRole"), "cutover-traffic-shift").await;
-    let zone = shift["Statement"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| {
-            s["Action"]
-                .to_string()
-                .contains("route53:ChangeResourceRecordSets")
-        })
-        .expect("a route53 statement");
+    let shift = stack
+        .policy(&physical("TrafficShiftRole"), "cutover-traffic-shift")
+        .await;
     assert_eq!(
-        zone["Resource"],
+        statement(&shift, "route53:ChangeResourceRecordSets")["Resource"],
         serde_json::json!(["arn:aws:route53:::hostedzone/Z0123456789ABCDEFGHIJ"]),
         "the zone parameter's default, scoped to that zone"
     );
-    let health = policy(physical("HealthCheckRole"), "cutover-health-check").await;
+    let health = stack
+        .policy(&physical("HealthCheckRole"), "cutover-health-check")
+        .await;
     assert_eq!(
         health["Statement"][1]["Action"],
         serde_json::json!(["elasticloadbalancing:DescribeTargetHealth"])
     );
 
     let machine_role = machine.role_arn().rsplit('/').next().unwrap().to_owned();
-    let invoke = policy(machine_role, "invoke-task-functions").await;
+    let invoke = stack.policy(&machine_role, "invoke-task-functions").await;
     let mut invoked: Vec<String> = invoke["Statement"][0]["Resource"]
         .as_array()
         .unwrap()
@@ -268,6 +350,64 @@ async fn the_generated_stack_deploys_with_the_compiled_rule_table_state_machine_
         invoked, expected,
         "the state machine may invoke exactly its Task functions"
     );
+    // Its logs go to a log group of its own, delivered with Step Functions' log actions.
+    let logging = stack.policy(&machine_role, "state-machine-logs-and-traces").await;
+    assert_eq!(
+        statement(&logging, "logs:CreateLogDelivery")["Resource"],
+        serde_json::json!(["*"])
+    );
+    let log_groups = log_group_names(&stack);
+    assert!(
+        log_groups.iter().any(|n| n.starts_with("/aws/vendedlogs/states/")
+            && n.ends_with("-EcsEventsStartStateMachineStateMachine")),
+        "{log_groups:?}"
+    );
+}
+
+/// The names of the log groups the stack made, from its resources.
+fn log_group_names(stack: &Deployed) -> Vec<String> {
+    stack
+        .resources
+        .iter()
+        .filter(|r| r.resource_type() == Some("AWS::Logs::LogGroup"))
+        .filter_map(|r| r.physical_resource_id().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn with_a_kms_key_and_tracing_the_queue_is_encrypted_under_the_key_and_the_roles_may_use_them() {
+    let moto = moto::shared();
+    let key =
+        moto::aws_json(moto, "kms", "TrentService.CreateKey", &serde_json::json!({}))["KeyMetadata"]["Arn"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    let out = template(&[AWS_PIPELINES]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let body = String::from_utf8(out.stdout).unwrap();
+    let stack = Deployed::create(
+        moto,
+        &body,
+        &[
+            ("KmsKeyArn", &key),
+            ("Tracing", "Enabled"),
+            ("ReservedConcurrency", "0"),
+            ("StateMachineLogLevel", "ALL"),
+        ],
+    )
+    .await;
+    assert_eq!(stack.queue().await[&QueueAttributeName::KmsMasterKeyId], key);
+    let role = stack.physical("EcsEventsRole");
+    let key_policy = stack.policy(&role, "stack-kms-key").await;
+    assert_eq!(
+        statement(&key_policy, "kms:GenerateDataKey")["Resource"],
+        serde_json::json!([key])
+    );
+    let ecs = stack.policy(&role, "cutover-ecs-events").await;
+    assert_eq!(statement(&ecs, "xray:PutTraceSegments")["Effect"], "Allow");
+    let machine = stack.physical("EcsEventsStartStateMachineStateMachineRole");
+    let logging = stack.policy(&machine, "state-machine-logs-and-traces").await;
+    assert_eq!(statement(&logging, "xray:GetSamplingRules")["Effect"], "Allow");
 }
 
 /// A policy document as JSON text: IAM returns it URL-encoded; moto returns the policies of
