@@ -20,8 +20,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use cutover_core::{Event, Loader, Outcome, Pipeline, StageError};
-use serde_json::{Value, json};
+use cutover_core::{Event, Outcome, Pipeline, StageError};
+use serde_json::json;
 
 use self::letter::Letter;
 
@@ -76,27 +76,16 @@ pub(crate) async fn run(cmd: DlqCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn redrive(args: RedriveArgs) -> anyhow::Result<ExitCode> {
-    let file = Loader::from_env()
-        .load_file(&args.file)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let spec = file.pick(args.pipeline.as_deref()).map_err(anyhow::Error::msg)?;
-    let mut cx = file.build_context();
-    if let Some(dir) = &args.state {
-        cx = cx.with_data_dir(dir);
-    }
+    let (file, name, cx) = crate::load_for_host(&args.file, args.pipeline.as_deref(), args.state.as_deref())?;
     // A dry run builds nothing: building may connect to AWS or resume embedded executions.
     let pipeline = if args.dry_run {
         None
     } else {
-        Some(
-            file.build(&spec.name, &cx)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
-        )
+        Some(file.build(&name, &cx).await.map_err(|e| anyhow::anyhow!("{e}"))?)
     };
     let mut redrive = Redrive {
         pipeline,
-        name: spec.name.clone(),
+        name: name.clone(),
         json: args.json,
         summary: Summary::default(),
     };
@@ -189,22 +178,16 @@ impl Redrive {
         outcome: Option<&Outcome>,
     ) {
         if self.json {
-            let mut v = json!({"source": origin, "letter": letter.shape.name(), "id": id, "cause": cause});
-            if let Some(outcome) = outcome {
-                v["outcome"] = json!(outcome.kind());
-                v["kept"] = json!(matches!(outcome, Outcome::Failed { .. }));
-                match outcome {
-                    Outcome::Passed { context } => v["context"] = Value::Object(context.clone()),
-                    Outcome::Dropped { stage, reason } => {
-                        v["stage"] = json!(stage);
-                        v["reason"] = json!(reason);
-                    }
-                    Outcome::Failed { stage, error } => {
-                        v["stage"] = json!(stage);
-                        v["reason"] = json!(error.message);
-                    }
+            let mut v = match outcome {
+                Some(outcome) => {
+                    let mut v = crate::replay::outcome_json(origin, id, outcome);
+                    v["kept"] = json!(matches!(outcome, Outcome::Failed { .. }));
+                    v
                 }
-            }
+                None => json!({"source": origin, "id": id}),
+            };
+            v["letter"] = json!(letter.shape.name());
+            v["cause"] = json!(cause);
             outln!("{v}");
             return;
         }

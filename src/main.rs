@@ -226,6 +226,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// What a host command starts from: the loaded file (environment overrides applied), the
+/// pipeline it names (or the file's default), and a build context whose data directory is
+/// `state` when given.
+fn load_for_host(
+    file: &std::path::Path,
+    pipeline: Option<&str>,
+    state: Option<&std::path::Path>,
+) -> anyhow::Result<(cutover_core::PipelineFile, String, cutover_core::BuildContext)> {
+    let file = Loader::from_env()
+        .load_file(file)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let name = file.pick(pipeline).map_err(anyhow::Error::msg)?.name.clone();
+    let mut cx = file.build_context();
+    if let Some(dir) = state {
+        cx = cx.with_data_dir(dir);
+    }
+    Ok((file, name, cx))
+}
+
 fn validate(files: &[PathBuf]) -> ExitCode {
     let loader = Loader::from_env();
     let mut failed = false;

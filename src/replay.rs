@@ -171,7 +171,8 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn outcome_json(origin: &str, id: Option<&str>, outcome: &Outcome) -> Value {
+/// One event's outcome as a JSON line (`replay --json`, `dlq redrive --json`).
+pub(crate) fn outcome_json(origin: &str, id: Option<&str>, outcome: &Outcome) -> Value {
     let mut v = json!({"id": id, "source": origin, "outcome": outcome.kind()});
     match outcome {
         Outcome::Passed { context } => v["context"] = Value::Object(context.clone()),

@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use cutover_core::{Event, Loader, Outcome, Pipeline, StageError};
+use cutover_core::{Event, Outcome, Pipeline, StageError};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -164,20 +164,10 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         auth::Auth::default()
     };
 
-    let file = Loader::from_env()
-        .load_file(&args.file)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let spec = file.pick(args.pipeline.as_deref()).map_err(anyhow::Error::msg)?;
-    let mut cx = file.build_context();
-    if let Some(dir) = &args.state {
-        cx = cx.with_data_dir(dir);
-    }
+    let (file, name, cx) = crate::load_for_host(&args.file, args.pipeline.as_deref(), args.state.as_deref())?;
     std::fs::create_dir_all(cx.data_dir())
         .with_context(|| format!("creating the data directory {}", cx.data_dir().display()))?;
-    let pipeline = file
-        .build(&spec.name, &cx)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pipeline = file.build(&name, &cx).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let dead_letter = match &args.dead_letter_queue {
         Some(url) => DeadLetter::queue(aws_sdk_sqs::Client::new(cx.aws_config().await), url.clone()),
         None => {
