@@ -64,12 +64,7 @@ pub(crate) async fn run(cmd: DedupCommand) -> anyhow::Result<ExitCode> {
                     event_id: String::new(),
                     result: None,
                 };
-                if store
-                    .claim(&record, now, None)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?
-                    == Claim::Won
-                {
+                if store.claim(&record, now, None).await? == Claim::Won {
                     won += 1;
                 }
             }

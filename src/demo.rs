@@ -19,10 +19,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
+use cutover_asl::{EventKind, ExecutionRecord, FileStore};
 use cutover_core::{Event, Loader, Outcome};
 use cutover_stages::state_machine::EngineClock;
 use cutover_stages::traffic_shift::dns::query_address;
-use cutover_stages::traffic_shift::local::{LocalRouterConfig, WeightStore};
+use cutover_stages::traffic_shift::local::WeightStore;
+use cutover_stages::traffic_shift::{RouterConfig, TrafficShiftConfig};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use serde_json::{Value, json};
@@ -132,17 +134,11 @@ async fn sample_dns(server: SocketAddr) -> (usize, usize) {
 }
 
 /// The executions the engine has persisted, by file.
-fn executions(dir: &Path) -> Vec<Value> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
+fn executions(dir: &Path) -> Vec<ExecutionRecord> {
+    if !dir.exists() {
         return Vec::new();
-    };
-    let mut out: Vec<(PathBuf, Value)> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .filter_map(|p| Some((p.clone(), serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?)))
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out.into_iter().map(|(_, v)| v).collect()
+    }
+    FileStore::new(dir).and_then(|s| s.list()).unwrap_or_default()
 }
 
 #[derive(Default)]
@@ -153,20 +149,25 @@ struct Progress {
     cause: Option<String>,
 }
 
+impl Progress {
+    fn end(&mut self, status: &str, cause: &Option<String>) {
+        self.status = Some(status.to_owned());
+        self.cause = cause.clone();
+    }
+}
+
 /// Reports the history events of the (single) execution not yet reported.
 async fn report_history(dir: &Path, progress: &mut Progress, dns: SocketAddr, out: &Reporter) {
     let Some(record) = executions(dir).into_iter().next() else {
         return;
     };
-    let history = record["history"].as_array().cloned().unwrap_or_default();
-    for event in history.iter().skip(progress.seen) {
+    for event in record.history.iter().skip(progress.seen) {
         progress.seen += 1;
-        let resource = event["resource"].as_str().unwrap_or_default();
-        match event["type"].as_str() {
-            Some("TaskSucceeded") if resource.ends_with("cutover-traffic-shift") => {
+        match &event.kind {
+            EventKind::TaskSucceeded { resource, output } if resource.ends_with("cutover-traffic-shift") => {
                 let (b, g) = (
-                    event["output"]["blue"].as_u64().unwrap_or(0),
-                    event["output"]["green"].as_u64().unwrap_or(0),
+                    output["blue"].as_u64().unwrap_or(0),
+                    output["green"].as_u64().unwrap_or(0),
                 );
                 progress.weights.push([b, g]);
                 let (db, dg) = sample_dns(dns).await;
@@ -175,9 +176,9 @@ async fn report_history(dir: &Path, progress: &mut Progress, dns: SocketAddr, ou
                     json!({"step": "shift", "blue": b, "green": g, "dns": {"blue": db, "green": dg}}),
                 );
             }
-            Some("TaskSucceeded") if resource.ends_with("cutover-health-check") => {
-                let state = event["output"]["State"].as_str().unwrap_or("?");
-                let reason = event["output"]["reason"].as_str().unwrap_or("");
+            EventKind::TaskSucceeded { resource, output } if resource.ends_with("cutover-health-check") => {
+                let state = output["State"].as_str().unwrap_or("?");
+                let reason = output["reason"].as_str().unwrap_or("");
                 out.say(
                     &format!(
                         "  health  green is {state}{}",
@@ -190,16 +191,21 @@ async fn report_history(dir: &Path, progress: &mut Progress, dns: SocketAddr, ou
                     json!({"step": "health", "state": state, "reason": reason}),
                 );
             }
-            Some("WaitStarted") => out.say(
-                &format!("  bake    {}", event["name"].as_str().unwrap_or("")),
-                json!({"step": "bake", "state": event["name"]}),
-            ),
-            Some(
-                kind @ ("ExecutionSucceeded" | "ExecutionFailed" | "ExecutionTimedOut" | "ExecutionAborted"),
-            ) => {
-                progress.status = Some(kind.trim_start_matches("Execution").to_uppercase());
-                progress.cause = event["cause"].as_str().map(str::to_owned);
+            // A wait of the canary starts (its ticks are not news).
+            EventKind::StateExited { name, output }
+                if output["bake"]["name"] == name.as_str()
+                    && output["bake"]["seconds"].as_u64() > Some(0) =>
+            {
+                let seconds = output["bake"]["seconds"].as_u64().unwrap_or(0);
+                out.say(
+                    &format!("  bake    {name} ({seconds} s)"),
+                    json!({"step": "bake", "state": name, "seconds": seconds}),
+                );
             }
+            EventKind::ExecutionSucceeded { .. } => progress.end("SUCCEEDED", &None),
+            EventKind::ExecutionFailed { cause, .. } => progress.end("FAILED", cause),
+            EventKind::ExecutionTimedOut { cause, .. } => progress.end("TIMEDOUT", cause),
+            EventKind::ExecutionAborted { cause } => progress.end("ABORTED", cause),
             _ => {}
         }
     }
@@ -243,20 +249,20 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             "CUTOVER_PIPELINES__HEALTH_CHECK__STAGES__1__PROBE__URL",
             format!("http://{GREEN}:{http_port}/"),
         );
-    let file = loader
-        .load_file(pipelines_dir.join("catsndogs.toml"))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let file = loader.load_file(pipelines_dir.join("catsndogs.toml"))?;
 
     // Green reads the same weights file the router writes, to fall sick at 50%.
-    let router_raw = file
+    let mut router = file
         .pipeline("traffic-shift")
         .and_then(|p| p.stages.first())
-        .and_then(|s| s.raw.get("router").cloned())
-        .context("the demo pipeline has no traffic-shift router")?;
-    let mut router: LocalRouterConfig =
-        serde_json::from_value(strip_type(router_raw)).context("reading the local router")?;
+        .and_then(|s| s.config.as_any().downcast_ref::<TrafficShiftConfig>())
+        .and_then(|c| match &c.router {
+            RouterConfig::Local(local) => Some(local.clone()),
+            _ => None,
+        })
+        .context("the demo pipeline's traffic-shift stage has no local router")?;
     router.serve = false;
-    let spec = router.spec().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let spec = router.spec()?;
     let weights_path = data.join(format!("traffic/{}.json", spec.record));
     let weights = WeightStore::open(spec, &weights_path)?;
     let fail_green = args.fail_green;
@@ -278,10 +284,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .build_context()
         .with_data_dir(&data)
         .with_clock(Arc::new(clock));
-    let pipeline = file
-        .build("ecs-events", &cx)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pipeline = file.build("ecs-events", &cx).await?;
     out.say(
         &format!(
             "cutover demo: blue http://{BLUE}:{http_port}/ (cats v2), green http://{GREEN}:{http_port}/ (cats v3), \
@@ -380,11 +383,4 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-fn strip_type(mut v: Value) -> Value {
-    if let Value::Object(m) = &mut v {
-        m.shift_remove("type");
-    }
-    v
 }

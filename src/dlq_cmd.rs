@@ -81,7 +81,7 @@ async fn redrive(args: RedriveArgs) -> anyhow::Result<ExitCode> {
     let pipeline = if args.dry_run {
         None
     } else {
-        Some(file.build(&name, &cx).await.map_err(|e| anyhow::anyhow!("{e}"))?)
+        Some(file.build(&name, &cx).await?)
     };
     let mut redrive = Redrive {
         pipeline,

@@ -41,7 +41,7 @@ pub enum HostError {
     Load(#[from] cutover_core::LoadErrors),
     /// No such pipeline, or none named where several exist.
     #[error("{0}")]
-    Pick(String),
+    Pick(cutover_core::PipelineError),
 }
 
 /// Makes sure the built-in stages and the example plugin are linked and registered.

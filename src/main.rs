@@ -24,6 +24,7 @@ mod input;
 mod package;
 mod pattern_cmd;
 mod replay;
+mod rollouts_cmd;
 mod rule;
 mod serve;
 mod states_cmd;
@@ -120,6 +121,15 @@ enum Command {
         --output cutover.yaml"
     )]
     Template(template::TemplateArgs),
+    /// See and steer running rollouts: list, status, watch, history; abort, promote, pause,
+    /// resume, retry (the same on the embedded engine and on Step Functions).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  cutover rollouts list pipelines/catsndogs.toml\n  \
+        cutover rollouts watch pipelines/catsndogs.toml\n  \
+        cutover rollouts pause pipelines/catsndogs.toml cats --reason \"checking logs\""
+    )]
+    Rollouts(rollouts_cmd::RolloutsCommand),
     /// Make the Lambda zip: the binary as `bootstrap` and the pipeline file as `cutover.toml`.
     #[command(
         after_help = "Example:\n  cutover package pipelines/catsndogs-aws.toml \\\n      \
@@ -194,6 +204,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Template(args) => template::run(args),
             Command::Package(args) => package::run(args),
+            Command::Rollouts(cmd) => rollouts_cmd::run(cmd).await,
             Command::Lambda => {
                 let handler = match cutover::lambda::LambdaHandler::from_env().await {
                     Ok(handler) => handler,
@@ -234,10 +245,8 @@ fn load_for_host(
     pipeline: Option<&str>,
     state: Option<&std::path::Path>,
 ) -> anyhow::Result<(cutover_core::PipelineFile, String, cutover_core::BuildContext)> {
-    let file = Loader::from_env()
-        .load_file(file)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let name = file.pick(pipeline).map_err(anyhow::Error::msg)?.name.clone();
+    let file = Loader::from_env().load_file(file)?;
+    let name = file.pick(pipeline)?.name.clone();
     let mut cx = file.build_context();
     if let Some(dir) = state {
         cx = cx.with_data_dir(dir);

@@ -34,9 +34,7 @@ pub(crate) struct PackageArgs {
 
 pub(crate) fn run(args: PackageArgs) -> anyhow::Result<ExitCode> {
     // The function would fail on every invocation with a file that does not load.
-    let loaded = Loader::new()
-        .load_file(&args.file)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let loaded = Loader::new().load_file(&args.file)?;
     // Files the stages read (a state-machine definition, a CA file), then any given by hand.
     let mut wanted: Vec<(PathBuf, String)> = Vec::new();
     for pipeline in &loaded.pipelines {

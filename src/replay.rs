@@ -83,10 +83,8 @@ impl Summary {
 }
 
 pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    let file = Loader::from_env()
-        .load_file(&args.file)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let spec = file.pick(args.pipeline.as_deref()).map_err(anyhow::Error::msg)?;
+    let file = Loader::from_env().load_file(&args.file)?;
+    let spec = file.pick(args.pipeline.as_deref())?;
     let temp;
     let data_dir = match &args.state {
         Some(dir) => dir.clone(),
@@ -104,10 +102,7 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             cutover_stages::state_machine::VirtualTime::starting_at(std::time::SystemTime::now());
         cx = cx.with_clock(std::sync::Arc::new(virtual_time));
     }
-    let pipeline = file
-        .build(&spec.name, &cx)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pipeline = file.build(&spec.name, &cx).await?;
 
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

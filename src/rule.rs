@@ -42,11 +42,9 @@ pub(crate) struct RuleArgs {
 }
 
 pub(crate) async fn run(args: RuleArgs) -> anyhow::Result<ExitCode> {
-    let file = Loader::from_env()
-        .load_file(&args.file)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let spec = file.pick(args.pipeline.as_deref()).map_err(anyhow::Error::msg)?;
-    let Some(pattern) = spec.event_pattern().map_err(anyhow::Error::msg)? else {
+    let file = Loader::from_env().load_file(&args.file)?;
+    let spec = file.pick(args.pipeline.as_deref())?;
+    let Some(pattern) = spec.event_pattern()? else {
         bail!(
             "pipeline \"{}\" has no filtering stage, so its rule would match every event; add a `filter` stage",
             spec.name
@@ -62,13 +60,10 @@ pub(crate) async fn run(args: RuleArgs) -> anyhow::Result<ExitCode> {
     outln!("{}", serde_json::to_string_pretty(&pattern)?);
 
     if !args.trace.is_empty() {
-        let seed = Pattern::parse(SEED_RULE).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let seed = Pattern::parse(SEED_RULE)?;
         let dir = tempfile::Builder::new().prefix("cutover-rule-").tempdir()?;
         let cx = file.build_context().with_data_dir(dir.path());
-        let pipeline = file
-            .build(&spec.name, &cx)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let pipeline = file.build(&spec.name, &cx).await?;
         let (mut events, mut seed_hits, mut compiled_hits, mut passed) = (0u64, 0u64, 0u64, 0u64);
         for name in &args.trace {
             let text = std::fs::read(name).with_context(|| format!("reading {name}"))?;

@@ -85,11 +85,7 @@ async fn handlers(file: &Path, cx: &BuildContext) -> anyhow::Result<PipelineTask
     };
     let base = file.parent().unwrap_or(Path::new("."));
     let pipelines = if doc.contains_key("pipelines") {
-        Some(
-            Loader::from_env()
-                .load_str(&file.display().to_string(), &toml::to_string(&doc)?, base)
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
-        )
+        Some(Loader::from_env().load_str(&file.display().to_string(), &toml::to_string(&doc)?, base)?)
     } else {
         None
     };
@@ -186,10 +182,7 @@ pub(crate) async fn run(cmd: StatesCommand) -> anyhow::Result<ExitCode> {
                 Arc::new(WallClock)
             };
             let engine = Engine::new(Arc::new(tasks), clock, None);
-            let outcome = engine
-                .start(def, &name, input)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let outcome = engine.start(def, &name, input).await?;
             for event in &outcome.history {
                 outln!("{}", serde_json::to_string(event)?);
             }

@@ -387,36 +387,11 @@ pub(crate) fn uuid_v4() -> String {
     )
 }
 
+/// Run the intrinsic `name` on its evaluated arguments (their count is
+/// checked at parse time); `Err` ends the cause "The function '…' …".
 fn call(name: &str, mut args: Vec<Value>) -> Result<Value, String> {
-    use md5::Digest as _;
     let v = match name {
-        "States.Format" => {
-            let tpl = want_str(&args[0], "the format string")?;
-            let mut out = String::new();
-            let mut rest = args[1..].iter();
-            let mut chars = tpl.chars().peekable();
-            while let Some(ch) = chars.next() {
-                match ch {
-                    '\\' => {
-                        if let Some(n) = chars.next() {
-                            out.push(n);
-                        }
-                    }
-                    '{' if chars.peek() == Some(&'}') => {
-                        chars.next();
-                        let a = rest
-                            .next()
-                            .ok_or("has more placeholders '{}' than arguments".to_string())?;
-                        out.push_str(&format_arg(a));
-                    }
-                    other => out.push(other),
-                }
-            }
-            if rest.next().is_some() {
-                return Err("has more arguments than placeholders '{}'".into());
-            }
-            Value::String(out)
-        }
+        "States.Format" => format_string(&args)?,
         "States.StringToJson" => {
             let s = want_str(&args[0], "the argument")?;
             if s.trim().is_empty() {
@@ -444,27 +419,7 @@ fn call(name: &str, mut args: Vec<Value>) -> Result<Value, String> {
             let arr = want_arr(args.swap_remove(0), "the first argument")?;
             Value::Bool(arr.contains(&needle))
         }
-        "States.ArrayRange" => {
-            let first = want_int(&args[0], "the first argument")?;
-            let last = want_int(&args[1], "the second argument")?;
-            let step = want_int(&args[2], "the step")?;
-            if step == 0 {
-                return Err("requires a non-zero step".into());
-            }
-            let mut out = Vec::new();
-            let mut i = first;
-            while (step > 0 && i <= last) || (step < 0 && i >= last) {
-                out.push(Value::from(i));
-                if out.len() > 1000 {
-                    return Err("would return more than 1000 items".into());
-                }
-                match i.checked_add(step) {
-                    Some(n) => i = n,
-                    None => break,
-                }
-            }
-            Value::Array(out)
-        }
+        "States.ArrayRange" => array_range(&args)?,
         "States.ArrayGetItem" => {
             let idx = want_int(&args[1], "the index")?;
             let arr = want_arr(args.swap_remove(0), "the first argument")?;
@@ -494,63 +449,10 @@ fn call(name: &str, mut args: Vec<Value>) -> Result<Value, String> {
             }
             Value::String(base64::engine::general_purpose::STANDARD.encode(s))
         }
-        "States.Base64Decode" => {
-            let s = want_str(&args[0], "the argument")?;
-            if s.len() > 10_000 {
-                return Err("was given more than 10000 characters".into());
-            }
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(s.trim())
-                .map_err(|e| format!("could not decode base64: {e}"))?;
-            Value::String(String::from_utf8(bytes).map_err(|_| "decoded bytes are not UTF-8".to_string())?)
-        }
-        "States.Hash" => {
-            let data = format_arg(&args[0]);
-            let alg = want_str(&args[1], "the algorithm")?;
-            let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-            let h = match alg.as_str() {
-                "MD5" => hex(&md5::Md5::digest(data.as_bytes())),
-                "SHA-1" => hex(&sha1::Sha1::digest(data.as_bytes())),
-                "SHA-256" => hex(&sha2::Sha256::digest(data.as_bytes())),
-                "SHA-384" => hex(&sha2::Sha384::digest(data.as_bytes())),
-                "SHA-512" => hex(&sha2::Sha512::digest(data.as_bytes())),
-                other => {
-                    return Err(format!(
-                        "does not support the algorithm '{other}' (use MD5, SHA-1, SHA-256, SHA-384 or SHA-512)"
-                    ));
-                }
-            };
-            Value::String(h)
-        }
-        "States.JsonMerge" => {
-            if args[2] != Value::Bool(false) {
-                return Err("supports only shallow merges (third argument false)".into());
-            }
-            let b = args.swap_remove(1);
-            let a = args.swap_remove(0);
-            match (a, b) {
-                (Value::Object(mut a), Value::Object(b)) => {
-                    for (k, v) in b {
-                        a.insert(k, v);
-                    }
-                    Value::Object(a)
-                }
-                _ => return Err("requires two JSON objects".into()),
-            }
-        }
-        "States.MathRandom" => {
-            let start = round_half_up(want_num(&args[0], "the start")?);
-            let end = round_half_up(want_num(&args[1], "the end")?);
-            if end <= start {
-                return Err("requires the end to be greater than the start".into());
-            }
-            let r = match args.get(2) {
-                Some(seed) => splitmix(want_int(seed, "the seed")? as u64),
-                None => random_u64(),
-            };
-            let span = (end as i128 - start as i128) as u128;
-            Value::from((start as i128 + (r as u128 % span) as i128) as i64)
-        }
+        "States.Base64Decode" => base64_decode(&args)?,
+        "States.Hash" => hash(&args)?,
+        "States.JsonMerge" => json_merge(args)?,
+        "States.MathRandom" => math_random(&args)?,
         "States.MathAdd" => {
             let a = round_half_up(want_num(&args[0], "the first argument")?);
             let b = round_half_up(want_num(&args[1], "the second argument")?);
@@ -570,6 +472,120 @@ fn call(name: &str, mut args: Vec<Value>) -> Result<Value, String> {
         other => return Err(format!("is unknown ({other})")),
     };
     Ok(v)
+}
+
+fn format_string(args: &[Value]) -> Result<Value, String> {
+    let tpl = want_str(&args[0], "the format string")?;
+    let mut out = String::new();
+    let mut rest = args[1..].iter();
+    let mut chars = tpl.chars().peekable();
+    while let Some(ch) = chars.next() {
+        match ch {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    out.push(n);
+                }
+            }
+            '{' if chars.peek() == Some(&'}') => {
+                chars.next();
+                let a = rest
+                    .next()
+                    .ok_or("has more placeholders '{}' than arguments".to_string())?;
+                out.push_str(&format_arg(a));
+            }
+            other => out.push(other),
+        }
+    }
+    if rest.next().is_some() {
+        return Err("has more arguments than placeholders '{}'".into());
+    }
+    Ok(Value::String(out))
+}
+
+fn array_range(args: &[Value]) -> Result<Value, String> {
+    let first = want_int(&args[0], "the first argument")?;
+    let last = want_int(&args[1], "the second argument")?;
+    let step = want_int(&args[2], "the step")?;
+    if step == 0 {
+        return Err("requires a non-zero step".into());
+    }
+    let mut out = Vec::new();
+    let mut i = first;
+    while (step > 0 && i <= last) || (step < 0 && i >= last) {
+        out.push(Value::from(i));
+        if out.len() > 1000 {
+            return Err("would return more than 1000 items".into());
+        }
+        match i.checked_add(step) {
+            Some(n) => i = n,
+            None => break,
+        }
+    }
+    Ok(Value::Array(out))
+}
+
+fn base64_decode(args: &[Value]) -> Result<Value, String> {
+    let s = want_str(&args[0], "the argument")?;
+    if s.len() > 10_000 {
+        return Err("was given more than 10000 characters".into());
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .map_err(|e| format!("could not decode base64: {e}"))?;
+    Ok(Value::String(
+        String::from_utf8(bytes).map_err(|_| "decoded bytes are not UTF-8".to_string())?,
+    ))
+}
+
+fn hash(args: &[Value]) -> Result<Value, String> {
+    use md5::Digest as _;
+    let data = format_arg(&args[0]);
+    let alg = want_str(&args[1], "the algorithm")?;
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let h = match alg.as_str() {
+        "MD5" => hex(&md5::Md5::digest(data.as_bytes())),
+        "SHA-1" => hex(&sha1::Sha1::digest(data.as_bytes())),
+        "SHA-256" => hex(&sha2::Sha256::digest(data.as_bytes())),
+        "SHA-384" => hex(&sha2::Sha384::digest(data.as_bytes())),
+        "SHA-512" => hex(&sha2::Sha512::digest(data.as_bytes())),
+        other => {
+            return Err(format!(
+                "does not support the algorithm '{other}' (use MD5, SHA-1, SHA-256, SHA-384 or SHA-512)"
+            ));
+        }
+    };
+    Ok(Value::String(h))
+}
+
+fn json_merge(mut args: Vec<Value>) -> Result<Value, String> {
+    if args[2] != Value::Bool(false) {
+        return Err("supports only shallow merges (third argument false)".into());
+    }
+    let b = args.swap_remove(1);
+    let a = args.swap_remove(0);
+    match (a, b) {
+        (Value::Object(mut a), Value::Object(b)) => {
+            for (k, v) in b {
+                a.insert(k, v);
+            }
+            Ok(Value::Object(a))
+        }
+        _ => Err("requires two JSON objects".into()),
+    }
+}
+
+fn math_random(args: &[Value]) -> Result<Value, String> {
+    let start = round_half_up(want_num(&args[0], "the start")?);
+    let end = round_half_up(want_num(&args[1], "the end")?);
+    if end <= start {
+        return Err("requires the end to be greater than the start".into());
+    }
+    let r = match args.get(2) {
+        Some(seed) => splitmix(want_int(seed, "the seed")? as u64),
+        None => random_u64(),
+    };
+    let span = (end as i128 - start as i128) as u128;
+    Ok(Value::from((start as i128 + (r as u128 % span) as i128) as i64))
 }
 
 #[cfg(test)]

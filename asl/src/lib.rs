@@ -67,6 +67,7 @@ pub mod history;
 pub mod intrinsics;
 pub mod jsonpath;
 mod payload;
+mod states;
 pub mod store;
 pub mod timestamp;
 

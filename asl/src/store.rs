@@ -2,18 +2,21 @@
 //!
 //! The engine saves an [`ExecutionRecord`] after every completed top-level
 //! state: the state to run next, its input, and the history so far.
-//! [`MemoryStore`] keeps records in memory; [`FileStore`] writes one JSON
-//! file per execution, atomically (temporary file + rename), and lets one
+//! [`MemoryStore`] keeps records in memory; [`FileStore`] keeps one JSON
+//! file per execution, replaced atomically (temporary file + rename), with
+//! the history beside it in a JSON Lines file that only grows, and lets one
 //! process at a time drive an execution (see [`ExecutionStore::lease`]).
 
 use crate::history::HistoryEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fmt::Debug;
+use std::io::{BufRead as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Status of an execution, as in Step Functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,10 +122,23 @@ impl ExecutionStore for MemoryStore {
     }
 }
 
-/// One JSON file per execution in a directory.
+/// One JSON file per execution in a directory, and its history beside it.
+///
+/// A rollout's history grows with every state (thousands of events when its
+/// waits tick every second), and the engine saves after every top-level
+/// state: rewriting the history each time would write its square. So
+/// `<record>.json` holds the record without its history but with the number
+/// of events (`history_len`), and `<record>.history.jsonl` the events, one
+/// per line, appended and synced *before* the record that counts them is
+/// replaced: a crash between the two leaves extra lines, which a load
+/// ignores and the next save overwrites. Records written with the history
+/// inline (before this layout) still load.
 #[derive(Debug, Clone)]
 pub struct FileStore {
     dir: PathBuf,
+    /// Events known to be in each history file (by record path), so a save
+    /// appends only the new ones.
+    appended: Arc<Mutex<HashMap<PathBuf, usize>>>,
 }
 
 impl FileStore {
@@ -130,7 +146,65 @@ impl FileStore {
     pub fn new(dir: impl AsRef<Path>) -> Result<FileStore, String> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        Ok(FileStore { dir })
+        Ok(FileStore {
+            dir,
+            appended: Arc::default(),
+        })
+    }
+
+    /// Every record in the directory (finished or not), by file name.
+    pub fn list(&self) -> Result<Vec<ExecutionRecord>, String> {
+        let mut paths = Vec::new();
+        let rd = std::fs::read_dir(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        for entry in rd {
+            let p = entry.map_err(|e| e.to_string())?.path();
+            if p.extension().and_then(|e| e.to_str()) == Some("json") {
+                paths.push(p);
+            }
+        }
+        paths.sort();
+        let mut out = Vec::new();
+        for p in paths {
+            // A record removed between the listing and the read is skipped.
+            if let Some(r) = read_record(&p)? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    fn save_history(&self, path: &Path, history: &[HistoryEvent]) -> Result<(), String> {
+        let file = history_path(path);
+        let mut appended = self.appended.lock().map_err(|e| e.to_string())?;
+        let known = appended.get(path).copied().filter(|n| *n <= history.len());
+        match known {
+            Some(n) => {
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&file)
+                    .map_err(|e| format!("{}: {e}", file.display()))?;
+                let mut text = Vec::new();
+                for event in &history[n..] {
+                    serde_json::to_writer(&mut text, event).map_err(|e| e.to_string())?;
+                    text.push(b'\n');
+                }
+                f.write_all(&text)
+                    .map_err(|e| format!("{}: {e}", file.display()))?;
+                f.sync_data().map_err(|e| format!("{}: {e}", file.display()))?;
+            }
+            // First save by this store (or a history that shrank): write the
+            // whole file, which also drops lines a crash left past the count.
+            None => {
+                let mut text = Vec::new();
+                for event in history {
+                    serde_json::to_writer(&mut text, event).map_err(|e| e.to_string())?;
+                    text.push(b'\n');
+                }
+                write_atomically(&file, &text)?;
+            }
+        }
+        appended.insert(path.to_owned(), history.len());
+        Ok(())
     }
 
     fn file_for(&self, id: &str) -> PathBuf {
@@ -157,54 +231,124 @@ impl FileStore {
 /// Distinguishes the temporary files of concurrent writers in one process.
 static TMP_SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
+/// The record as `<record>.json` holds it: every field but the history, and
+/// how many events of the history file are its history.
+#[derive(Serialize)]
+struct Header<'a> {
+    execution_arn: &'a str,
+    name: &'a str,
+    state_machine: &'a str,
+    status: ExecutionStatus,
+    input: &'a Value,
+    start_time: &'a str,
+    next_state: &'a Option<String>,
+    next_input: &'a Option<Value>,
+    output: &'a Option<Value>,
+    error: &'a Option<String>,
+    cause: &'a Option<String>,
+    history_len: usize,
+}
+
+impl<'a> Header<'a> {
+    fn of(r: &'a ExecutionRecord) -> Self {
+        Header {
+            execution_arn: &r.execution_arn,
+            name: &r.name,
+            state_machine: &r.state_machine,
+            status: r.status,
+            input: &r.input,
+            start_time: &r.start_time,
+            next_state: &r.next_state,
+            next_input: &r.next_input,
+            output: &r.output,
+            error: &r.error,
+            cause: &r.cause,
+            history_len: r.history.len(),
+        }
+    }
+}
+
+/// The history file of the record at `path`.
+fn history_path(path: &Path) -> PathBuf {
+    path.with_extension("history.jsonl")
+}
+
+/// Writes `bytes` to a temporary file beside `path` and renames it over
+/// `path`, synced first: a crash leaves the old file or the new one, never a
+/// torn one. The temporary name is no other writer's (thread or process),
+/// so a rename never publishes someone else's half-written file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let tmp = path.with_extension(format!(
+        "{}.{}.{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("json"),
+        std::process::id(),
+        TMP_SEQUENCE.fetch_add(1, Ordering::Relaxed)
+    ));
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        f.write_all(bytes)
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        f.sync_all().map_err(|e| format!("{}: {e}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Reads the record at `path` with its history (from the history file, or
+/// inline in a record of the older layout); `None` when there is none.
+fn read_record(path: &Path) -> Result<Option<ExecutionRecord>, String> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let mut value: Value = serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let history_len = value
+        .as_object_mut()
+        .and_then(|fields| fields.shift_remove("history_len"))
+        .and_then(|n| n.as_u64());
+    let mut history = Vec::new();
+    if let Some(n) = history_len {
+        let file = history_path(path);
+        let f = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        for line in std::io::BufReader::new(f).lines().take(n as usize) {
+            let line = line.map_err(|e| format!("{}: {e}", file.display()))?;
+            history.push(serde_json::from_str(&line).map_err(|e| format!("{}: {e}", file.display()))?);
+        }
+        if history.len() as u64 != n {
+            return Err(format!(
+                "{}: {} events, the record counts {n}",
+                file.display(),
+                history.len()
+            ));
+        }
+        if let Value::Object(fields) = &mut value {
+            fields.insert("history".into(), Value::Array(Vec::new()));
+        }
+    }
+    let mut record: ExecutionRecord =
+        serde_json::from_value(value).map_err(|e| format!("{}: {e}", path.display()))?;
+    if history_len.is_some() {
+        record.history = history;
+    }
+    Ok(Some(record))
+}
+
 impl ExecutionStore for FileStore {
     fn save(&self, record: &ExecutionRecord) -> Result<(), String> {
         let path = self.file_for(&record.execution_arn);
-        // A name no other writer (thread or process) uses, so a rename never
-        // publishes someone else's half-written file.
-        let tmp = path.with_extension(format!(
-            "json.{}.{}.tmp",
-            std::process::id(),
-            TMP_SEQUENCE.fetch_add(1, Ordering::Relaxed)
-        ));
-        let text = serde_json::to_vec_pretty(record).map_err(|e| e.to_string())?;
-        {
-            use std::io::Write as _;
-            let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-            f.write_all(&text)
-                .map_err(|e| format!("{}: {e}", tmp.display()))?;
-            // Durable before it becomes visible: a crash leaves either the
-            // old record or the new one, never a torn file.
-            f.sync_all().map_err(|e| format!("{}: {e}", tmp.display()))?;
-        }
-        std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))
+        self.save_history(&path, &record.history)?;
+        let text = serde_json::to_vec_pretty(&Header::of(record)).map_err(|e| e.to_string())?;
+        write_atomically(&path, &text)
     }
     fn load(&self, id: &str) -> Result<Option<ExecutionRecord>, String> {
-        let path = self.file_for(id);
-        match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| format!("{}: {e}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("{}: {e}", path.display())),
-        }
+        read_record(&self.file_for(id))
     }
     fn list_unfinished(&self) -> Result<Vec<ExecutionRecord>, String> {
-        let mut out = Vec::new();
-        let rd = std::fs::read_dir(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
-        for entry in rd {
-            let entry = entry.map_err(|e| e.to_string())?;
-            let p = entry.path();
-            if p.extension().and_then(|e| e.to_str()) != Some("json") {
-                continue;
-            }
-            let b = std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-            let r: ExecutionRecord =
-                serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", p.display()))?;
-            if r.status == ExecutionStatus::Running {
-                out.push(r);
-            }
-        }
+        let mut out: Vec<ExecutionRecord> = self
+            .list()?
+            .into_iter()
+            .filter(|r| r.status == ExecutionStatus::Running)
+            .collect();
         out.sort_by(|a, b| a.execution_arn.cmp(&b.execution_arn));
         Ok(out)
     }
@@ -225,5 +369,86 @@ impl ExecutionStore for FileStore {
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
             Err(std::fs::TryLockError::Error(e)) => Err(format!("{}: {e}", path.display())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::EventKind;
+
+    fn record(events: usize) -> ExecutionRecord {
+        ExecutionRecord {
+            execution_arn: "arn:aws:states:us-east-1:1:execution:m:e".into(),
+            name: "e".into(),
+            state_machine: "m".into(),
+            status: ExecutionStatus::Running,
+            input: serde_json::json!({"a": 1}),
+            start_time: "2026-11-29T00:00:00Z".into(),
+            next_state: Some("S".into()),
+            next_input: Some(serde_json::json!({"b": 2})),
+            output: None,
+            error: None,
+            cause: None,
+            history: (1..=events as u64)
+                .map(|id| HistoryEvent {
+                    id,
+                    previous_event_id: id - 1,
+                    timestamp: "2026-11-29T00:00:00Z".into(),
+                    kind: EventKind::StateEntered {
+                        name: format!("S{id}"),
+                        input: serde_json::json!({}),
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn saves_append_the_history_and_loads_read_exactly_the_counted_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path()).unwrap();
+        let id = record(0).execution_arn;
+        for n in [0, 1, 5, 6, 40] {
+            store.save(&record(n)).unwrap();
+            assert_eq!(store.load(&id).unwrap(), Some(record(n)));
+        }
+        let path = store.file_for(&id);
+        let header = std::fs::read_to_string(&path).unwrap();
+        assert!(!header.contains("\"history\""), "{header}");
+        assert_eq!(
+            std::fs::read_to_string(history_path(&path))
+                .unwrap()
+                .lines()
+                .count(),
+            40
+        );
+
+        // A crash after appending but before the record was replaced: the
+        // extra lines are not history, and a new store's save drops them.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(history_path(&path))
+            .unwrap();
+        f.write_all(b"{\"torn\n").unwrap();
+        assert_eq!(store.load(&id).unwrap(), Some(record(40)));
+        let again = FileStore::new(dir.path()).unwrap();
+        again.save(&record(41)).unwrap();
+        assert_eq!(again.load(&id).unwrap(), Some(record(41)));
+        assert_eq!(again.list().unwrap(), vec![record(41)]);
+        assert_eq!(again.list_unfinished().unwrap(), vec![record(41)]);
+    }
+
+    #[test]
+    fn a_record_with_its_history_inline_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path()).unwrap();
+        let old = record(3);
+        std::fs::write(
+            store.file_for(&old.execution_arn),
+            serde_json::to_vec_pretty(&old).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(store.load(&old.execution_arn).unwrap(), Some(old));
     }
 }

@@ -16,9 +16,10 @@ use std::time::{Duration, SystemTime};
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use tokio::sync::OnceCell;
 
+use crate::config::Siblings;
 use crate::error::BuildError;
-use crate::pipeline::{Pipeline, Siblings, build_stages};
-use crate::stage::{BoxFuture, StageConfig};
+use crate::pipeline::{Pipeline, build_stages};
+use crate::stage::BoxFuture;
 
 /// A source of time. Production reads the wall clock; tests and the demo use virtual or
 /// accelerated time with the same code.
@@ -296,7 +297,7 @@ pub struct BuildContext {
 
 impl Default for BuildContext {
     fn default() -> Self {
-        Self::new(".cutover")
+        Self::new(crate::config::DEFAULT_DATA_DIR)
     }
 }
 
@@ -350,18 +351,8 @@ impl BuildContext {
             }
             let mut cx = self.clone();
             cx.building = self.building.iter().cloned().chain([name.to_owned()]).collect();
-            let mut configs = Vec::new();
-            for (stage_name, raw) in stages {
-                let config: Box<dyn StageConfig> = serde_json::from_value(raw.clone()).map_err(|e| {
-                    BuildError::Backend(format!("pipeline \"{name}\", stage {stage_name}: {e}"))
-                })?;
-                let type_name = raw.get("type").and_then(|t| t.as_str()).unwrap_or("?").to_owned();
-                configs.push((stage_name.clone(), type_name, config));
-            }
-            let iter = configs
-                .iter()
-                .map(|(n, t, c)| (n.as_str(), t.as_str(), c.as_ref()));
-            build_stages(name, iter, &cx).await.map_err(|errors| {
+            build_stages(name, stages, &cx).await.map_err(|errors| {
+                // Each stage's error keeps its field (`field "probe.url": …`).
                 let text: Vec<String> = errors
                     .into_iter()
                     .map(|(i, t, e)| format!("pipeline \"{name}\", stage {i} ({t}): {e}"))

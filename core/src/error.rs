@@ -25,6 +25,8 @@ impl FieldError {
     }
 }
 
+impl std::error::Error for FieldError {}
+
 impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.field.is_empty() {
@@ -90,6 +92,52 @@ impl fmt::Display for LoadError {
 /// Every problem found in one or more pipeline files.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LoadErrors(pub Vec<LoadError>);
+
+/// A pipeline that cannot be chosen from a loaded file, or a file whose pipeline has no single
+/// EventBridge rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    /// The name matches no pipeline.
+    #[error("{file}: no pipeline \"{name}\"; the file has: {}", .names.join(", "))]
+    Unknown {
+        /// The file.
+        file: String,
+        /// The name asked for.
+        name: String,
+        /// The file's pipelines.
+        names: Vec<String>,
+    },
+    /// `settings.default_pipeline` matches no pipeline.
+    #[error("{file}: settings.default_pipeline names no pipeline \"{name}\"; the file has: {}", .names.join(", "))]
+    UnknownDefault {
+        /// The file.
+        file: String,
+        /// The default named.
+        name: String,
+        /// The file's pipelines.
+        names: Vec<String>,
+    },
+    /// No name was given and the file has several pipelines.
+    #[error("{file}: the file has several pipelines ({}); choose one with --pipeline", .names.join(", "))]
+    Ambiguous {
+        /// The file.
+        file: String,
+        /// The file's pipelines.
+        names: Vec<String>,
+    },
+    /// Two filtering stages constrain one field of the event pattern.
+    #[error(
+        "stage \"{stage}\" constrains \"{path}\", which an earlier stage already constrains; \
+         an EventBridge rule can hold one condition per field"
+    )]
+    PatternConflict {
+        /// The later stage.
+        stage: String,
+        /// The field both constrain (`detail.lastStatus`).
+        path: String,
+    },
+}
 
 impl fmt::Display for LoadErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -137,6 +137,20 @@ impl Event {
         &mut self.context
     }
 
+    /// Records a stage's result in the context: under `key` when given; otherwise an object's
+    /// fields merge at the top level and any other value goes under `result`.
+    pub fn add_result(&mut self, key: Option<&str>, result: Value) {
+        match (key, result) {
+            (Some(key), result) => {
+                self.context.insert(key.to_owned(), result);
+            }
+            (None, Value::Object(fields)) => self.context.extend(fields),
+            (None, other) => {
+                self.context.insert("result".into(), other);
+            }
+        }
+    }
+
     /// Takes the context out of the event (the chain's end does this to build the outcome).
     pub fn into_context(self) -> Map<String, Value> {
         self.context

@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod config;
 pub mod context;
 pub mod deploy;
 pub mod duration;
@@ -28,15 +29,18 @@ pub mod pipeline;
 pub mod stage;
 pub mod template;
 
+pub use config::{
+    AwsCalls, DEFAULT_DATA_DIR, Loader, PipelineFile, PipelineSpec, Settings, Siblings, StageSpec,
+};
 pub use context::{AwsSettings, Background, BuildContext, Clock, Counter, ManualClock, Metrics, SystemClock};
 pub use deploy::{DeployContext, Deployment, Statement};
-pub use error::{BuildError, FieldError, LoadError, LoadErrors};
+pub use error::{BuildError, FieldError, LoadError, LoadErrors, PipelineError};
 pub use event::{Event, EventError};
 pub use outcome::{Outcome, StageError};
 pub use path::{FieldPath, PathError};
-pub use pipeline::{AwsCalls, Loader, Pipeline, PipelineFile, PipelineSpec, Settings, Siblings, StageSpec};
+pub use pipeline::Pipeline;
 pub use stage::{
-    BoxFuture, Next, Stage, StageConfig, StageInfo, StageLayer, StageService, ValidateContext,
+    AsAny, BoxFuture, Next, Stage, StageConfig, StageInfo, StageLayer, StageService, ValidateContext,
     registered_stages, typetag_names,
 };
 pub use template::{Template, TemplateError, ValueTemplate};

@@ -66,13 +66,29 @@ pub trait Stage: Send + Sync + fmt::Debug {
     fn process<'a>(&'a self, event: Event, next: Next<'a>) -> BoxFuture<'a, Outcome>;
 }
 
+/// A configuration seen as [`Any`](std::any::Any), to downcast to its concrete type.
+/// Implemented for every `'static` type.
+pub trait AsAny {
+    /// `self` as `&dyn Any`.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+impl<T: std::any::Any> AsAny for T {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
 /// The configuration of a stage, as written in a pipeline file.
+///
+/// Every configuration is also [`AsAny`], so a host that knows a stage's type can read its
+/// typed configuration from a loaded file (`spec.config.as_any().downcast_ref::<T>()`).
 ///
 /// Implementations are registered with `#[typetag::serde(name = "…")]` and
 /// [`register_stage!`](crate::register_stage); use `#[serde(deny_unknown_fields)]` and a `///`
 /// doc on every field — those docs are the user reference.
 #[typetag::serde(tag = "type")]
-pub trait StageConfig: fmt::Debug + Send + Sync {
+pub trait StageConfig: AsAny + fmt::Debug + Send + Sync {
     /// Builds the runtime stage. Build everything expensive here (clients, compiled patterns),
     /// not per event.
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Arc<dyn Stage>, BuildError>>;

@@ -167,7 +167,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let (file, name, cx) = crate::load_for_host(&args.file, args.pipeline.as_deref(), args.state.as_deref())?;
     std::fs::create_dir_all(cx.data_dir())
         .with_context(|| format!("creating the data directory {}", cx.data_dir().display()))?;
-    let pipeline = file.build(&name, &cx).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pipeline = file.build(&name, &cx).await?;
     let dead_letter = match &args.dead_letter_queue {
         Some(url) => DeadLetter::queue(aws_sdk_sqs::Client::new(cx.aws_config().await), url.clone()),
         None => {

@@ -14,8 +14,9 @@
 
 use serde_json::{Map, Value, json};
 
-use super::function::Function;
-use super::{Stack, get_att, hardening, reference};
+use super::function::FunctionPlan;
+use super::stack::Stack;
+use super::{get_att, hardening, reference};
 
 const TOPIC: &str = "AlarmTopicArn";
 const HAS_TOPIC: &str = "HasAlarmTopic";
@@ -106,8 +107,9 @@ fn dimension(name: &str, value: Value) -> Value {
 }
 
 /// A function's errors and throttles.
-pub(crate) fn function(stack: &mut Stack, base: &str, function: &str, pipeline: &str) {
-    let dims = dimension("FunctionName", reference(function));
+pub(crate) fn function(stack: &mut Stack, function: &FunctionPlan) {
+    let (base, pipeline) = (&function.base, &function.pipeline);
+    let dims = dimension("FunctionName", reference(&function.id()));
     Alarm::any(
         format!(
             "The function of pipeline \"{pipeline}\" failed (a stage's error or a timeout; see its log group). \
@@ -169,15 +171,15 @@ pub(crate) fn state_machine(stack: &mut Stack, machine: &str) {
 }
 
 /// Counts the rollbacks every function reports into the stack's metric, and alarms on any.
-pub(crate) fn rollbacks(stack: &mut Stack, functions: &[Function]) {
+pub(crate) fn rollbacks(stack: &mut Stack, functions: &[FunctionPlan]) {
     let namespace = json!({"Fn::Sub": "cutover/${AWS::StackName}"});
     for function in functions {
         stack.resources.insert(
-            format!("{}RollbacksMetricFilter", super::base(&function.pipeline)),
+            format!("{}RollbacksMetricFilter", function.base),
             json!({
                 "Type": "AWS::Logs::MetricFilter",
                 "Properties": {
-                    "LogGroupName": reference(&function.log_group()),
+                    "LogGroupName": reference(&function.log_group_id()),
                     "FilterPattern": format!("{{ $.{ROLLBACKS} = 1 }}"),
                     "MetricTransformations": [{
                         "MetricNamespace": namespace,
@@ -215,4 +217,46 @@ pub(crate) fn name_them(stack: &mut Stack) {
             "Value": {"Fn::Join": [", ", names]},
         }),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Format;
+    use super::super::testing::{FILTERED, template};
+    use super::*;
+
+    #[test]
+    fn alarms_watch_functions_queues_and_rollbacks_and_notify_the_optional_topic() {
+        let t = template(FILTERED, Format::Cloudformation);
+        let r = t["Resources"].as_object().unwrap();
+        let alarms: Vec<&str> = r
+            .iter()
+            .filter(|(_, v)| v["Type"] == "AWS::CloudWatch::Alarm")
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(
+            alarms,
+            [
+                "EErrorsAlarm",
+                "EThrottlesAlarm",
+                "EDeadLetterQueueAlarm",
+                "RollbacksAlarm"
+            ]
+        );
+        let dlq = &r["EDeadLetterQueueAlarm"]["Properties"];
+        assert_eq!(dlq["MetricName"], "ApproximateNumberOfMessagesVisible");
+        assert_eq!(dlq["ComparisonOperator"], "GreaterThanThreshold");
+        assert_eq!(dlq["Threshold"], 0);
+        assert_eq!(
+            dlq["AlarmActions"],
+            json!({"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]})
+        );
+        assert_eq!(
+            r["ERollbacksMetricFilter"]["Properties"]["FilterPattern"],
+            "{ $.Rollbacks = 1 }"
+        );
+        assert_eq!(t["Parameters"]["AlarmTopicArn"]["Default"], "");
+        let names = &t["Outputs"]["Alarms"]["Value"]["Fn::Join"][1];
+        assert_eq!(names.as_array().unwrap().len(), alarms.len());
+    }
 }

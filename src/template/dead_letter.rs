@@ -4,7 +4,7 @@
 //! - **EventBridge → Lambda.** EventBridge invokes the function asynchronously; when that
 //!   call itself fails (a missing permission, the function deleted, a Lambda service error) it
 //!   retries for at most [`EVENT_AGE_SECS`], then sends the event, as it was, to the queue
-//!   (the rule target's `DeadLetterConfig`, with an explicit `RetryPolicy`).
+//!   (the rule target's `DeadLetterConfig`, with an explicit `RetryPolicy`: [`rule`](super::rule)).
 //! - **Lambda → the pipeline.** When the function fails (a stage's error, a timeout), Lambda
 //!   runs it [`RETRIES`] more times, a minute and then two apart; an event still failing — or
 //!   still waiting for a free instance (reserved concurrency) after [`EVENT_AGE_SECS`] — goes
@@ -21,17 +21,18 @@
 //! Least privilege: the queue policy lets EventBridge send only on behalf of this rule, and the
 //! function's role may send only to this queue (and, with a KMS key, encrypt under that key).
 
-use serde_json::{Value, json};
+use cutover_core::Statement;
+use serde_json::json;
 
-use super::yaml::COMMENT;
-use super::{Stack, alarms, base, get_att, hardening, reference};
+use super::function::FunctionPlan;
+use super::rule::{EVENTS, RulePlan};
+use super::stack::Stack;
+use super::{alarms, base, get_att, hardening, reference};
 
 /// Lambda's retries of a failed asynchronous invocation (its default, chosen on purpose).
 pub(crate) const RETRIES: u32 = 2;
 /// How long EventBridge and Lambda keep trying one event, in seconds.
 pub(crate) const EVENT_AGE_SECS: u32 = 3600;
-/// EventBridge's attempts to deliver within [`EVENT_AGE_SECS`] (its maximum; the age bounds it).
-const DELIVERY_ATTEMPTS: u32 = 185;
 /// 14 days: SQS's longest retention.
 const RETENTION_SECS: u32 = 1_209_600;
 
@@ -40,46 +41,28 @@ pub(crate) fn queue_id(pipeline: &str) -> String {
     format!("{}DeadLetterQueue", base(pipeline))
 }
 
-/// The rule target's `DeadLetterConfig`.
-pub(crate) fn rule_dead_letter_config(queue: &str) -> Value {
-    json!({ "Arn": get_att(queue, "Arn") })
+/// The function role's permission for its on-failure destination.
+pub(crate) fn send_statement(queue: &str) -> Statement {
+    Statement::new(
+        ["sqs:SendMessage"],
+        [get_att(queue, "Arn")],
+        "hand an event whose invocations all failed to the dead-letter queue \
+         (the asynchronous on-failure destination)",
+    )
 }
 
-/// The rule target's `RetryPolicy`.
-pub(crate) fn rule_retry_policy() -> Value {
-    json!({
-        "MaximumRetryAttempts": DELIVERY_ATTEMPTS,
-        "MaximumEventAgeInSeconds": EVENT_AGE_SECS,
-    })
-}
-
-/// The function role's statement for its on-failure destination.
-pub(crate) fn statement(queue: &str) -> Value {
-    json!({
-        COMMENT: "hand an event whose invocations all failed to the dead-letter queue \
-                  (the asynchronous on-failure destination)",
-        "Effect": "Allow",
-        "Action": ["sqs:SendMessage"],
-        "Resource": [get_att(queue, "Arn")],
-    })
-}
-
-/// The queue (encrypted by the hardening pass), its policy, the function's on-failure
-/// destination (and, with a KMS key, the role's use of it), the queue's alarm and output.
-/// `rule` is the logical ID of the rule whose dead letters EventBridge may send.
-pub(crate) fn resources(
-    stack: &mut Stack,
-    pipeline: &str,
-    queue: &str,
-    (function, role): (&str, &str),
-    rule: &str,
-) {
+/// The queue of `function`, triggered by `rule` (whose logical ID is `rule_id` in the format
+/// rendered): the queue, encrypted; its policy; the function's on-failure destination (and,
+/// with a KMS key, the role's use of it); the queue's output and alarm.
+pub(crate) fn render(stack: &mut Stack, function: &FunctionPlan, rule: &RulePlan, rule_id: &str) {
+    let (pipeline, queue) = (&function.pipeline, &rule.dead_letter_queue);
+    let mut properties = json!({"MessageRetentionPeriod": RETENTION_SECS});
+    for (key, value) in hardening::queue_encryption() {
+        properties[key] = value;
+    }
     stack.resources.insert(
-        queue.to_owned(),
-        json!({
-            "Type": "AWS::SQS::Queue",
-            "Properties": {"MessageRetentionPeriod": RETENTION_SECS},
-        }),
+        queue.clone(),
+        json!({"Type": "AWS::SQS::Queue", "Properties": properties}),
     );
     stack.resources.insert(
         format!("{queue}Policy"),
@@ -92,21 +75,21 @@ pub(crate) fn resources(
                     "Statement": [{
                         "Sid": "EventBridgeDeadLetters",
                         "Effect": "Allow",
-                        "Principal": {"Service": "events.amazonaws.com"},
+                        "Principal": {"Service": EVENTS},
                         "Action": "sqs:SendMessage",
                         "Resource": get_att(queue, "Arn"),
-                        "Condition": {"ArnEquals": {"aws:SourceArn": get_att(rule, "Arn")}},
+                        "Condition": {"ArnEquals": {"aws:SourceArn": get_att(rule_id, "Arn")}},
                     }],
                 },
             },
         }),
     );
     stack.resources.insert(
-        format!("{}EventInvokeConfig", base(pipeline)),
+        format!("{}EventInvokeConfig", function.base),
         json!({
             "Type": "AWS::Lambda::EventInvokeConfig",
             "Properties": {
-                "FunctionName": reference(function),
+                "FunctionName": reference(&function.id()),
                 "Qualifier": "$LATEST",
                 "MaximumRetryAttempts": RETRIES,
                 "MaximumEventAgeInSeconds": EVENT_AGE_SECS,
@@ -117,7 +100,7 @@ pub(crate) fn resources(
     stack.resources.insert(
         format!("{queue}KeyPolicy"),
         hardening::kms_key_policy(
-            json!([reference(role)]),
+            json!([reference(&function.role.id)]),
             "encrypt what the function sends to the dead-letter queue under the stack's KMS key",
             &["kms:GenerateDataKey", "kms:Decrypt"],
         ),
@@ -133,4 +116,53 @@ pub(crate) fn resources(
         }),
     );
     alarms::queue_depth(stack, queue, pipeline);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Format;
+    use super::super::testing::{FILTERED, template};
+    use super::*;
+
+    #[test]
+    fn failed_events_go_to_an_encrypted_queue_from_the_rule_and_the_function() {
+        let t = template(FILTERED, Format::Cloudformation);
+        let r = &t["Resources"];
+        let queue_arn = json!({"Fn::GetAtt": ["EDeadLetterQueue", "Arn"]});
+        let target = &r["ERule"]["Properties"]["Targets"][0];
+        assert_eq!(target["DeadLetterConfig"]["Arn"], queue_arn);
+        assert_eq!(target["RetryPolicy"]["MaximumEventAgeInSeconds"], 3600);
+        let invoke = &r["EEventInvokeConfig"]["Properties"];
+        assert_eq!(invoke["DestinationConfig"]["OnFailure"]["Destination"], queue_arn);
+        assert_eq!(invoke["MaximumRetryAttempts"], 2);
+        assert_eq!(invoke["MaximumEventAgeInSeconds"], 3600);
+        assert_eq!(invoke["Qualifier"], "$LATEST");
+        let queue = &r["EDeadLetterQueue"]["Properties"];
+        assert_eq!(queue["MessageRetentionPeriod"], 1_209_600);
+        assert_eq!(
+            queue["KmsMasterKeyId"],
+            json!({"Fn::If": ["HasKmsKey", {"Ref": "KmsKeyArn"}, {"Ref": "AWS::NoValue"}]})
+        );
+        // EventBridge may send from this rule only; the function's role may send to this queue.
+        let policy = &r["EDeadLetterQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"][0];
+        assert_eq!(policy["Principal"], json!({"Service": "events.amazonaws.com"}));
+        assert_eq!(policy["Action"], "sqs:SendMessage");
+        assert_eq!(
+            policy["Condition"]["ArnEquals"]["aws:SourceArn"],
+            json!({"Fn::GetAtt": ["ERule", "Arn"]})
+        );
+        let statements = r["ERole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+            .as_array()
+            .unwrap();
+        assert!(
+            statements
+                .iter()
+                .any(|s| s["Action"] == json!(["sqs:SendMessage"]) && s["Resource"] == json!([queue_arn])),
+            "{statements:?}"
+        );
+        assert_eq!(
+            t["Outputs"]["EDeadLetterQueueUrl"]["Value"],
+            json!({"Ref": "EDeadLetterQueue"})
+        );
+    }
 }

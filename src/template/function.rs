@@ -1,118 +1,143 @@
-//! One pipeline as one Lambda function: what its stages asked for (statements, environment,
-//! timeout, the compiled event pattern), collected by [`plan`] into a [`Function`], then
-//! rendered with its role, log group, alarms and — when the pipeline has a rule — the rule,
-//! the permission for EventBridge to invoke the function, and the dead-letter wiring.
+//! One pipeline as one Lambda function: the typed [`FunctionPlan`] both formats render — its
+//! description, architecture, memory, timeout, environment, [role](super::role) and, when the
+//! pipeline's filter stages compile to an event pattern, its [rule](super::rule) — made from what
+//! the pipeline's stages asked for ([`StageNeeds`]).
 //!
-//! The plan renders to plain CloudFormation (`AWS::Lambda::Function` + `AWS::Events::Rule` +
-//! `AWS::Lambda::Permission`) or to SAM (`AWS::Serverless::Function` whose `EventBridgeRule`
-//! event makes the rule and permission); both keep the generated least-privilege role.
+//! What the formats share is rendered here: the log group, the function's properties in their
+//! order ([`FunctionPlan::properties`], into which each format puts its own spelling of the
+//! code location and tracing mode) and its output.
 
-use cutover_core::{DeployContext, LoadError, PipelineFile, PipelineSpec, Statement, deploy};
+use cutover_core::{PipelineSpec, Statement, deploy};
 use serde_json::{Map, Value, json};
 
-use super::yaml::COMMENT;
-use super::{Format, Settings, Stack, alarms, base, dead_letter, get_att, hardening, reference};
+use super::role::{Grant, RolePlan};
+use super::rule::RulePlan;
+use super::{Arch, Settings, base, dead_letter, get_att, hardening, reference};
 
 /// Where the function writes embedded state (Lambda's only writable directory).
 const DATA_DIR: &str = "/tmp/cutover";
 /// The least function timeout, in seconds.
 const MIN_TIMEOUT: u32 = 30;
+/// Lambda's longest timeout, in seconds.
+const MAX_TIMEOUT: u32 = 900;
+/// Lambda's longest function description, in characters.
+const MAX_DESCRIPTION: usize = 256;
 /// How long a function's logs are kept.
 const LOG_RETENTION_DAYS: u32 = 30;
+/// The parameter naming the S3 bucket of the package zip every function runs.
+pub(crate) const CODE_BUCKET: &str = "CodeS3Bucket";
+/// The parameter naming the zip's key in that bucket.
+pub(crate) const CODE_KEY: &str = "CodeS3Key";
 
-/// What one pipeline's function needs, gathered from its stages.
+/// The template parameters locating the package zip (`cutover package`).
+pub(crate) fn code_parameters() -> Map<String, Value> {
+    let mut p = Map::new();
+    p.insert(
+        CODE_BUCKET.into(),
+        json!({
+            "Type": "String",
+            "Description": "The S3 bucket holding the package zip (`cutover package`: bootstrap + cutover.toml)",
+        }),
+    );
+    p.insert(
+        CODE_KEY.into(),
+        json!({
+            "Type": "String",
+            "Default": "cutover.zip",
+            "Description": "The package zip's key in CodeS3Bucket",
+        }),
+    );
+    p
+}
+
+/// What a pipeline's stages ask of its function, gathered from their
+/// [`Deployment`](cutover_core::Deployment)s in stage order.
+#[derive(Debug, Default)]
+pub(crate) struct StageNeeds {
+    /// The stages' permissions.
+    pub(crate) statements: Vec<Statement>,
+    /// The stages' environment variables (CloudFormation values).
+    pub(crate) environment: Map<String, Value>,
+    /// The longest timeout a stage asked for, in seconds.
+    pub(crate) timeout_secs: u32,
+}
+
+/// One pipeline's function, everything about it decided; rendering only spells it out.
 #[derive(Debug)]
-pub(crate) struct Function {
+pub(crate) struct FunctionPlan {
     /// The pipeline the function runs.
     pub(crate) pipeline: String,
-    description: String,
-    /// Environment variables (CloudFormation values).
-    pub(crate) environment: Map<String, Value>,
-    /// The stages' permissions, in stage order.
-    pub(crate) statements: Vec<Statement>,
-    /// The least timeout the stages need, in seconds.
+    /// The prefix of the logical IDs made for it (`EcsEvents`).
+    pub(crate) base: String,
+    /// The function's description (at most Lambda's 256 characters).
+    pub(crate) description: String,
+    /// Its CPU architecture.
+    pub(crate) arch: Arch,
+    /// Its memory, in MB.
+    pub(crate) memory: u32,
+    /// Its timeout in seconds: what the slowest stage needs, within Lambda's bounds.
     pub(crate) timeout: u32,
-    /// The EventBridge pattern compiled from the filter stages, if any.
-    pub(crate) pattern: Option<Value>,
+    /// Its environment (CloudFormation values): the pipeline's name and data directory, then
+    /// the stages' overrides.
+    pub(crate) environment: Map<String, Value>,
+    /// Its execution role.
+    pub(crate) role: RolePlan,
+    /// The EventBridge rule that invokes it, when the pipeline's filter stages compile to a
+    /// pattern; such a function also gets the dead-letter queue.
+    pub(crate) rule: Option<RulePlan>,
 }
 
-/// The function plan of `pipeline`, with what its stages add put into `stack`; `None` (and
-/// the reasons in `errors`) when a stage cannot be deployed.
-pub(crate) fn plan(
-    file: &PipelineFile,
-    pipeline: &PipelineSpec,
-    names: &[String],
-    stack: &mut Stack,
-    errors: &mut Vec<LoadError>,
-) -> Option<Function> {
-    let err = |stage: Option<(usize, String)>, field: Option<String>, message: String| LoadError {
-        file: file.display.clone(),
-        pipeline: Some(pipeline.name.clone()),
-        stage,
-        field,
-        message,
-    };
-    let before = errors.len();
-    let mut function = Function::new(pipeline);
-    for (i, stage) in pipeline.stages.iter().enumerate() {
-        let cx = DeployContext {
-            file: &file.display,
-            base_dir: &file.base_dir,
-            pipeline: &pipeline.name,
-            stage_index: i + 1,
-            stage_name: &stage.name,
-            pipelines: names,
-        };
-        let at = Some((i + 1, stage.type_name.clone()));
-        let d = match stage.config.deployment(&cx) {
-            Ok(d) => d,
-            Err(e) => {
-                errors.push(err(at, Some(e.field).filter(|f| !f.is_empty()), e.message));
-                continue;
-            }
-        };
-        let owner = format!("stage \"{}\"", stage.name);
-        let mut clash = |r: Result<(), String>| {
-            if let Err(m) = r {
-                errors.push(err(at.clone(), None, m));
-            }
-        };
-        for (id, v) in d.resources {
-            clash(Stack::add("resource", &mut stack.resources, id, v, &owner));
-        }
-        for (id, v) in d.parameters {
-            clash(Stack::add("parameter", &mut stack.parameters, id, v, &owner));
-        }
-        for (id, v) in d.outputs {
-            clash(Stack::add("output", &mut stack.outputs, id, v, &owner));
-        }
-        function.statements.extend(d.statements);
-        function.environment.extend(d.environment);
-        function.timeout = function.timeout.max(d.timeout_secs);
-    }
-    match pipeline.event_pattern() {
-        Err(message) => errors.push(err(None, None, message)),
-        Ok(pattern) => function.pattern = pattern,
-    }
-    (errors.len() == before).then_some(function)
-}
-
-impl Function {
-    /// The plan of `pipeline` before its stages are asked.
-    pub(crate) fn new(pipeline: &PipelineSpec) -> Self {
+impl FunctionPlan {
+    /// The plan of `pipeline`'s function from what its stages need and the event pattern its
+    /// filter stages compile to.
+    pub(crate) fn new(
+        pipeline: &PipelineSpec,
+        settings: Settings,
+        needs: StageNeeds,
+        pattern: Option<Value>,
+    ) -> Self {
+        let name = &pipeline.name;
+        let base = base(name);
+        let description = pipeline
+            .description
+            .clone()
+            .unwrap_or_else(|| format!("cutover pipeline {name}"));
         let mut environment = Map::new();
-        environment.insert("CUTOVER_PIPELINE".into(), json!(pipeline.name));
+        environment.insert("CUTOVER_PIPELINE".into(), json!(name));
         environment.insert("CUTOVER_SETTINGS__DATA_DIR".into(), json!(DATA_DIR));
+        environment.extend(needs.environment);
+        let rule = pattern.map(|pattern| RulePlan::new(name, pattern));
+
+        let log_group = log_group_id(&base);
+        let mut grants = vec![Grant::Allow(Statement::new(
+            ["logs:CreateLogStream", "logs:PutLogEvents"],
+            [get_att(&log_group, "Arn")],
+            "write the function's logs to its own log group",
+        ))];
+        grants.extend(needs.statements.into_iter().map(Grant::Allow));
+        if let Some(rule) = &rule {
+            grants.push(Grant::Allow(dead_letter::send_statement(&rule.dead_letter_queue)));
+        }
+        grants.push(Grant::WhileTracing(Statement::new(
+            ["xray:PutTraceSegments", "xray:PutTelemetryRecords"],
+            [json!("*")],
+            "send the function's X-Ray trace segments (the actions take no resource)",
+        )));
+
         Self {
-            pipeline: pipeline.name.clone(),
-            description: pipeline
-                .description
-                .clone()
-                .unwrap_or_else(|| format!("cutover pipeline {}", pipeline.name)),
+            pipeline: name.clone(),
+            role: RolePlan {
+                id: format!("{base}Role"),
+                policy_name: format!("cutover-{name}"),
+                grants,
+            },
+            base,
+            description: description.chars().take(MAX_DESCRIPTION).collect(),
+            arch: settings.arch,
+            memory: settings.memory,
+            timeout: needs.timeout_secs.clamp(MIN_TIMEOUT, MAX_TIMEOUT),
             environment,
-            statements: Vec::new(),
-            timeout: MIN_TIMEOUT,
-            pattern: None,
+            rule,
         }
     }
 
@@ -122,175 +147,133 @@ impl Function {
     }
 
     /// Its log group's logical ID (`EcsEventsLogGroup`).
-    pub(crate) fn log_group(&self) -> String {
-        format!("{}LogGroup", base(&self.pipeline))
+    pub(crate) fn log_group_id(&self) -> String {
+        log_group_id(&self.base)
     }
 
-    /// Adds the function and everything made for it to `stack`.
-    pub(crate) fn render(&self, stack: &mut Stack, settings: Settings) {
-        let base = base(&self.pipeline);
-        let (function, role, logs) = (self.id(), format!("{base}Role"), self.log_group());
-        let queue = self
-            .pattern
-            .as_ref()
-            .map(|_| dead_letter::queue_id(&self.pipeline));
-
-        let mut statements = vec![statement(&Statement::new(
-            ["logs:CreateLogStream", "logs:PutLogEvents"],
-            [get_att(&logs, "Arn")],
-            "write the function's logs to its own log group",
-        ))];
-        statements.extend(self.statements.iter().map(statement));
-        if let Some(queue) = &queue {
-            statements.push(dead_letter::statement(queue));
-        }
-        statements.push(hardening::xray_statement(
-            "send the function's X-Ray trace segments (the actions take no resource)",
-            &["xray:PutTraceSegments", "xray:PutTelemetryRecords"],
-        ));
-
-        stack.resources.insert(
-            logs.clone(),
-            json!({
-                "Type": "AWS::Logs::LogGroup",
-                "Properties": {"RetentionInDays": LOG_RETENTION_DAYS},
-            }),
-        );
-        stack.resources.insert(
-            role.clone(),
-            deploy::service_role(
-                "lambda.amazonaws.com",
-                json!([{
-                    "PolicyName": format!("cutover-{}", self.pipeline),
-                    "PolicyDocument": {"Version": "2012-10-17", "Statement": statements},
-                }]),
-            ),
-        );
-        stack.resources.insert(
-            function.clone(),
-            self.function(settings, &role, &logs, queue.as_deref()),
-        );
-        stack.outputs.insert(
-            format!("{function}Arn"),
-            json!({
-                "Description": format!("The function running pipeline \"{}\"", self.pipeline),
-                "Value": get_att(&function, "Arn"),
-            }),
-        );
-        alarms::function(stack, &base, &function, &self.pipeline);
-
-        let (Some(pattern), Some(queue)) = (&self.pattern, &queue) else {
-            return;
-        };
-        // The rule that delivers to the function: ours in CloudFormation, SAM's (named after
-        // the function and its event) in SAM.
-        let rule = match settings.format {
-            Format::Cloudformation => {
-                let rule = format!("{base}Rule");
-                self.rule(stack, &rule, pattern, queue);
-                rule
-            }
-            Format::Sam => format!("{function}{base}"),
-        };
-        dead_letter::resources(stack, &self.pipeline, queue, (&function, &role), &rule);
+    /// Its log group, encrypted with the stack's key when one is given.
+    pub(crate) fn log_group(&self) -> Value {
+        json!({
+            "Type": "AWS::Logs::LogGroup",
+            "Properties": {
+                "RetentionInDays": LOG_RETENTION_DAYS,
+                "KmsKeyId": hardening::kms_key(),
+            },
+        })
     }
 
-    /// The function resource itself.
-    fn function(&self, settings: Settings, role: &str, logs: &str, queue: Option<&str>) -> Value {
+    /// The function's properties, with the format's own `code` entry (the package zip, from
+    /// `CodeS3Bucket` and `CodeS3Key`) and `tracing` entry (given the mode) in their places.
+    pub(crate) fn properties(
+        &self,
+        code: impl FnOnce(Value, Value) -> (&'static str, Value),
+        tracing: impl FnOnce(Value) -> (&'static str, Value),
+    ) -> Map<String, Value> {
         let mut p = Map::new();
-        p.insert(
-            "Description".into(),
-            json!(self.description.chars().take(256).collect::<String>()),
-        );
+        p.insert("Description".into(), json!(self.description));
         p.insert("Runtime".into(), json!("provided.al2023"));
         p.insert("Handler".into(), json!("bootstrap"));
-        p.insert("Architectures".into(), json!([settings.arch.name()]));
-        let (bucket, key) = (reference("CodeS3Bucket"), reference("CodeS3Key"));
-        match settings.format {
-            Format::Cloudformation => p.insert("Code".into(), json!({"S3Bucket": bucket, "S3Key": key})),
-            Format::Sam => p.insert("CodeUri".into(), json!({"Bucket": bucket, "Key": key})),
-        };
-        p.insert("Role".into(), get_att(role, "Arn"));
-        p.insert("MemorySize".into(), json!(settings.memory));
-        p.insert("Timeout".into(), json!(self.timeout.min(900)));
-        p.insert("LoggingConfig".into(), json!({"LogGroup": reference(logs)}));
+        p.insert("Architectures".into(), json!([self.arch.name()]));
+        let (key, value) = code(reference(CODE_BUCKET), reference(CODE_KEY));
+        p.insert(key.into(), value);
+        p.insert("Role".into(), get_att(&self.role.id, "Arn"));
+        p.insert("MemorySize".into(), json!(self.memory));
+        p.insert("Timeout".into(), json!(self.timeout));
+        p.insert(
+            "LoggingConfig".into(),
+            json!({"LogGroup": reference(&self.log_group_id())}),
+        );
         p.insert("Environment".into(), json!({"Variables": self.environment}));
         p.insert(
             "ReservedConcurrentExecutions".into(),
             hardening::reserved_concurrency(),
         );
-        let mode = hardening::if_tracing(json!("Active"), json!("PassThrough"));
-        let kind = match settings.format {
-            Format::Cloudformation => {
-                p.insert("TracingConfig".into(), json!({ "Mode": mode }));
-                "AWS::Lambda::Function"
-            }
-            Format::Sam => {
-                p.insert("Tracing".into(), mode);
-                if let (Some(pattern), Some(queue)) = (&self.pattern, queue) {
-                    let mut event = json!({"Pattern": pattern});
-                    event["DeadLetterConfig"] = dead_letter::rule_dead_letter_config(queue);
-                    event["RetryPolicy"] = dead_letter::rule_retry_policy();
-                    p.insert(
-                        "Events".into(),
-                        json!({ base(&self.pipeline): {"Type": "EventBridgeRule", "Properties": event} }),
-                    );
-                }
-                "AWS::Serverless::Function"
-            }
-        };
-        json!({"Type": kind, "Properties": p})
+        let (key, value) = tracing(hardening::if_tracing(json!("Active"), json!("PassThrough")));
+        p.insert(key.into(), value);
+        p
     }
 
-    /// The rule with the compiled pattern, targeting the function (dead letters to `queue`),
-    /// and the permission for EventBridge to invoke the function for that rule only.
-    fn rule(&self, stack: &mut Stack, rule: &str, pattern: &Value, queue: &str) {
-        let function = self.id();
-        stack.resources.insert(
-            rule.to_owned(),
-            json!({
-                "Type": "AWS::Events::Rule",
-                "Properties": {
-                    "Description": format!("cutover pipeline {}: compiled from its filter stages", self.pipeline),
-                    "State": "ENABLED",
-                    "EventPattern": pattern,
-                    "Targets": [{
-                        "Id": "cutover",
-                        "Arn": get_att(&function, "Arn"),
-                        "DeadLetterConfig": dead_letter::rule_dead_letter_config(queue),
-                        "RetryPolicy": dead_letter::rule_retry_policy(),
-                    }],
-                },
-            }),
-        );
-        stack.resources.insert(
-            format!("{rule}Permission"),
-            json!({
-                "Type": "AWS::Lambda::Permission",
-                "Properties": {
-                    "Action": "lambda:InvokeFunction",
-                    "FunctionName": reference(&function),
-                    "Principal": "events.amazonaws.com",
-                    "SourceArn": get_att(rule, "Arn"),
-                },
-            }),
-        );
-        stack.outputs.insert(
-            format!("{rule}Name"),
-            json!({
-                "Description": format!("The EventBridge rule that triggers pipeline \"{}\"", self.pipeline),
-                "Value": reference(rule),
-            }),
-        );
+    /// The output giving the function's ARN, by name.
+    pub(crate) fn output(&self) -> (String, Value) {
+        let id = self.id();
+        let value = json!({
+            "Description": format!("The function running pipeline \"{}\"", self.pipeline),
+            "Value": get_att(&id, "Arn"),
+        });
+        (format!("{id}Arn"), value)
     }
 }
 
-/// An IAM statement with its reason as a comment above it.
-pub(crate) fn statement(s: &Statement) -> Value {
-    json!({
-        COMMENT: s.why,
-        "Effect": "Allow",
-        "Action": s.actions,
-        "Resource": s.resources,
-    })
+fn log_group_id(base: &str) -> String {
+    format!("{base}LogGroup")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Format;
+    use super::super::testing::{FILTERED, load, settings, template};
+    use super::*;
+
+    #[test]
+    fn the_plan_holds_what_the_stages_asked_for_within_lambdas_bounds() {
+        let file = load(FILTERED);
+        let needs = StageNeeds {
+            statements: vec![Statement::new(["s3:GetObject"], [json!("*")], "why")],
+            environment: Map::from_iter([("CUTOVER_PIPELINE".to_owned(), json!("x"))]),
+            timeout_secs: 5000,
+        };
+        let plan = FunctionPlan::new(&file.pipelines[0], settings(Format::Sam), needs, None);
+        assert_eq!(plan.timeout, MAX_TIMEOUT);
+        assert_eq!(plan.description, "cutover pipeline e");
+        assert_eq!(
+            plan.environment.keys().collect::<Vec<_>>(),
+            ["CUTOVER_PIPELINE", "CUTOVER_SETTINGS__DATA_DIR"],
+            "a stage's variable replaces ours in place"
+        );
+        assert_eq!(plan.environment["CUTOVER_PIPELINE"], "x");
+        assert!(plan.rule.is_none());
+        let whys: Vec<&str> = plan
+            .role
+            .grants
+            .iter()
+            .map(|g| match g {
+                Grant::Allow(s) | Grant::WhileTracing(s) => s.why.as_str(),
+            })
+            .collect();
+        assert_eq!(
+            whys.len(),
+            3,
+            "logs, the stage's, X-Ray; no rule, no queue: {whys:?}"
+        );
+        assert_eq!(whys[1], "why");
+    }
+
+    #[test]
+    fn both_formats_write_the_same_function_in_their_own_spelling() {
+        let cfn = template(FILTERED, Format::Cloudformation);
+        let sam = template(FILTERED, Format::Sam);
+        let (cfn, sam) = (
+            &cfn["Resources"]["EFunction"]["Properties"],
+            &sam["Resources"]["EFunction"]["Properties"],
+        );
+        assert_eq!(
+            cfn["Code"],
+            json!({"S3Bucket": {"Ref": "CodeS3Bucket"}, "S3Key": {"Ref": "CodeS3Key"}})
+        );
+        assert_eq!(
+            sam["CodeUri"],
+            json!({"Bucket": {"Ref": "CodeS3Bucket"}, "Key": {"Ref": "CodeS3Key"}})
+        );
+        assert_eq!(cfn["TracingConfig"]["Mode"], sam["Tracing"]);
+        for key in [
+            "Description",
+            "Architectures",
+            "Role",
+            "MemorySize",
+            "Timeout",
+            "Environment",
+        ] {
+            assert_eq!(cfn[key], sam[key], "{key}");
+        }
+    }
 }

@@ -9,14 +9,15 @@
 //! | `Tracing` | `Disabled` | X-Ray tracing of the functions and state machines |
 //!
 //! The template's own resources take them where it makes them; what stages add is hardened by
-//! CloudFormation type ([`encrypt_at_rest`], [`harden_state_machines`]), never by stage name,
-//! so a plugin's table or state machine gets the same treatment as a built-in one. A value a
-//! stage set itself is kept.
+//! CloudFormation type ([`encrypt_at_rest`], [`state_machines`](super::state_machines)), never
+//! by stage name, so a plugin's table or state machine gets the same treatment as a built-in
+//! one. A value a stage set itself is kept.
 
+use cutover_core::Statement;
 use serde_json::{Map, Value, json};
 
-use super::yaml::COMMENT;
-use super::{Stack, get_att, reference};
+use super::reference;
+use super::role::statement;
 
 /// The KMS key parameter.
 pub(crate) const KMS_KEY: &str = "KmsKeyArn";
@@ -25,9 +26,8 @@ const RESERVED: &str = "ReservedConcurrency";
 const RESERVES: &str = "ReservesConcurrency";
 const TRACING: &str = "Tracing";
 const TRACING_ENABLED: &str = "TracingEnabled";
-const LOG_LEVEL: &str = "StateMachineLogLevel";
-/// How long a state machine's logs are kept.
-const LOG_RETENTION_DAYS: u32 = 30;
+/// The state machines' log level parameter.
+pub(crate) const LOG_LEVEL: &str = "StateMachineLogLevel";
 
 /// Which optional parameters the stack uses.
 #[derive(Debug, Clone, Copy)]
@@ -122,51 +122,50 @@ pub(crate) fn reserved_concurrency() -> Value {
     json!({"Fn::If": [RESERVES, reference(RESERVED), no_value()]})
 }
 
-/// A role's X-Ray statement: `actions` allowed while tracing is enabled, denied otherwise.
-/// (Denying rather than leaving the statement out keeps `AWS::NoValue` out of the statement
-/// list, which CloudFormation accepts but emulators do not, and says plainly that the role
-/// sends no traces.)
-pub(crate) fn xray_statement(why: &str, actions: &[&str]) -> Value {
-    let statement = |effect: &str, why: &str| {
-        json!({
-            COMMENT: why,
-            "Effect": effect,
-            "Action": actions,
-            "Resource": ["*"],
-        })
-    };
-    if_tracing(
-        statement("Allow", why),
-        statement("Deny", "tracing is disabled (parameter Tracing): no X-Ray traces"),
-    )
+/// The stack's key when one is given (a log group's `KmsKeyId`, a queue's `KmsMasterKeyId`).
+pub(crate) fn kms_key() -> Value {
+    if_kms_key(reference(KMS_KEY))
+}
+
+/// A queue's encryption: under the stack's key when one is given, else SQS-managed.
+pub(crate) fn queue_encryption() -> [(&'static str, Value); 2] {
+    [
+        ("KmsMasterKeyId", kms_key()),
+        (
+            "SqsManagedSseEnabled",
+            json!({"Fn::If": [HAS_KMS_KEY, no_value(), true]}),
+        ),
+    ]
+}
+
+/// A table's `SSESpecification`: under the stack's key when one is given (tables are always
+/// encrypted at rest by AWS).
+fn table_encryption() -> Value {
+    json!({
+        "SSEEnabled": {"Fn::If": [HAS_KMS_KEY, true, false]},
+        "SSEType": if_kms_key(json!("KMS")),
+        "KMSMasterKeyId": kms_key(),
+    })
 }
 
 /// An `AWS::IAM::Policy` on `roles`, created only when a KMS key is given.
 pub(crate) fn kms_key_policy(roles: Value, why: &str, actions: &[&str]) -> Value {
+    let allow = Statement::new(actions.iter().copied(), [reference(KMS_KEY)], why);
     json!({
         "Type": "AWS::IAM::Policy",
         "Condition": HAS_KMS_KEY,
         "Properties": {
             "PolicyName": "stack-kms-key",
             "Roles": roles,
-            "PolicyDocument": {
-                "Version": "2012-10-17",
-                "Statement": [{
-                    COMMENT: why,
-                    "Effect": "Allow",
-                    "Action": actions,
-                    "Resource": [reference(KMS_KEY)],
-                }],
-            },
+            "PolicyDocument": {"Version": "2012-10-17", "Statement": [statement("Allow", &allow)]},
         },
     })
 }
 
-/// Encrypts every log group, table and queue of `resources` with the stack's KMS key when one
-/// is given (SQS-managed encryption otherwise; tables and log groups are always encrypted at
-/// rest by AWS).
+/// Encrypts every log group, table and queue of `resources` (what the stages added) with the
+/// stack's KMS key when one is given (SQS-managed encryption otherwise; tables and log groups
+/// are always encrypted at rest by AWS), keeping a setting a stage made itself.
 pub(crate) fn encrypt_at_rest(resources: &mut Map<String, Value>) {
-    let key = || if_kms_key(reference(KMS_KEY));
     for resource in resources.values_mut() {
         let kind = resource["Type"].as_str().unwrap_or_default().to_owned();
         if !matches!(
@@ -180,129 +179,25 @@ pub(crate) fn encrypt_at_rest(resources: &mut Map<String, Value>) {
         };
         match kind.as_str() {
             "AWS::Logs::LogGroup" => {
-                props.entry("KmsKeyId").or_insert_with(key);
+                props.entry("KmsKeyId").or_insert_with(kms_key);
             }
             "AWS::DynamoDB::Table" => {
-                props.entry("SSESpecification").or_insert_with(|| {
-                    json!({
-                        "SSEEnabled": {"Fn::If": [HAS_KMS_KEY, true, false]},
-                        "SSEType": if_kms_key(json!("KMS")),
-                        "KMSMasterKeyId": key(),
-                    })
-                });
+                props.entry("SSESpecification").or_insert_with(table_encryption);
             }
             "AWS::SQS::Queue"
                 if !props.contains_key("KmsMasterKeyId") && !props.contains_key("SqsManagedSseEnabled") =>
             {
-                props.insert("KmsMasterKeyId".into(), key());
-                props.insert(
-                    "SqsManagedSseEnabled".into(),
-                    json!({"Fn::If": [HAS_KMS_KEY, no_value(), true]}),
-                );
+                for (key, value) in queue_encryption() {
+                    props.insert(key.into(), value);
+                }
             }
             _ => {}
         }
     }
 }
 
-/// Gives every state machine of the stack whose role the stack creates a log group of its own,
-/// logging at `StateMachineLogLevel` (without execution data), X-Ray tracing on request, and a
-/// policy on its role for both; the machine waits for that policy, because Step Functions
-/// checks the role's log permissions when it creates the machine. Returns the logical IDs of
-/// all state machines (each gets alarms).
-pub(crate) fn harden_state_machines(stack: &mut Stack) -> Vec<String> {
-    let machines: Vec<(String, Option<String>)> = stack
-        .resources
-        .iter()
-        .filter(|(_, r)| r["Type"] == "AWS::StepFunctions::StateMachine")
-        .map(|(id, r)| (id.clone(), role_of(r, &stack.resources)))
-        .collect();
-    for (machine, role) in &machines {
-        let Some(role) = role else {
-            continue;
-        };
-        let (logs, policy) = (format!("{machine}LogGroup"), format!("{machine}LoggingPolicy"));
-        stack.resources.insert(
-            logs.clone(),
-            json!({
-                "Type": "AWS::Logs::LogGroup",
-                "Properties": {
-                    // The prefix Step Functions recommends: it keeps CloudWatch Logs' resource
-                    // policy for log delivery from growing with every state machine.
-                    "LogGroupName": {"Fn::Sub": format!("/aws/vendedlogs/states/${{AWS::StackName}}-{machine}")},
-                    "RetentionInDays": LOG_RETENTION_DAYS,
-                },
-            }),
-        );
-        stack.resources.insert(
-            policy.clone(),
-            json!({
-                "Type": "AWS::IAM::Policy",
-                "Properties": {
-                    "PolicyName": "state-machine-logs-and-traces",
-                    "Roles": [reference(role)],
-                    "PolicyDocument": {
-                        "Version": "2012-10-17",
-                        "Statement": [
-                            {
-                                COMMENT: "deliver the state machine's logs to its log group: Step Functions \
-                                          sets up the delivery with these actions, which take no resource",
-                                "Effect": "Allow",
-                                "Action": [
-                                    "logs:CreateLogDelivery",
-                                    "logs:GetLogDelivery",
-                                    "logs:UpdateLogDelivery",
-                                    "logs:DeleteLogDelivery",
-                                    "logs:ListLogDeliveries",
-                                    "logs:PutResourcePolicy",
-                                    "logs:DescribeResourcePolicies",
-                                    "logs:DescribeLogGroups",
-                                ],
-                                "Resource": ["*"],
-                            },
-                            xray_statement(
-                                "send the state machine's X-Ray traces (the actions take no resource)",
-                                &[
-                                    "xray:PutTraceSegments",
-                                    "xray:PutTelemetryRecords",
-                                    "xray:GetSamplingRules",
-                                    "xray:GetSamplingTargets",
-                                ],
-                            ),
-                        ],
-                    },
-                },
-            }),
-        );
-        let Some(resource) = stack.resources.get_mut(machine) else {
-            continue;
-        };
-        if let Some(props) = properties(resource) {
-            props.entry("LoggingConfiguration").or_insert_with(|| {
-                json!({
-                    "Level": reference(LOG_LEVEL),
-                    "IncludeExecutionData": false,
-                    "Destinations": [{"CloudWatchLogsLogGroup": {"LogGroupArn": get_att(&logs, "Arn")}}],
-                })
-            });
-            props
-                .entry("TracingConfiguration")
-                .or_insert_with(|| json!({"Enabled": if_tracing(json!(true), json!(false))}));
-        }
-        depends_on(resource, &policy);
-    }
-    machines.into_iter().map(|(id, _)| id).collect()
-}
-
-/// The logical ID of the stack's role a state machine runs as, if its `RoleArn` names one.
-fn role_of(machine: &Value, resources: &Map<String, Value>) -> Option<String> {
-    let att = machine["Properties"]["RoleArn"]["Fn::GetAtt"].as_array()?;
-    let id = att.first()?.as_str()?;
-    (att.get(1)?.as_str()? == "Arn" && resources.get(id)?["Type"] == "AWS::IAM::Role").then(|| id.to_owned())
-}
-
 /// The `Properties` object of a resource, created if missing.
-fn properties(resource: &mut Value) -> Option<&mut Map<String, Value>> {
+pub(crate) fn properties(resource: &mut Value) -> Option<&mut Map<String, Value>> {
     resource
         .as_object_mut()?
         .entry("Properties")
@@ -310,25 +205,18 @@ fn properties(resource: &mut Value) -> Option<&mut Map<String, Value>> {
         .as_object_mut()
 }
 
-/// Adds `id` to a resource's `DependsOn`.
-fn depends_on(resource: &mut Value, id: &str) {
-    let Some(r) = resource.as_object_mut() else {
-        return;
-    };
-    let list = match r.remove("DependsOn") {
-        Some(Value::String(one)) => vec![json!(one), json!(id)],
-        Some(Value::Array(mut many)) => {
-            many.push(json!(id));
-            many
-        }
-        _ => vec![json!(id)],
-    };
-    r.insert("DependsOn".into(), Value::Array(list));
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::Format;
+    use super::super::testing::{FILTERED, template};
     use super::*;
+
+    #[test]
+    fn a_file_without_state_machines_has_no_state_machine_parameters() {
+        let t = template(FILTERED, Format::Cloudformation);
+        assert!(t["Parameters"].get("StateMachineLogLevel").is_none());
+        assert!(t["Conditions"].get("HasKmsKey").is_some());
+    }
 
     #[test]
     fn a_value_a_stage_set_is_kept_and_a_missing_one_is_added() {
@@ -349,15 +237,5 @@ mod tests {
             json!({"Fn::If": ["HasKmsKey", "KMS", {"Ref": "AWS::NoValue"}]})
         );
         assert_eq!(resources["Other"], json!({"Type": "AWS::SNS::Topic"}));
-    }
-
-    #[test]
-    fn depends_on_grows_from_nothing_a_string_or_a_list() {
-        let mut r = json!({"Type": "X"});
-        depends_on(&mut r, "A");
-        assert_eq!(r["DependsOn"], json!(["A"]));
-        let mut r = json!({"Type": "X", "DependsOn": "A"});
-        depends_on(&mut r, "B");
-        assert_eq!(r["DependsOn"], json!(["A", "B"]));
     }
 }

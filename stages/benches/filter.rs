@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use cutover_core::{BuildContext, Event, StageConfig};
-use cutover_stages::filter::{Filter, FilterConfig};
+use cutover_stages::filter::{Decision, Filter, FilterConfig};
 use serde_json::Value;
 
 #[path = "common/typed.rs"]
@@ -60,7 +60,7 @@ fn stage_passes(rt: &tokio::runtime::Runtime, filter: &Filter, events: &[Arc<[u8
         for e in events {
             n += usize::from(matches!(
                 filter.decide(&Event::from_bytes(e.clone())).await,
-                Ok(Ok(()))
+                Ok(Decision::Pass)
             ));
         }
         n

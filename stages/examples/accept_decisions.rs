@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use cutover_core::Event;
-use cutover_stages::filter::{Filter, FilterConfig};
+use cutover_stages::filter::{Decision, Filter, FilterConfig};
 
 #[path = "../benches/common/typed.rs"]
 mod typed;
@@ -36,7 +36,10 @@ fn main() {
             let passed = match which.as_str() {
                 "typed" => typed::typed_decision(std::hint::black_box(&bytes)),
                 "value" => serde_json::from_slice::<serde_json::Value>(std::hint::black_box(&bytes)).is_ok(),
-                _ => matches!(filter.decide(&Event::from_bytes(bytes.clone())).await, Ok(Ok(()))),
+                _ => matches!(
+                    filter.decide(&Event::from_bytes(bytes.clone())).await,
+                    Ok(Decision::Pass)
+                ),
             };
             assert!(passed, "the fixture is a green task that reached RUNNING");
         }

@@ -56,6 +56,29 @@ where
     }
 }
 
+/// Waits (up to a minute) until a DynamoDB table just created is `ACTIVE`.
+pub(crate) async fn wait_until_active(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> Result<(), crate::Error> {
+    for _ in 0..60 {
+        let d = client
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .map_err(|e| crate::Error::Aws(aws_error("dynamodb:DescribeTable", &e).message))?;
+        if d.table()
+            .and_then(|t| t.table_status())
+            .is_some_and(|s| s.as_str() == "ACTIVE")
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    Ok(())
+}
+
 /// A loopback HTTP server that gives every request one canned answer (a recorded AWS response
 /// or error), for tests of how the SDK and our code read it.
 #[cfg(test)]

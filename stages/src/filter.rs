@@ -23,7 +23,7 @@ pub mod tags;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use cutover_core::pipeline::merge_patterns;
+use cutover_core::config::merge_patterns;
 use cutover_core::{
     BoxFuture, BuildContext, BuildError, DeployContext, Deployment, Event, FieldError, Next, Outcome, Stage,
     StageConfig, StageError, Statement, ValidateContext,
@@ -47,7 +47,7 @@ pub struct FilterConfig {
     /// Cluster names or ARNs the task must run in (one or a list).
     #[serde(
         default,
-        deserialize_with = "one_or_many",
+        deserialize_with = "crate::fields::one_or_many",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub cluster: Vec<String>,
@@ -55,17 +55,20 @@ pub struct FilterConfig {
     #[serde(default)]
     pub green: GreenConfig,
     /// The task's `lastStatus` values that count.
-    #[serde(default = "running", deserialize_with = "one_or_many")]
+    #[serde(default = "running", deserialize_with = "crate::fields::one_or_many")]
     pub last_status: Vec<String>,
     /// The task's `desiredStatus` values that count: a task that reached RUNNING while ECS
     /// already wants it STOPPED must not trigger.
-    #[serde(default = "running", deserialize_with = "one_or_many")]
+    #[serde(default = "running", deserialize_with = "crate::fields::one_or_many")]
     pub desired_status: Vec<String>,
     /// EventBridge `detail-type` values.
-    #[serde(default = "task_state_change", deserialize_with = "one_or_many")]
+    #[serde(
+        default = "task_state_change",
+        deserialize_with = "crate::fields::one_or_many"
+    )]
     pub detail_type: Vec<String>,
     /// EventBridge `source` values.
-    #[serde(default = "aws_ecs", deserialize_with = "one_or_many")]
+    #[serde(default = "aws_ecs", deserialize_with = "crate::fields::one_or_many")]
     pub source: Vec<String>,
     /// Any EventBridge event pattern, as a TOML table or a JSON string, ANDed with the options
     /// above. It may not constrain a field an option above already constrains.
@@ -84,35 +87,35 @@ pub struct GreenConfig {
     /// Container names (the seed's `TRIGGER_CONTAINERS`); one container of the task must match.
     #[serde(
         default,
-        deserialize_with = "one_or_many",
+        deserialize_with = "crate::fields::one_or_many",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub container: Vec<Matcher>,
     /// Task-definition families (`cats-green` of `…:task-definition/cats-green:7`).
     #[serde(
         default,
-        deserialize_with = "one_or_many",
+        deserialize_with = "crate::fields::one_or_many",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub family: Vec<Matcher>,
     /// ECS service names: the task's group is `service:NAME`.
     #[serde(
         default,
-        deserialize_with = "one_or_many",
+        deserialize_with = "crate::fields::one_or_many",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub service: Vec<Matcher>,
     /// Task groups as ECS writes them (`service:cats-green`, `family:batch`).
     #[serde(
         default,
-        deserialize_with = "one_or_many",
+        deserialize_with = "crate::fields::one_or_many",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub group: Vec<Matcher>,
     /// The task's `startedBy` (`ecs-svc/…` for service deployments).
     #[serde(
         default,
-        deserialize_with = "one_or_many",
+        deserialize_with = "crate::fields::one_or_many",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub started_by: Vec<Matcher>,
@@ -120,7 +123,7 @@ pub struct GreenConfig {
     /// (`cats:v3` matches `…/cats:v3`).
     #[serde(
         default,
-        deserialize_with = "one_or_many",
+        deserialize_with = "crate::fields::one_or_many",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub image: Vec<Matcher>,
@@ -166,23 +169,6 @@ fn task_state_change() -> Vec<String> {
 }
 fn aws_ecs() -> Vec<String> {
     vec!["aws.ecs".into()]
-}
-
-fn one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany<T> {
-        Many(Vec<T>),
-        One(T),
-    }
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::Many(v) => v,
-        OneOrMany::One(v) => vec![v],
-    })
 }
 
 fn pattern_spec<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
@@ -409,14 +395,14 @@ impl FilterConfig {
 
     /// The one EventBridge pattern all conditions amount to (tags excepted), or the fields two
     /// conditions both constrain.
-    pub fn compiled_pattern(&self) -> Result<Value, String> {
+    pub fn compiled_pattern(&self) -> Result<Value, crate::Error> {
         let mut merged = Value::Object(Map::new());
         for c in self.conditions() {
             merge_patterns(&mut merged, &c.pattern, &mut Vec::new()).map_err(|path| {
-                format!(
-                    "{} and another option both constrain \"{path}\"; set it in one place (an empty list switches a defaulted option off)",
-                    c.option
-                )
+                crate::Error::PatternConflict {
+                    option: c.option.to_owned(),
+                    path,
+                }
             })?;
         }
         Ok(merged)
@@ -437,7 +423,7 @@ impl StageConfig for FilterConfig {
             }
         }
         if let Err(m) = self.compiled_pattern() {
-            errors.push(FieldError::new("pattern", m));
+            errors.push(FieldError::new("pattern", m.to_string()));
         }
         if self.green.tag_source.is_some() && self.green.tags.is_empty() {
             errors.push(FieldError::new(
@@ -540,13 +526,13 @@ pub struct Filter {
 impl Filter {
     /// Builds the runtime filter directly (for embedders and benchmarks).
     pub async fn from_config(config: &FilterConfig) -> Result<Filter, BuildError> {
-        Self::build(config, &BuildContext::new(".cutover")).await
+        Self::build(config, &BuildContext::default()).await
     }
 
     async fn build(config: &FilterConfig, cx: &BuildContext) -> Result<Filter, BuildError> {
         let merged = config
             .compiled_pattern()
-            .map_err(|m| BuildError::field("pattern", m))?;
+            .map_err(|m| BuildError::field("pattern", m.to_string()))?;
         let merged = Pattern::from_value(&merged).map_err(|e| BuildError::field("pattern", e.to_string()))?;
         // Conditions keep the order of `conditions()`: green first, the one most events fail,
         // so a typical event costs one byte scan and no parse.
@@ -574,12 +560,12 @@ impl Filter {
         })
     }
 
-    /// Decides without running the rest of the chain: `Ok(())` to pass, or the drop reason.
-    pub async fn decide(&self, event: &Event) -> Result<Result<(), String>, StageError> {
+    /// Decides without running the rest of the chain.
+    pub async fn decide(&self, event: &Event) -> Result<Decision, StageError> {
         // Phase 1: raw bytes only.
         for c in &self.conditions {
             if !c.pattern.prefilter().may_match(event.raw()) {
-                return Ok(Err(c.condition.mismatch(None)));
+                return Ok(Decision::Drop(c.condition.mismatch(None)));
             }
         }
         // Phase 2: the fields the conditions read, parsed from the bytes (no copies, and the
@@ -589,7 +575,7 @@ impl Filter {
         if event.is_parsed() {
             let value = event.json().map_err(|e| invalid(e.to_string()))?;
             if !self.merged.matches(value) {
-                return Ok(Err(self.reason(|p| p.matches(value), value)));
+                return Ok(Decision::Drop(self.reason(|p| p.matches(value), value)));
             }
         } else {
             let projected = self
@@ -597,8 +583,8 @@ impl Filter {
                 .parse(event.raw())
                 .map_err(|e| invalid(format!("event is not valid JSON: {e}")))?;
             if !self.merged.matches_projected(&projected) {
-                return Ok(Err(
-                    self.reason(|p| p.matches_projected(&projected), &projected.to_value())
+                return Ok(Decision::Drop(
+                    self.reason(|p| p.matches_projected(&projected), &projected.to_value()),
                 ));
             }
         }
@@ -614,12 +600,42 @@ impl Filter {
             for (k, v) in wanted {
                 match have.get(k) {
                     Some(actual) if actual == v => {}
-                    Some(actual) => return Ok(Err(format!("tag {k} is {actual:?}, expected {v:?}"))),
-                    None => return Ok(Err(format!("task has no tag {k} (expected {k} = {v:?})"))),
+                    Some(actual) => {
+                        return Ok(Decision::Drop(format!("tag {k} is {actual:?}, expected {v:?}")));
+                    }
+                    None => {
+                        return Ok(Decision::Drop(format!(
+                            "task has no tag {k} (expected {k} = {v:?})"
+                        )));
+                    }
                 }
             }
         }
-        Ok(Ok(()))
+        Ok(Decision::Pass)
+    }
+}
+
+/// What the filter decided of one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The event goes on down the chain.
+    Pass,
+    /// The event ends here, dropped for this reason.
+    Drop(String),
+}
+
+impl Decision {
+    /// Whether the event passes.
+    pub fn passes(&self) -> bool {
+        matches!(self, Decision::Pass)
+    }
+
+    /// The drop reason, if dropped.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Decision::Pass => None,
+            Decision::Drop(reason) => Some(reason),
+        }
     }
 }
 
@@ -682,8 +698,8 @@ impl Stage for Filter {
     fn process<'a>(&'a self, event: Event, next: Next<'a>) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
             match self.decide(&event).await {
-                Ok(Ok(())) => next.run(event).await,
-                Ok(Err(reason)) => Outcome::dropped(reason),
+                Ok(Decision::Pass) => next.run(event).await,
+                Ok(Decision::Drop(reason)) => Outcome::dropped(reason),
                 Err(error) => Outcome::failed(error),
             }
         })
@@ -723,7 +739,7 @@ mod tests {
         "#;
         let cfg: FilterConfig = toml::from_str(text).unwrap();
         let again: FilterConfig = toml::from_str(&toml::to_string(&cfg).unwrap()).unwrap();
-        assert_eq!(again.compiled_pattern(), cfg.compiled_pattern());
+        assert_eq!(again.compiled_pattern().unwrap(), cfg.compiled_pattern().unwrap());
         assert_eq!(again.green.container, cfg.green.container);
         assert_eq!(again.green.tags, cfg.green.tags);
     }
@@ -775,15 +791,16 @@ mod tests {
         let filter = Filter::from_config(&seed()).await.unwrap();
         // Most events: rejected by the byte prefilter.
         let rejected = Event::from_bytes(fixture("task-ec2-running.json"));
-        assert!(filter.decide(&rejected).await.unwrap().is_err());
+        assert!(!filter.decide(&rejected).await.unwrap().passes());
         assert!(!rejected.is_parsed());
         // Events that pass every prefilter: decided on the projected fields, with the reason.
         let late = Event::from_bytes(fixture("task-fargate-provisioning.json"));
-        let reason = filter.decide(&late).await.unwrap().unwrap_err();
+        let late_decision = filter.decide(&late).await.unwrap();
+        let reason = late_decision.reason().unwrap();
         assert!(reason.contains("lastStatus is PROVISIONING"), "{reason}");
         assert!(!late.is_parsed());
         let accepted = Event::from_bytes(fixture("task-fargate-running.json"));
-        assert_eq!(filter.decide(&accepted).await.unwrap(), Ok(()));
+        assert_eq!(filter.decide(&accepted).await.unwrap(), Decision::Pass);
         assert!(!accepted.is_parsed());
         // Truncated JSON that passes the prefilters is an invalid event, as before.
         let raw = fixture("task-fargate-running.json");
@@ -806,12 +823,13 @@ mod tests {
             {"name": "sidecar", "image": "registry/cats:v3"}
         ]);
         let split = Event::from_bytes(serde_json::to_vec(&event).unwrap());
-        let reason = filter.decide(&split).await.unwrap().unwrap_err();
+        let split_decision = filter.decide(&split).await.unwrap();
+        let reason = split_decision.reason().unwrap();
         assert!(reason.contains("one and the same array element"), "{reason}");
         assert!(!rule.matches(&event));
         event["detail"]["containers"][0]["image"] = json!("registry/cats:v3");
         let one = Event::from_bytes(serde_json::to_vec(&event).unwrap());
-        assert_eq!(filter.decide(&one).await.unwrap(), Ok(()));
+        assert_eq!(filter.decide(&one).await.unwrap(), Decision::Pass);
         assert!(rule.matches(&event));
     }
 

@@ -13,11 +13,16 @@
 
 mod aws;
 pub mod dedup;
+mod error;
+mod fields;
 use cutover_core::duration;
 pub mod filter;
 pub mod health_check;
+pub mod rollouts;
 pub mod state_machine;
 pub mod traffic_shift;
+
+pub use error::Error;
 
 /// Keeps this crate's stage registrations in a binary.
 pub fn link() {}

@@ -180,14 +180,7 @@ async fn embedded_kill_9_at_random_moments_then_redelivery_completes_each_deploy
         std::fs::read_to_string(&dead).unwrap_or_default().is_empty(),
         "seed {seed}: nothing dead-lettered"
     );
-    let records: Vec<Value> = std::fs::read_dir(s.dir.path().join("executions"))
-        .unwrap()
-        .filter_map(|e| {
-            let path = e.unwrap().path();
-            (path.extension()? == "json")
-                .then(|| serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap())
-        })
-        .collect();
+    let records: Vec<Value> = crate::execution_records(&s.dir.path().join("executions"));
     assert_eq!(
         records.len(),
         2,

@@ -366,23 +366,19 @@ fn four_processes_racing_on_one_state_dir_start_and_run_each_deployment_once() {
     );
     // Each execution was driven by one process only: one start, no resume, one ending.
     let mut records = 0;
-    for entry in std::fs::read_dir(dir.path().join("executions")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "json") {
-            records += 1;
-            let record: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-            assert_ne!(record["status"], "RUNNING", "{record}");
-            let count = |kind: &str| {
-                record["history"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .filter(|e| e["type"] == kind)
-                    .count()
-            };
-            assert_eq!(count("ExecutionStarted"), 1, "{path:?}");
-            assert_eq!(count("ExecutionResumed"), 0, "{path:?}");
-        }
+    for record in crate::execution_records(&dir.path().join("executions")) {
+        records += 1;
+        assert_ne!(record["status"], "RUNNING", "{record}");
+        let count = |kind: &str| {
+            record["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["type"] == kind)
+                .count()
+        };
+        assert_eq!(count("ExecutionStarted"), 1, "{}", record["name"]);
+        assert_eq!(count("ExecutionResumed"), 0, "{}", record["name"]);
     }
     assert_eq!(records, 2);
 }

@@ -40,3 +40,17 @@ pub(crate) fn cutover() -> std::process::Command {
         .env_remove("CUTOVER_LOG");
     cmd
 }
+
+/// The execution records the embedded engine keeps in `dir` (with their histories), as JSON;
+/// none when the directory does not exist yet.
+pub(crate) fn execution_records(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    if !dir.exists() {
+        return Vec::new();
+    }
+    cutover_asl::FileStore::new(dir)
+        .and_then(|store| store.list())
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .iter()
+        .map(|r| serde_json::to_value(r).expect("records serialise"))
+        .collect()
+}

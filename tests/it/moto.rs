@@ -155,23 +155,60 @@ fn moto_binary() -> String {
     }
 }
 
+/// Why starting moto_server failed, once it has: every later test fails with it at once instead
+/// of trying again (a missing or broken install fails the same way each time).
+static START_FAILED: OnceLock<String> = OnceLock::new();
+
+/// Starts a server on a free port. The port is found by binding and releasing it (moto_server
+/// cannot be handed a listening socket), so another process may take it first: moto then exits
+/// at once, and the next port is tried.
 fn start() -> Moto {
+    if let Some(why) = START_FAILED.get() {
+        panic!("{why}");
+    }
+    let mut last = String::new();
+    for _ in 0..3 {
+        match try_start() {
+            Ok(moto) => return moto,
+            Err(Start::PortTaken(why)) => last = why,
+            Err(Start::Broken(why)) => {
+                let why = START_FAILED.get_or_init(|| why);
+                panic!("{why}");
+            }
+        }
+    }
+    panic!("{last}");
+}
+
+/// How one attempt to start moto_server failed.
+enum Start {
+    /// It exited saying its port was in use: worth another port.
+    PortTaken(String),
+    /// It cannot run here (missing, broken install, never listened): what to do about it.
+    Broken(String),
+}
+
+const INSTALL_HINT: &str = "run ./scripts/test.sh, which installs moto[server] into .venv and \
+     starts it, or point CUTOVER_MOTO_SERVER at a moto_server binary";
+
+fn try_start() -> Result<Moto, Start> {
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
     let bin = moto_binary();
+    let log = tempfile::NamedTempFile::new().expect("a temporary file for moto's log");
     let moto = Command::new(&bin)
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log.reopen().expect("moto's log reopens"))
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .process_group(0)
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}; run ./scripts/test.sh, which installs moto"));
+        .map_err(|e| Start::Broken(format!("cannot start {bin}: {e}; {INSTALL_HINT}")))?;
     let group = moto.id();
-    // From here a panic drops `server`, which stops moto.
+    // From here an early return or a panic drops `server`, which stops moto.
     let mut server = Server {
         moto,
         watchdog: None,
@@ -200,16 +237,37 @@ fn start() -> Moto {
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "moto_server ({bin}) did not listen on port {port} within 30 s"
-        );
+        if let Ok(Some(status)) = server.moto.try_wait() {
+            let said = std::fs::read_to_string(log.path()).unwrap_or_default();
+            let tail: Vec<&str> = said
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            let why = format!(
+                "{bin} exited ({status}) before listening on port {port}: {}",
+                tail.join(" | ")
+            );
+            return Err(if said.contains("Address already in use") {
+                Start::PortTaken(why)
+            } else {
+                Start::Broken(format!("{why}; {INSTALL_HINT}"))
+            });
+        }
+        if Instant::now() >= deadline {
+            return Err(Start::Broken(format!(
+                "{bin} did not listen on port {port} within 30 s; {INSTALL_HINT}"
+            )));
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Moto {
+    Ok(Moto {
         url: format!("http://127.0.0.1:{port}"),
         server: Some(server),
-    }
+    })
 }
 
 /// Calls an AWS JSON-protocol API (ECS, for one) on the server directly, for test setup with

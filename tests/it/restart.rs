@@ -91,17 +91,7 @@ impl Drop for Daemon {
 
 /// The execution records in `data`.
 fn records(data: &Path) -> Vec<Value> {
-    let Ok(dir) = std::fs::read_dir(data.join("executions")) else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| {
-        let path = e.ok()?.path();
-        if path.extension()? != "json" {
-            return None;
-        }
-        serde_json::from_slice(&std::fs::read(&path).ok()?).ok()
-    })
-    .collect()
+    crate::execution_records(&data.join("executions"))
 }
 
 /// Waits until every deployment's execution is in its bake.

@@ -106,9 +106,10 @@ fn states_cli_validates_graphs_and_runs_conformance() {
     let said = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success(), "{said}");
     assert!(
-        said.starts_with("pipelines/canary.asl.json: ok — 2 Task resources:")
+        said.starts_with("pipelines/canary.asl.json: ok — 3 Task resources:")
             && said.contains("function:cutover-traffic-shift")
-            && said.contains("function:cutover-health-check"),
+            && said.contains("function:cutover-health-check")
+            && said.contains("arn:aws:states:::dynamodb:getItem"),
         "{said}"
     );
     let out = cutover()

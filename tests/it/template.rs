@@ -6,7 +6,7 @@
 //! resources attached to them), functions, log groups and the rule's Lambda permission, and it
 //! evaluates the template's conditions. It does not create `AWS::Lambda::EventInvokeConfig`,
 //! `AWS::SQS::QueuePolicy`, `AWS::CloudWatch::Alarm` or `AWS::Logs::MetricFilter` resources
-//! (the unit tests of `src/template.rs` check them, cfn-lint and checkov lint them), nor apply a
+//! (the unit tests of `src/template/` check them, cfn-lint and checkov lint them), nor apply a
 //! table's `TimeToLiveSpecification` and `SSESpecification` (checked in the template text
 //! instead), the functions' `Architectures`, `LoggingConfig`, `TracingConfig` and reserved
 //! concurrency, or a state machine's logging and tracing; it never runs the functions or the

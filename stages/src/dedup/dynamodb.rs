@@ -105,17 +105,17 @@ impl DynamoStore {
     }
 
     /// Creates the table with the schema above and TTL on `expires`.
-    pub async fn create_table(client: &Client, table: &str) -> Result<(), String> {
+    pub async fn create_table(client: &Client, table: &str) -> Result<(), crate::Error> {
         let attr = AttributeDefinition::builder()
             .attribute_name(KEY_ATTRIBUTE)
             .attribute_type(ScalarAttributeType::S)
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| crate::Error::Aws(e.to_string()))?;
         let key = KeySchemaElement::builder()
             .attribute_name(KEY_ATTRIBUTE)
             .key_type(KeyType::Hash)
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| crate::Error::Aws(e.to_string()))?;
         client
             .create_table()
             .table_name(table)
@@ -124,34 +124,20 @@ impl DynamoStore {
             .billing_mode(BillingMode::PayPerRequest)
             .send()
             .await
-            .map_err(|e| aws_error("dynamodb:CreateTable", &e).message)?;
-        for _ in 0..60 {
-            let d = client
-                .describe_table()
-                .table_name(table)
-                .send()
-                .await
-                .map_err(|e| aws_error("dynamodb:DescribeTable", &e).message)?;
-            if d.table()
-                .and_then(|t| t.table_status())
-                .is_some_and(|s| s.as_str() == "ACTIVE")
-            {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        }
+            .map_err(|e| crate::Error::Aws(aws_error("dynamodb:CreateTable", &e).message))?;
+        crate::aws::wait_until_active(client, table).await?;
         let ttl = TimeToLiveSpecification::builder()
             .attribute_name(TTL_ATTRIBUTE)
             .enabled(true)
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| crate::Error::Aws(e.to_string()))?;
         client
             .update_time_to_live()
             .table_name(table)
             .time_to_live_specification(ttl)
             .send()
             .await
-            .map_err(|e| aws_error("dynamodb:UpdateTimeToLive", &e).message)?;
+            .map_err(|e| crate::Error::Aws(aws_error("dynamodb:UpdateTimeToLive", &e).message))?;
         Ok(())
     }
 

@@ -133,7 +133,7 @@ pub struct DedupConfig {
     #[serde(default)]
     pub store: StoreConfig,
     /// How long a completed key blocks duplicates (the DynamoDB TTL).
-    #[serde(default = "default_ttl", with = "crate::duration")]
+    #[serde(default = "default_claim_ttl", with = "crate::duration")]
     pub ttl: Duration,
     /// How long an in-progress claim blocks others before it counts as abandoned. The claimer
     /// renews it every third of it while the rest of the pipeline runs, so it bounds how long
@@ -187,7 +187,7 @@ fn default_key() -> Template {
         .parse()
         .unwrap_or_else(|_| unreachable!("the default key template is valid"))
 }
-fn default_ttl() -> Duration {
+fn default_claim_ttl() -> Duration {
     Duration::from_secs(86_400)
 }
 fn default_lease() -> Duration {
@@ -230,7 +230,7 @@ impl StageConfig for DedupConfig {
                 StoreConfig::Memory => Arc::new(MemoryStore::default()),
                 StoreConfig::Local { path } => Arc::new(
                     SqliteStore::open(&cx.data_path(path), unix(cx.clock().as_ref()))
-                        .map_err(|m| BuildError::field("store.path", m))?,
+                        .map_err(|e| BuildError::field("store.path", e.to_string()))?,
                 ),
                 StoreConfig::Dynamodb { table } => {
                     let client = aws_sdk_dynamodb::Client::new(cx.aws_config().await);

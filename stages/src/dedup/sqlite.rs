@@ -61,12 +61,20 @@ fn db_error(path: &Path, e: &rusqlite::Error) -> StageError {
 
 impl SqliteStore {
     /// Opens (creating if needed) the store at `path`.
-    pub fn open(path: &Path, now: i64) -> Result<Self, String> {
+    pub fn open(path: &Path, now: i64) -> Result<Self, crate::Error> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|error| crate::Error::CreateDir {
+                path: dir.to_owned(),
+                error,
+            })?;
         }
-        let mut conn = Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| e.to_string())?;
+        let failed = |action, error| crate::Error::Sqlite {
+            action,
+            path: path.to_owned(),
+            error,
+        };
+        let mut conn = Connection::open(path).map_err(|e| failed("open", e))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| failed("open", e))?;
         // Two processes opening a new store at once contend for the switch to WAL and for the
         // schema; SQLite reports some of those conflicts as busy without waiting (it would
         // deadlock otherwise), so the setup retries them until the busy timeout is spent.
@@ -85,12 +93,7 @@ impl SqliteStore {
                 Err(e) if is_busy(&e) && started.elapsed() < BUSY_TIMEOUT => {
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                Err(e) => {
-                    return Err(format!(
-                        "cannot set up the dedup table in {}: {e}",
-                        path.display()
-                    ));
-                }
+                Err(e) => return Err(failed("set up the dedup table in", e)),
             }
         }
         Ok(Self {

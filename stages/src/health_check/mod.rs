@@ -175,11 +175,7 @@ impl Stage for HealthCheck {
             match self.probe.check(&event).await {
                 Ok(report) => {
                     tracing::info!(healthy = report.healthy, reason = %report.reason, "health checked");
-                    crate::traffic_shift::merge_result(
-                        event.context_mut(),
-                        self.result_key.as_deref(),
-                        report.to_json(),
-                    );
+                    event.add_result(self.result_key.as_deref(), report.to_json());
                     next.run(event).await
                 }
                 Err(error) => Outcome::failed(error),

@@ -1,7 +1,10 @@
 //! What `start-state-machine` adds to the stack `cutover template` generates: the state
 //! machine (from `definition`, each mapped Task `Resource` replaced by the ARN of the function
 //! running the mapped pipeline) with a role that may invoke exactly those functions, and the
-//! permission to start and describe its executions.
+//! permission to start and describe its executions. When the definition reads its control
+//! record (`arn:aws:states:::dynamodb:getItem`, as the shipped canary does), the stack also
+//! creates the rollouts table: the state machine may read it (GetItem), the function may keep
+//! its service slots and audit entries there (the superseding of a running rollout).
 
 use std::collections::BTreeMap;
 
@@ -9,6 +12,7 @@ use cutover_core::{DeployContext, Deployment, FieldError, Statement};
 use serde_json::{Value, json};
 
 use super::{EngineConfig, Resource};
+use crate::rollouts::CONTROL_RESOURCE;
 
 pub(super) fn deployment(engine: &EngineConfig, cx: &DeployContext<'_>) -> Result<Deployment, FieldError> {
     let (arn, definition, resources) = match engine {
@@ -55,9 +59,11 @@ pub(super) fn deployment(engine: &EngineConfig, cx: &DeployContext<'_>) -> Resul
     })?;
     let mut tree: Value = serde_json::from_str(&text)
         .map_err(|e| FieldError::new("engine.definition", format!("{}: {e}", path.display())))?;
+    let reads_control = text.contains(CONTROL_RESOURCE);
     substitute(&mut tree, &functions);
     let body = serde_json::to_string_pretty(&tree)
         .map_err(|e| FieldError::new("engine.definition", e.to_string()))?;
+    let table = cx.logical_id("RolloutsTable");
 
     let machine = cx.logical_id("StateMachine");
     let role = cx.logical_id("StateMachineRole");
@@ -68,10 +74,10 @@ pub(super) fn deployment(engine: &EngineConfig, cx: &DeployContext<'_>) -> Resul
         .map(|id| json!({"Fn::GetAtt": [id, "Arn"]}))
         .collect();
     // A definition without Task states invokes nothing: the role then has no policy.
-    let policies = if invoked.is_empty() {
-        json!([])
+    let mut policies = if invoked.is_empty() {
+        Vec::new()
     } else {
-        json!([{
+        vec![json!({
             "PolicyName": "invoke-task-functions",
             "PolicyDocument": {
                 "Version": "2012-10-17",
@@ -81,13 +87,27 @@ pub(super) fn deployment(engine: &EngineConfig, cx: &DeployContext<'_>) -> Resul
                     "Resource": invoked,
                 }],
             },
-        }])
+        })]
     };
+    if reads_control {
+        policies.push(json!({
+            "PolicyName": "read-control-records",
+            "PolicyDocument": {
+                "Version": "2012-10-17",
+                "Statement": [{
+                    "Effect": "Allow",
+                    "Action": "dynamodb:GetItem",
+                    "Resource": {"Fn::GetAtt": [table, "Arn"]},
+                }],
+            },
+        }));
+    }
+    let policies = Value::Array(policies);
     let role_resource = cutover_core::deploy::service_role("states.amazonaws.com", policies);
     let executions = json!({"Fn::Sub": format!(
         "arn:${{AWS::Partition}}:states:${{AWS::Region}}:${{AWS::AccountId}}:execution:${{{machine}.Name}}:*"
     )});
-    Ok(Deployment::default()
+    let deployment = Deployment::default()
         .resource(&role, role_resource)
         .resource(
             &machine,
@@ -107,7 +127,53 @@ pub(super) fn deployment(engine: &EngineConfig, cx: &DeployContext<'_>) -> Resul
             }),
         )
         .env(cx.override_var("engine.state_machine_arn"), json!({"Ref": machine}))
-        .allow(starts(json!({"Ref": machine}), executions)))
+        .allow(starts(json!({"Ref": machine}), executions));
+    Ok(if reads_control {
+        rollouts_table(deployment, &table, cx)
+    } else {
+        deployment
+    })
+}
+
+/// The rollouts table (control records, service slots, audit entries; see
+/// `crate::rollouts::DynamoRolloutStore`), the function pointed at it and allowed to use it.
+fn rollouts_table(deployment: Deployment, table: &str, cx: &DeployContext<'_>) -> Deployment {
+    deployment
+        .resource(
+            table,
+            json!({
+                "Type": "AWS::DynamoDB::Table",
+                "Properties": {
+                    "BillingMode": "PAY_PER_REQUEST",
+                    "AttributeDefinitions": [
+                        {"AttributeName": "pk", "AttributeType": "S"},
+                        {"AttributeName": "sk", "AttributeType": "S"},
+                    ],
+                    "KeySchema": [
+                        {"AttributeName": "pk", "KeyType": "HASH"},
+                        {"AttributeName": "sk", "KeyType": "RANGE"},
+                    ],
+                },
+            }),
+        )
+        .output(
+            format!("{table}Name"),
+            json!({
+                "Description": format!(
+                    "The rollouts table (control records, audit log) of stage \"{}\" of pipeline \"{}\": \
+                     set it as control.table to run `cutover rollouts` against this stack",
+                    cx.stage_name, cx.pipeline
+                ),
+                "Value": {"Ref": table},
+            }),
+        )
+        .env(cx.override_var("control.table"), json!({"Ref": table}))
+        .allow(Statement::new(
+            ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"],
+            [json!({"Fn::GetAtt": [table, "Arn"]})],
+            "one rollout per service: take the service's slot (UpdateItem), abort the rollout it \
+             held through its control record (GetItem, PutItem) and audit that (PutItem)",
+        ))
 }
 
 fn starts(machine: Value, executions: Value) -> Statement {
@@ -181,6 +247,32 @@ mod tests {
                 [0]["Resource"],
             json!([{"Fn::GetAtt": ["ShiftFunction", "Arn"]}]),
             "invoke exactly the mapped functions, once each"
+        );
+        // The canary reads its control record: the stack makes the rollouts table, lets the
+        // machine read it and points the function at it.
+        assert!(
+            body.contains("arn:aws:states:::dynamodb:getItem"),
+            "left as it is"
+        );
+        assert_eq!(
+            d.resources["EStartRolloutsTable"]["Properties"]["KeySchema"][1]["AttributeName"],
+            "sk"
+        );
+        let read = &d.resources["EStartStateMachineRole"]["Properties"]["Policies"][1]["PolicyDocument"]["Statement"]
+            [0];
+        assert_eq!(read["Action"], "dynamodb:GetItem");
+        assert_eq!(
+            read["Resource"],
+            json!({"Fn::GetAtt": ["EStartRolloutsTable", "Arn"]})
+        );
+        assert_eq!(
+            d.environment["CUTOVER_PIPELINES__E__STAGES__3__CONTROL__TABLE"],
+            json!({"Ref": "EStartRolloutsTable"})
+        );
+        assert!(
+            d.statements
+                .iter()
+                .any(|s| s.actions.iter().any(|a| a == "dynamodb:UpdateItem"))
         );
     }
 

@@ -17,7 +17,11 @@ use cutover_core::{
 };
 use serde_json::Value;
 
+use super::control::ReadControl;
 use super::{Resource, Started, StateMachineEngine};
+use crate::rollouts::ops::{Recorded, RolloutSource};
+use crate::rollouts::view::{Entry, Happened};
+use crate::rollouts::{CONTROL_RESOURCE, FileRolloutStore};
 
 /// The core clock seen through the engine's clock trait, so the engine runs on the same
 /// (possibly virtual or accelerated) time as every stage.
@@ -152,7 +156,8 @@ pub(super) fn validate(
         Err(m) => return vec![FieldError::new("engine.definition", m)],
     };
     for resource in def.task_resources() {
-        if !resources.contains_key(&resource) {
+        // The control read is served by cutover itself on both engines.
+        if !resources.contains_key(&resource) && resource != CONTROL_RESOURCE {
             errors.push(FieldError::new(
                 "engine.resources",
                 format!("the definition's Task resource {resource:?} is not mapped: add it with a pipeline name or a stage table"),
@@ -208,6 +213,14 @@ impl LocalEngine {
             };
             tasks.insert(resource.clone(), pipeline);
         }
+        if !resources.contains_key(CONTROL_RESOURCE) {
+            let read = ReadControl::new(rollout_store(cx));
+            tasks.insert(
+                CONTROL_RESOURCE,
+                Pipeline::from_stages("control", vec![("read-control".into(), Arc::new(read) as _)])
+                    .with_metrics(cx.metrics().clone()),
+            );
+        }
         let store = Arc::new(
             FileStore::new(cx.data_path("executions"))
                 .map_err(|m| BuildError::Backend(format!("execution store: {m}")))?,
@@ -229,6 +242,11 @@ impl LocalEngine {
             this.watch_released();
         }
         Ok(this)
+    }
+
+    /// The definition it runs.
+    pub fn definition(&self) -> &Arc<Definition> {
+        &self.definition
     }
 
     /// An engine over explicit parts (for embedders and tests).
@@ -309,6 +327,11 @@ impl LocalEngine {
     }
 }
 
+/// The embedded rollout store of a data directory: `<data_dir>/rollouts`.
+pub fn rollout_store(cx: &BuildContext) -> FileRolloutStore {
+    FileRolloutStore::new(cx.data_path("rollouts"))
+}
+
 fn status_name(s: &ExecutionStatus) -> String {
     serde_json::to_value(s)
         .ok()
@@ -360,6 +383,103 @@ impl StateMachineEngine for LocalEngine {
                 }
             });
             Ok(Started::New { arn, status: None })
+        })
+    }
+
+    fn status<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<String>, StageError>> {
+        Box::pin(async move {
+            let arn = self.engine.execution_arn(&self.definition, name);
+            match self.store.load(&arn) {
+                Ok(record) => Ok(record.map(|r| status_name(&r.status))),
+                Err(e) => Err(StageError::retryable(format!("execution store: {e}"))),
+            }
+        })
+    }
+}
+
+/// An execution's history as rollout entries.
+fn entries(record: &cutover_asl::ExecutionRecord) -> Vec<Entry> {
+    use cutover_asl::EventKind;
+    let ended = |status: &str, error: &Option<String>, cause: &Option<String>| Happened::Ended {
+        status: status.to_owned(),
+        error: error.clone(),
+        cause: cause.clone(),
+    };
+    record
+        .history
+        .iter()
+        .filter_map(|e| {
+            let what = match &e.kind {
+                EventKind::ExecutionStarted { input } => Happened::Started { input: input.clone() },
+                EventKind::StateEntered { name, input } => Happened::Entered {
+                    state: name.clone(),
+                    input: input.clone(),
+                },
+                EventKind::StateExited { name, output } => Happened::Exited {
+                    state: name.clone(),
+                    output: output.clone(),
+                },
+                EventKind::ExecutionSucceeded { .. } => ended("SUCCEEDED", &None, &None),
+                EventKind::ExecutionFailed { error, cause } => ended("FAILED", error, cause),
+                EventKind::ExecutionTimedOut { error, cause } => ended("TIMED_OUT", error, cause),
+                EventKind::ExecutionAborted { cause } => ended("ABORTED", &None, cause),
+                _ => return None,
+            };
+            Some(Entry {
+                at: e.timestamp.clone(),
+                what,
+            })
+        })
+        .collect()
+}
+
+impl RolloutSource for LocalEngine {
+    fn list(&self, all: bool) -> BoxFuture<'_, Result<Vec<(String, String)>, StageError>> {
+        Box::pin(async move {
+            let mut records: Vec<_> = self
+                .store
+                .list()
+                .map_err(|e| StageError::retryable(format!("execution store: {e}")))?
+                .into_iter()
+                .filter(|r| r.state_machine == self.definition.name())
+                .filter(|r| all || r.status == ExecutionStatus::Running)
+                .collect();
+            records.sort_by(|a, b| b.start_time.cmp(&a.start_time).then(a.name.cmp(&b.name)));
+            Ok(records.into_iter().map(|r| (r.name, r.execution_arn)).collect())
+        })
+    }
+
+    fn history<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Recorded>, StageError>> {
+        Box::pin(async move {
+            let arn = self.engine.execution_arn(&self.definition, name);
+            let record = self
+                .store
+                .load(&arn)
+                .map_err(|e| StageError::retryable(format!("execution store: {e}")))?;
+            Ok(record.map(|r| (arn, entries(&r))))
+        })
+    }
+
+    fn drive<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, StageError>> {
+        Box::pin(async move {
+            let arn = self.engine.execution_arn(&self.definition, name);
+            let running = self
+                .store
+                .load(&arn)
+                .map_err(|e| StageError::retryable(format!("execution store: {e}")))?
+                .is_some_and(|r| r.status == ExecutionStatus::Running);
+            if !running {
+                return Ok(false);
+            }
+            match self.engine.resume(self.definition.clone(), &arn).await {
+                Ok(outcome) => {
+                    tracing::info!(execution = %arn, status = ?outcome.status, "drove the rollout to its end");
+                    Ok(true)
+                }
+                // Another process (the daemon) runs it, and reads the control record itself.
+                Err(EngineError::AlreadyRunning(_)) => Ok(false),
+                Err(e) => Err(StageError::retryable(format!("execution {name}: {e}"))),
+            }
         })
     }
 }

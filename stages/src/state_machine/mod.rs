@@ -33,6 +33,7 @@
 //! dedup cannot start a second execution: both engines refuse a second execution of one name,
 //! and a repeat with the same input is reported as a duplicate, not an error.
 
+mod control;
 mod deploy;
 mod local;
 mod sfn;
@@ -49,7 +50,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-pub use self::local::{CoreClock, EngineClock, LocalEngine, PipelineTasks, VirtualTime};
+use crate::rollouts::ops::Rollouts;
+use crate::rollouts::{Action, AuditEntry, Control, DynamoRolloutStore, RolloutStore, action_id};
+
+pub use self::control::{ControlConfig, DEFAULT_ROLLOUTS_TABLE, ReadControl};
+pub use self::local::{CoreClock, EngineClock, LocalEngine, PipelineTasks, VirtualTime, rollout_store};
 pub use self::sfn::SfnEngine;
 
 cutover_core::register_stage!(
@@ -75,6 +80,10 @@ pub struct StartStateMachineConfig {
     /// The context field the execution ARN is written to.
     #[serde(default = "default_output")]
     pub output: String,
+    /// How the rollouts this stage starts are steered (`cutover rollouts`): every execution's
+    /// input gets a `control` block the canary's waits read.
+    #[serde(default)]
+    pub control: ControlConfig,
 }
 
 /// Which engine runs the state machine.
@@ -110,7 +119,7 @@ pub enum EngineConfig {
         #[serde(default)]
         wait: bool,
         /// Resume unfinished executions found in the data directory when the pipeline is built.
-        #[serde(default = "yes")]
+        #[serde(default = "crate::fields::yes")]
         resume: bool,
     },
 }
@@ -138,9 +147,6 @@ fn default_input() -> ValueTemplate {
 fn default_output() -> String {
     "execution".into()
 }
-fn yes() -> bool {
-    true
-}
 
 /// The outcome of asking an engine to start an execution.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,6 +173,10 @@ pub trait StateMachineEngine: Send + Sync + std::fmt::Debug {
     /// Starts an execution named `name` with `input`; a second start of the same name is
     /// [`Started::Duplicate`], saying whether the input was the same.
     fn start<'a>(&'a self, name: &'a str, input: &'a Value) -> BoxFuture<'a, Result<Started, StageError>>;
+
+    /// The status of the execution named `name` (`RUNNING`, `SUCCEEDED`, `FAILED`, `ABORTED`,
+    /// `TIMED_OUT`), or `None` when there is none.
+    fn status<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<String>, StageError>>;
 }
 
 /// A valid Step Functions execution name from any text: letters, digits, `-` and `_`; at most
@@ -212,34 +222,61 @@ pub fn execution_name(text: &str) -> String {
 impl StageConfig for StartStateMachineConfig {
     fn build<'a>(&'a self, cx: &'a BuildContext) -> BoxFuture<'a, Result<Arc<dyn Stage>, BuildError>> {
         Box::pin(async move {
-            let engine: Arc<dyn StateMachineEngine> = match &self.engine {
-                EngineConfig::StepFunctions {
-                    state_machine_arn, ..
-                } => {
-                    if state_machine_arn.is_empty() {
-                        return Err(BuildError::field(
-                            "engine.state_machine_arn",
-                            "not set: give the state machine's ARN (the stack `cutover template` \
+            // The service slots live in the rollouts store: on AWS, the table the stack creates.
+            // Without one configured, there is nowhere to keep them: no superseding.
+            let (engine, rollouts): (Arc<dyn StateMachineEngine>, Option<Arc<dyn RolloutStore>>) =
+                match &self.engine {
+                    EngineConfig::StepFunctions {
+                        state_machine_arn, ..
+                    } => {
+                        if state_machine_arn.is_empty() {
+                            return Err(BuildError::field(
+                                "engine.state_machine_arn",
+                                "not set: give the state machine's ARN (the stack `cutover template` \
                              generates sets it on the function through an environment override)",
-                        ));
+                            ));
+                        }
+                        let store: Option<Arc<dyn RolloutStore>> = match self.control.table.as_str() {
+                            "" => None,
+                            table => Some(Arc::new(DynamoRolloutStore::new(
+                                aws_sdk_dynamodb::Client::new(cx.aws_config().await),
+                                table,
+                            ))),
+                        };
+                        (
+                            Arc::new(SfnEngine::new(
+                                aws_sdk_sfn::Client::new(cx.aws_config().await),
+                                state_machine_arn,
+                            )),
+                            store,
+                        )
                     }
-                    Arc::new(SfnEngine::new(
-                        aws_sdk_sfn::Client::new(cx.aws_config().await),
-                        state_machine_arn,
-                    ))
-                }
-                EngineConfig::Local {
-                    definition,
-                    resources,
-                    wait,
-                    resume,
-                } => Arc::new(LocalEngine::build(cx, definition, resources, *wait, *resume).await?),
-            };
+                    EngineConfig::Local {
+                        definition,
+                        resources,
+                        wait,
+                        resume,
+                    } => (
+                        Arc::new(LocalEngine::build(cx, definition, resources, *wait, *resume).await?),
+                        Some(Arc::new(rollout_store(cx))),
+                    ),
+                };
+            let embedded = matches!(self.engine, EngineConfig::Local { .. });
             Ok(Arc::new(StartStateMachine {
                 input: self.input.clone(),
                 name: self.name.clone(),
                 output: self.output.clone(),
                 engine,
+                control: self.control.input(embedded),
+                // Only a rollout that reads its control record can be aborted by a newer one.
+                supersede: rollouts
+                    .filter(|_| self.control.supersede && self.reads_control(cx))
+                    .map(|rollouts| Supersede {
+                        service: self.control.service.clone(),
+                        wait: self.control.supersede_wait,
+                        rollouts,
+                        clock: cx.clock(),
+                    }),
             }) as Arc<dyn Stage>)
         })
     }
@@ -313,6 +350,84 @@ impl StageConfig for StartStateMachineConfig {
     }
 }
 
+impl StartStateMachineConfig {
+    /// Whether the state machine reads its control record (its definition has the
+    /// `ReadControl` resource): only then can it be steered, and superseded. `false` when the
+    /// definition is not known here (Step Functions given by ARN only).
+    fn reads_control(&self, cx: &BuildContext) -> bool {
+        let definition = match &self.engine {
+            EngineConfig::StepFunctions { definition, .. } => definition.as_ref(),
+            EngineConfig::Local { definition, .. } => Some(definition),
+        };
+        definition
+            .and_then(|d| std::fs::read_to_string(cx.config_path(d)).ok())
+            .is_some_and(|text| text.contains(crate::rollouts::CONTROL_RESOURCE))
+    }
+
+    /// The operations on the rollouts this stage starts (`cutover rollouts`, the daemon's
+    /// `/rollouts` API). With `run_tasks` the embedded engine also gets the Task pipelines, to
+    /// drive a rollout nobody runs or start a retry in this process; without, it only reads
+    /// (and starts no DNS server or other listener a running daemon may hold).
+    pub async fn rollouts(&self, cx: &BuildContext, run_tasks: bool) -> Result<Rollouts, BuildError> {
+        match &self.engine {
+            EngineConfig::StepFunctions {
+                state_machine_arn,
+                definition,
+                ..
+            } => {
+                if state_machine_arn.is_empty() {
+                    return Err(BuildError::field(
+                        "engine.state_machine_arn",
+                        "not set: give the ARN of the deployed state machine (the stack's output \
+                         …StateMachineArn), e.g. with CUTOVER_PIPELINES__<PIPELINE>__STAGES__<N>__ENGINE__STATE_MACHINE_ARN",
+                    ));
+                }
+                let engine = Arc::new(SfnEngine::new(
+                    aws_sdk_sfn::Client::new(cx.aws_config().await),
+                    state_machine_arn,
+                ));
+                let table = match self.control.table.as_str() {
+                    "" => control::DEFAULT_ROLLOUTS_TABLE,
+                    table => table,
+                };
+                let store = Arc::new(DynamoRolloutStore::new(
+                    aws_sdk_dynamodb::Client::new(cx.aws_config().await),
+                    table,
+                ));
+                let definition = definition
+                    .as_ref()
+                    .and_then(|d| std::fs::read(cx.config_path(d)).ok())
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or(Value::Null);
+                Ok(Rollouts::new(
+                    engine.clone(),
+                    store,
+                    engine,
+                    cx.clock(),
+                    &definition,
+                ))
+            }
+            EngineConfig::Local {
+                definition,
+                resources,
+                ..
+            } => {
+                let none = BTreeMap::new();
+                let resources = if run_tasks { resources } else { &none };
+                let engine = Arc::new(LocalEngine::build(cx, definition, resources, false, false).await?);
+                let source = engine.definition().source().clone();
+                Ok(Rollouts::new(
+                    engine.clone(),
+                    Arc::new(rollout_store(cx)),
+                    engine,
+                    cx.clock(),
+                    &source,
+                ))
+            }
+        }
+    }
+}
+
 fn is_state_machine_arn(text: &str) -> bool {
     text.starts_with("arn:") && text.contains(":stateMachine:")
 }
@@ -324,6 +439,85 @@ pub struct StartStateMachine {
     name: Option<Template>,
     output: String,
     engine: Arc<dyn StateMachineEngine>,
+    /// The `control` block of every execution's input.
+    control: Value,
+    supersede: Option<Supersede>,
+}
+
+/// One rollout per service: what a newer deployment does to the running one.
+#[derive(Debug)]
+struct Supersede {
+    service: Template,
+    wait: std::time::Duration,
+    rollouts: Arc<dyn RolloutStore>,
+    clock: Arc<dyn cutover_core::Clock>,
+}
+
+/// How often a superseding deployment looks whether the older rollout has ended.
+const SUPERSEDE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Supersede {
+    /// Makes `name` the service's rollout; a still running older one is aborted (reason
+    /// "superseded by `name`") and waited for, so the two never shift one record at once.
+    async fn hand_over(
+        &self,
+        event: &Event,
+        name: &str,
+        engine: &dyn StateMachineEngine,
+    ) -> Result<(), StageError> {
+        // Events that do not name a service (custom pipelines) have nothing to supersede.
+        let Ok(service) = self.service.render(event) else {
+            return Ok(());
+        };
+        let Some(older) = self.rollouts.claim_service(&service, name).await? else {
+            return Ok(());
+        };
+        if engine.status(&older).await?.as_deref() != Some("RUNNING") {
+            return Ok(());
+        }
+        let now = self.clock.now();
+        let at = cutover_asl::timestamp::format_system(now);
+        let id = action_id(cutover_asl::timestamp::to_nanos(now));
+        let already = self.rollouts.control(&older).await?;
+        if already.as_ref().is_none_or(|c| c.action != Action::Abort) {
+            let reason = format!("superseded by {name}");
+            let control = Control {
+                action: Action::Abort,
+                target: None,
+                reason: reason.clone(),
+                actor: "cutover".into(),
+                at: at.clone(),
+                id: id.clone(),
+            };
+            self.rollouts.set_control(&older, &control).await?;
+            self.rollouts
+                .audit(&AuditEntry {
+                    at,
+                    rollout: older.clone(),
+                    action: Action::Abort,
+                    reason,
+                    actor: "cutover".into(),
+                    change: json!({"superseded_by": name, "service": service}),
+                    id,
+                })
+                .await?;
+            tracing::info!(rollout = %older, superseded_by = %name, "aborting the older rollout of {service}");
+        }
+        let deadline = now + self.wait;
+        loop {
+            self.clock.sleep(SUPERSEDE_POLL).await;
+            if engine.status(&older).await?.as_deref() != Some("RUNNING") {
+                return Ok(());
+            }
+            if self.clock.now() >= deadline {
+                return Err(StageError::retryable(format!(
+                    "the older rollout {older} of {service} is still rolling back after {}s; trying again later",
+                    self.wait.as_secs()
+                ))
+                .with_kind("Rollouts.Superseding"));
+            }
+        }
+    }
 }
 
 impl StartStateMachine {
@@ -366,14 +560,22 @@ impl StartStateMachine {
 impl Stage for StartStateMachine {
     fn process<'a>(&'a self, mut event: Event, next: Next<'a>) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            let input = match self.input.render(&event) {
+            let mut input = match self.input.render(&event) {
                 Ok(v) => v,
                 Err(e) => return Outcome::failed(StageError::permanent(format!("execution input: {e}"))),
             };
+            if let Value::Object(fields) = &mut input {
+                fields.entry("control").or_insert_with(|| self.control.clone());
+            }
             let name = match self.name_for(&event) {
                 Ok(n) => n,
                 Err(e) => return Outcome::failed(e),
             };
+            if let Some(supersede) = &self.supersede
+                && let Err(e) = supersede.hand_over(&event, &name, self.engine.as_ref()).await
+            {
+                return Outcome::failed(e);
+            }
             match self.engine.start(&name, &input).await {
                 Err(e) => Outcome::failed(e),
                 // The name exists with another input and the name is not the deployment's own

@@ -193,13 +193,11 @@ async fn unhealthy_at_50_rolls_back_to_0_and_fails_with_the_cause() {
     };
     assert_eq!(context["execution_status"], "FAILED");
     assert_eq!(weights("sick"), [10, 50, 0]);
-    let record = std::fs::read_dir(run.cx.data_path("executions"))
+    let records = cutover_asl::FileStore::new(run.cx.data_path("executions"))
         .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let record: Value = serde_json::from_slice(&std::fs::read(record).unwrap()).unwrap();
+        .list()
+        .unwrap();
+    let record = serde_json::to_value(&records[0]).unwrap();
     assert_eq!(record["error"], "Canary.Unhealthy");
     assert_eq!(record["cause"], "green returned 500 at 50%");
 }
@@ -220,15 +218,11 @@ async fn same_name_twice_is_a_duplicate_and_background_runs_are_drained() {
     assert_eq!(a["execution"], b["execution"]);
     assert_eq!(b["execution_existed"], true);
     assert_eq!(
-        std::fs::read_dir(run.cx.data_path("executions"))
+        cutover_asl::FileStore::new(run.cx.data_path("executions"))
             .unwrap()
-            .filter(|e| e
-                .as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "json"))
-            .count(),
+            .list()
+            .unwrap()
+            .len(),
         1
     );
     let mut other = event("e1");

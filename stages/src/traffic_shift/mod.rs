@@ -29,6 +29,7 @@ pub mod alb;
 pub mod dns;
 pub mod local;
 pub mod route53;
+pub mod weights;
 
 use std::fmt;
 use std::sync::Arc;
@@ -336,25 +337,12 @@ impl Stage for TrafficShift {
             match self.shift(&event).await {
                 Ok(result) => {
                     let value = serde_json::to_value(&result).unwrap_or(Value::Null);
-                    merge_result(event.context_mut(), self.result_key.as_deref(), value);
+                    event.add_result(self.result_key.as_deref(), value);
                     next.run(event).await
                 }
                 Err(error) => Outcome::failed(error),
             }
         })
-    }
-}
-
-/// Puts a stage's result object into the context: under `key`, or merged at the top level.
-pub(crate) fn merge_result(context: &mut serde_json::Map<String, Value>, key: Option<&str>, result: Value) {
-    match (key, result) {
-        (Some(key), result) => {
-            context.insert(key.to_owned(), result);
-        }
-        (None, Value::Object(fields)) => context.extend(fields),
-        (None, other) => {
-            context.insert("result".into(), other);
-        }
     }
 }
 

@@ -47,7 +47,7 @@ pub struct Route53RouterConfig {
     /// Green's record (gets `weight`).
     pub green: Route53Target,
     /// TTL of records given by `values` (alias records take their target's).
-    #[serde(default = "default_ttl", with = "crate::duration")]
+    #[serde(default = "default_record_ttl", with = "crate::duration")]
     pub ttl: Duration,
     /// How long to wait for the change to reach `INSYNC` before failing with
     /// `TrafficShift.NotInSync`.
@@ -91,7 +91,7 @@ pub struct AliasConfig {
     pub evaluate_target_health: bool,
 }
 
-fn default_ttl() -> Duration {
+fn default_record_ttl() -> Duration {
     Duration::from_secs(60)
 }
 fn default_sync_timeout() -> Duration {

@@ -1,0 +1,236 @@
+//! The embedded rollout store: files in `<data>/rollouts/`, safe to share between `cutover`
+//! processes on one host.
+//!
+//! - `control/<rollout>.json` — each control record, replaced atomically (written beside, then
+//!   renamed), so a reader sees the old record or the new one, never half of one;
+//! - `services.json` — the running rollout of each service, read and rewritten under an
+//!   exclusive lock on `services.lock`;
+//! - `audit.jsonl` — the audit log, one JSON object per line, appended under an exclusive lock
+//!   on the file itself.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use cutover_core::{BoxFuture, StageError};
+
+use super::{AuditEntry, Control, RolloutStore};
+
+/// Control records, service slots and the audit log in a directory.
+#[derive(Debug, Clone)]
+pub struct FileRolloutStore {
+    dir: PathBuf,
+}
+
+fn io_error(what: &str, path: &Path, e: io::Error) -> StageError {
+    StageError::retryable(format!("rollout store: cannot {what} {}: {e}", path.display()))
+        .with_kind("Rollouts.Store")
+}
+
+impl FileRolloutStore {
+    /// The store in `dir` (created when first written).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// Its directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The audit log's file.
+    pub fn audit_path(&self) -> PathBuf {
+        self.dir.join("audit.jsonl")
+    }
+
+    fn control_path(&self, rollout: &str) -> PathBuf {
+        // Execution names hold no `/` (Step Functions forbids it); keep any other name inside.
+        self.dir
+            .join("control")
+            .join(format!("{}.json", rollout.replace(['/', '\\'], "_")))
+    }
+
+    /// Reads the control record of `rollout` (synchronously: a few hundred bytes).
+    pub fn read_control(&self, rollout: &str) -> Result<Option<Control>, StageError> {
+        let path = self.control_path(rollout);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| io_error("read", &path, io::Error::other(e))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error("read", &path, e)),
+        }
+    }
+
+    /// Replaces the control record of `rollout` (synchronously).
+    pub fn write_control(&self, rollout: &str, control: &Control) -> Result<(), StageError> {
+        let path = self.control_path(rollout);
+        write_atomically(&path, &serde_json::to_vec_pretty(control).unwrap_or_default())
+            .map_err(|e| io_error("write", &path, e))
+    }
+
+    fn append_audit(&self, entry: &AuditEntry) -> Result<(), StageError> {
+        let path = self.audit_path();
+        let mut line = serde_json::to_vec(entry).unwrap_or_default();
+        line.push(b'\n');
+        let append = || -> io::Result<()> {
+            fs::create_dir_all(&self.dir)?;
+            let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
+            file.lock()?;
+            file.write_all(&line)?;
+            file.sync_data()
+        };
+        append().map_err(|e| io_error("append to", &path, e))
+    }
+
+    fn read_audit(&self, rollout: Option<&str>) -> Result<Vec<AuditEntry>, StageError> {
+        let path = self.audit_path();
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_error("read", &path, e)),
+        };
+        Ok(text
+            .lines()
+            .filter_map(|line| serde_json::from_str::<AuditEntry>(line).ok())
+            .filter(|e| rollout.is_none_or(|r| e.rollout == r))
+            .collect())
+    }
+
+    fn swap_service(&self, service: &str, rollout: &str) -> Result<Option<String>, StageError> {
+        let path = self.dir.join("services.json");
+        let swap = || -> io::Result<Option<String>> {
+            fs::create_dir_all(&self.dir)?;
+            let lock = File::create(self.dir.join("services.lock"))?;
+            lock.lock()?;
+            let mut slots: BTreeMap<String, String> = match fs::read(&path) {
+                Ok(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other)?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
+                Err(e) => return Err(e),
+            };
+            let previous = slots.insert(service.to_owned(), rollout.to_owned());
+            write_atomically(
+                &path,
+                &serde_json::to_vec_pretty(&slots).map_err(io::Error::other)?,
+            )?;
+            Ok(previous.filter(|p| p != rollout))
+        };
+        swap().map_err(|e| io_error("update", &path, e))
+    }
+}
+
+/// Writes `bytes` to a file beside `path`, then renames it over `path`.
+fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}-{}", std::process::id(), super::action_id(0)));
+    let mut file = File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_data()?;
+    fs::rename(&tmp, path)
+}
+
+impl RolloutStore for FileRolloutStore {
+    fn control<'a>(&'a self, rollout: &'a str) -> BoxFuture<'a, Result<Option<Control>, StageError>> {
+        Box::pin(async move { self.read_control(rollout) })
+    }
+
+    fn set_control<'a>(
+        &'a self,
+        rollout: &'a str,
+        control: &'a Control,
+    ) -> BoxFuture<'a, Result<(), StageError>> {
+        Box::pin(async move { self.write_control(rollout, control) })
+    }
+
+    fn audit<'a>(&'a self, entry: &'a AuditEntry) -> BoxFuture<'a, Result<(), StageError>> {
+        Box::pin(async move { self.append_audit(entry) })
+    }
+
+    fn audit_log<'a>(
+        &'a self,
+        rollout: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<AuditEntry>, StageError>> {
+        Box::pin(async move { self.read_audit(rollout) })
+    }
+
+    fn claim_service<'a>(
+        &'a self,
+        service: &'a str,
+        rollout: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StageError>> {
+        Box::pin(async move { self.swap_service(service, rollout) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollouts::Action;
+
+    fn control(action: Action) -> Control {
+        Control {
+            action,
+            target: None,
+            reason: "why".into(),
+            actor: "me".into(),
+            at: "2026-11-29T05:00:00Z".into(),
+            id: "1".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn control_records_replace_each_other_and_the_audit_log_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileRolloutStore::new(dir.path().join("rollouts"));
+        assert_eq!(store.control("a").await.unwrap(), None);
+        store.set_control("a", &control(Action::Pause)).await.unwrap();
+        store.set_control("a", &control(Action::Resume)).await.unwrap();
+        assert_eq!(store.control("a").await.unwrap().unwrap().action, Action::Resume);
+        assert_eq!(store.control("b").await.unwrap(), None);
+        for (rollout, action) in [("a", Action::Pause), ("b", Action::Abort), ("a", Action::Resume)] {
+            store
+                .audit(&AuditEntry {
+                    at: "t".into(),
+                    rollout: rollout.into(),
+                    action,
+                    reason: "r".into(),
+                    actor: "me".into(),
+                    change: Value::Null,
+                    id: "x".into(),
+                })
+                .await
+                .unwrap();
+        }
+        let a: Vec<Action> = store
+            .audit_log(Some("a"))
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.action)
+            .collect();
+        assert_eq!(a, vec![Action::Pause, Action::Resume]);
+        assert_eq!(store.audit_log(None).await.unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_service_slot_hands_over_to_the_newer_rollout() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileRolloutStore::new(dir.path());
+        assert_eq!(store.claim_service("cats", "v2").await.unwrap(), None);
+        assert_eq!(
+            store.claim_service("cats", "v2").await.unwrap(),
+            None,
+            "its own slot"
+        );
+        assert_eq!(
+            store.claim_service("cats", "v3").await.unwrap().as_deref(),
+            Some("v2")
+        );
+        assert_eq!(store.claim_service("dogs", "v1").await.unwrap(), None);
+    }
+
+    use serde_json::Value;
+}

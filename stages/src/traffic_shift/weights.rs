@@ -1,0 +1,240 @@
+//! The weights of the embedded router's weighted name: a small JSON file in the data directory,
+//! shared by the router that sets them ([`super::local`]) and the DNS server that answers by
+//! them ([`super::dns`]).
+//!
+//! The file is replaced atomically (written beside, then renamed), so a crash never leaves a
+//! half-written state and the weights survive a restart; a server in another process sees a
+//! change because the store re-reads the file.
+
+use std::fs;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use super::Weights;
+
+/// The weighted name the embedded zone serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordSpec {
+    /// The zone apex, lowercase, no trailing dot.
+    pub zone: String,
+    /// The weighted name, lowercase, no trailing dot.
+    pub record: String,
+    /// Blue's addresses.
+    pub blue: Vec<IpAddr>,
+    /// Green's addresses.
+    pub green: Vec<IpAddr>,
+    /// Answer TTL in seconds.
+    pub ttl: u32,
+}
+
+/// Which side an answer sends a client to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The current version.
+    Blue,
+    /// The new version.
+    Green,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StateFile {
+    record: String,
+    blue: u8,
+    green: u8,
+    change: u64,
+}
+
+#[derive(Debug)]
+struct State {
+    weights: Weights,
+    change: u64,
+}
+
+/// The weights of one weighted name, kept in a JSON file and shared between the router and
+/// the DNS server. A name never shifted is all blue.
+#[derive(Debug)]
+pub struct WeightStore {
+    spec: RecordSpec,
+    path: PathBuf,
+    state: Mutex<State>,
+    answers: AtomicU64,
+}
+
+impl WeightStore {
+    /// Opens (or starts) the weights of `spec` kept at `path`.
+    pub fn open(spec: RecordSpec, path: impl Into<PathBuf>) -> io::Result<Arc<Self>> {
+        let path = path.into();
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            fs::create_dir_all(dir)?;
+        }
+        let store = Self {
+            spec,
+            path,
+            state: Mutex::new(State {
+                weights: Weights::green(0),
+                change: 0,
+            }),
+            answers: AtomicU64::new(0),
+        };
+        store.reload()?;
+        Ok(Arc::new(store))
+    }
+
+    /// The name served.
+    pub fn spec(&self) -> &RecordSpec {
+        &self.spec
+    }
+
+    /// The weights file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The weights in force (re-read if another process changed the file).
+    pub fn weights(&self) -> Weights {
+        if let Err(e) = self.reload() {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot re-read the weights file");
+        }
+        self.lock().weights
+    }
+
+    /// Sets the weights, writing the file atomically; returns the change number.
+    pub fn set(&self, weights: Weights) -> io::Result<u64> {
+        let _ = self.reload();
+        let mut state = self.lock();
+        let change = state.change + 1;
+        let file = StateFile {
+            record: self.spec.record.clone(),
+            blue: weights.blue,
+            green: weights.green,
+            change,
+        };
+        let tmp = self
+            .path
+            .with_extension(format!("json.tmp{}", std::process::id()));
+        fs::write(&tmp, serde_json::to_vec_pretty(&file).map_err(io::Error::other)?)?;
+        fs::rename(&tmp, &self.path)?;
+        state.weights = weights;
+        state.change = change;
+        Ok(change)
+    }
+
+    /// The side the next answer goes to. Answers follow a fixed, evenly spread sequence: every
+    /// 100 consecutive answers hold exactly `green` green ones (so 0 and 100 are exact), spread
+    /// out rather than in a block. Both weights 0 share evenly, as Route 53 does.
+    pub fn pick(&self) -> Side {
+        let Weights { blue, green } = self.weights();
+        let n = self.answers.fetch_add(1, Ordering::Relaxed);
+        // 37 is coprime with 100, so `slot` visits every value of 0..100 once per 100 answers.
+        let slot = (n % 100) * 37 % 100;
+        let (blue, green) = if blue == 0 && green == 0 {
+            (1, 1)
+        } else {
+            (u64::from(blue), u64::from(green))
+        };
+        if slot * (blue + green) < green * 100 {
+            Side::Green
+        } else {
+            Side::Blue
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Reads the file again (it is a hundred bytes): a modification time cannot tell two writes
+    /// within one tick of a coarse file system apart. The file, replaced atomically by every
+    /// writer, is the truth.
+    fn reload(&self) -> io::Result<()> {
+        let bytes = match fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let file: StateFile = serde_json::from_slice(&bytes).map_err(io::Error::other)?;
+        if file.green > 100 || u16::from(file.blue) + u16::from(file.green) > 100 {
+            return Err(io::Error::other(format!(
+                "weights {}/{} out of range",
+                file.blue, file.green
+            )));
+        }
+        let mut state = self.lock();
+        state.weights = Weights {
+            blue: file.blue,
+            green: file.green,
+        };
+        state.change = file.change;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> RecordSpec {
+        RecordSpec {
+            zone: "catsndogs.lol".into(),
+            record: "www.catsndogs.lol".into(),
+            blue: vec!["127.0.0.1".parse().unwrap()],
+            green: vec!["127.0.0.2".parse().unwrap()],
+            ttl: 5,
+        }
+    }
+
+    #[test]
+    fn weights_survive_a_reopen_and_start_all_blue() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/w.json");
+        let store = WeightStore::open(spec(), &path).unwrap();
+        assert_eq!(store.weights(), Weights::green(0));
+        assert_eq!(store.set(Weights::green(10)).unwrap(), 1);
+        drop(store);
+        let store = WeightStore::open(spec(), &path).unwrap();
+        assert_eq!(store.weights(), Weights::green(10));
+        assert_eq!(store.set(Weights::green(50)).unwrap(), 2);
+        let leftovers: Vec<_> = fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            leftovers,
+            vec![std::ffi::OsString::from("w.json")],
+            "no temp files left"
+        );
+    }
+
+    #[test]
+    fn another_writer_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.json");
+        let a = WeightStore::open(spec(), &path).unwrap();
+        let b = WeightStore::open(spec(), &path).unwrap();
+        // Writes in quick succession (one file-system tick) are all seen.
+        for green in [100, 10, 50] {
+            b.set(Weights::green(green)).unwrap();
+            assert_eq!(a.weights(), Weights::green(green));
+        }
+    }
+
+    #[test]
+    fn picks_follow_the_weights_exactly_per_hundred() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = WeightStore::open(spec(), dir.path().join("w.json")).unwrap();
+        for green in [0u8, 1, 10, 33, 50, 99, 100] {
+            store.set(Weights::green(green)).unwrap();
+            let greens = (0..100).filter(|_| store.pick() == Side::Green).count();
+            assert_eq!(greens, usize::from(green));
+        }
+    }
+}
