@@ -21,6 +21,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use cutover_asl::{EventKind, ExecutionRecord, FileStore};
 use cutover_core::{Event, Loader, Outcome};
+use cutover_stages::rollouts::Action;
 use cutover_stages::state_machine::EngineClock;
 use cutover_stages::traffic_shift::dns::query_address;
 use cutover_stages::traffic_shift::local::WeightStore;
@@ -53,6 +54,62 @@ pub(crate) struct DemoArgs {
     /// Keep the embedded state here instead of a temporary directory.
     #[arg(long)]
     state: Option<PathBuf>,
+    /// Steer the rollout partway, as an operator would with `cutover rollouts`: `abort` at 50%
+    /// (traffic back to blue, exit status 1), or `pause` at 10% for three bakes' time, then
+    /// resume (health is still checked while paused).
+    #[arg(long, value_enum)]
+    scenario: Option<Scenario>,
+}
+
+/// What `--scenario` does to the rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Scenario {
+    /// Abort it while it bakes at 50%.
+    Abort,
+    /// Pause it while it bakes at 10%, then resume.
+    Pause,
+}
+
+/// Where the scenario is.
+#[derive(Debug, Default)]
+struct Steering {
+    /// When it paused (real time), once it has.
+    paused: Option<Instant>,
+    /// Done acting.
+    done: bool,
+}
+
+/// Takes the scenario's action when the rollout reaches its wait; returns what it did.
+async fn steer(
+    scenario: Scenario,
+    rollouts: &cutover_stages::rollouts::ops::Rollouts,
+    steering: &mut Steering,
+    hold: Duration,
+) -> anyhow::Result<Option<(Action, String)>> {
+    if steering.done {
+        return Ok(None);
+    }
+    let Some(rollout) = rollouts.list(false).await?.into_iter().next() else {
+        return Ok(None);
+    };
+    let wait = rollout.window.as_ref().map(|w| w.name.clone());
+    let (action, reason) = match (scenario, steering.paused) {
+        (Scenario::Abort, _) if wait.as_deref() == Some("Bake50") => {
+            steering.done = true;
+            (Action::Abort, "demo: latency doubled at 50%")
+        }
+        (Scenario::Pause, None) if wait.as_deref() == Some("Bake10") => {
+            steering.paused = Some(Instant::now());
+            (Action::Pause, "demo: holding at 10% to read the logs")
+        }
+        (Scenario::Pause, Some(at)) if at.elapsed() >= hold => {
+            steering.done = true;
+            (Action::Resume, "demo: the logs look fine")
+        }
+        _ => return Ok(None),
+    };
+    rollouts.act(&rollout.id, action, reason, "demo", false).await?;
+    Ok(Some((action, reason.to_owned())))
 }
 
 struct Reporter {
@@ -144,6 +201,8 @@ fn executions(dir: &Path) -> Vec<ExecutionRecord> {
 #[derive(Default)]
 struct Progress {
     seen: usize,
+    /// Ended by an operator's abort.
+    aborted: bool,
     weights: Vec<[u64; 2]>,
     status: Option<String>,
     cause: Option<String>,
@@ -203,7 +262,10 @@ async fn report_history(dir: &Path, progress: &mut Progress, dns: SocketAddr, ou
                 );
             }
             EventKind::ExecutionSucceeded { .. } => progress.end("SUCCEEDED", &None),
-            EventKind::ExecutionFailed { cause, .. } => progress.end("FAILED", cause),
+            EventKind::ExecutionFailed { error, cause } => {
+                progress.aborted = error.as_deref() == Some("Canary.Aborted");
+                progress.end("FAILED", cause);
+            }
             EventKind::ExecutionTimedOut { cause, .. } => progress.end("TIMEDOUT", cause),
             EventKind::ExecutionAborted { cause } => progress.end("ABORTED", cause),
             _ => {}
@@ -248,6 +310,12 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .with_var(
             "CUTOVER_PIPELINES__HEALTH_CHECK__STAGES__1__PROBE__URL",
             format!("http://{GREEN}:{http_port}/"),
+        )
+        // Each 1 s tick of a wait costs a few milliseconds of bookkeeping, which the demo's
+        // speed-up multiplies: it ticks every 5 s of its time instead.
+        .with_var(
+            "CUTOVER_PIPELINES__ECS_EVENTS__STAGES__START_STATE_MACHINE__CONTROL__TICK",
+            "5s",
         );
     let file = loader.load_file(pipelines_dir.join("catsndogs.toml"))?;
 
@@ -342,6 +410,21 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         json!({"events": {"in": events, "filtered": filtered, "duplicates": duplicates, "failed": failed, "rollouts": rollouts}}),
     );
 
+    let file_path = pipelines_dir.join("catsndogs.toml");
+    out.say(
+        &format!(
+            "  steer   while it runs, from another terminal (try --speed 1):\n            \
+             cutover rollouts watch {f} --state {d}\n            \
+             cutover rollouts pause {f} --state {d} cats-green --reason \"…\"  (resume, promote, abort)",
+            f = file_path.display(),
+            d = data.display()
+        ),
+        json!({"steer": {"file": file_path, "state": data}}),
+    );
+    let rollouts = crate::rollouts_cmd::rollouts_of(&file, "ecs-events", &cx, false).await?;
+    let mut steering = Steering::default();
+    // Three bakes of 60 s at the demo's speed.
+    let hold = Duration::from_secs_f64(180.0 / speed);
     let executions_dir = data.join("executions");
     let mut progress = Progress::default();
     let drained = cx.background().drain();
@@ -351,6 +434,14 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             () = &mut drained => break,
             () = tokio::time::sleep(Duration::from_millis(if out.tty { 50 } else { 20 })) => {
                 report_history(&executions_dir, &mut progress, dns, &out).await;
+                if let Some(scenario) = args.scenario
+                    && let Some((action, reason)) = steer(scenario, &rollouts, &mut steering, hold).await?
+                {
+                    out.say(
+                        &format!("  {:<7} cutover rollouts {action} … --reason \"{reason}\"", action.as_str()),
+                        json!({"step": "action", "action": action.as_str(), "reason": reason}),
+                    );
+                }
             }
         }
     }
@@ -363,7 +454,11 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     out.say(
         &format!(
             "{}: {status}{} — final blue {}% / green {}%; dig ×{DNS_SAMPLES}: {b} blue, {g} green; {executions_count} execution(s); {:.1} s",
-            if rolled_back { "rolled back" } else { "promoted" },
+            match (rolled_back, progress.aborted) {
+                (false, _) => "promoted",
+                (true, true) => "aborted",
+                (true, false) => "rolled back",
+            },
             progress.cause.as_deref().map(|c| format!(" ({c})")).unwrap_or_default(),
             final_weights.blue,
             final_weights.green,

@@ -133,9 +133,46 @@ pub(crate) async fn rollouts_of(
 }
 
 async fn open(target: &Target, run_tasks: bool) -> anyhow::Result<Rollouts> {
-    let (file, name, cx) =
-        crate::load_for_host(&target.file, target.pipeline.as_deref(), target.state.as_deref())?;
+    let file = cutover_core::Loader::from_env().load_file(&target.file)?;
+    let name = match target.pipeline.as_deref() {
+        Some(name) => name.to_owned(),
+        None => starting_pipeline(&file)?,
+    };
+    let mut cx = file.build_context();
+    if let Some(dir) = &target.state {
+        cx = cx.with_data_dir(dir);
+    }
     rollouts_of(&file, &name, &cx, run_tasks).await
+}
+
+/// The pipeline whose rollouts are meant when none is named: the file's only or default
+/// pipeline, else the one pipeline with a `start-state-machine` stage.
+pub(crate) fn starting_pipeline(file: &PipelineFile) -> anyhow::Result<String> {
+    if let Ok(spec) = file.pick(None) {
+        return Ok(spec.name.clone());
+    }
+    let starting: Vec<&str> = file
+        .pipelines
+        .iter()
+        .filter(|p| {
+            p.stages
+                .iter()
+                .any(|s| s.config.as_any().is::<StartStateMachineConfig>())
+        })
+        .map(|p| p.name.as_str())
+        .collect();
+    match starting.as_slice() {
+        [one] => Ok((*one).to_owned()),
+        [] => bail!(
+            "{}: no pipeline has a start-state-machine stage, so none starts rollouts",
+            file.display
+        ),
+        several => bail!(
+            "{}: several pipelines start rollouts ({}); choose one with --pipeline",
+            file.display,
+            several.join(", ")
+        ),
+    }
 }
 
 /// Who acts: the OS user.
@@ -217,7 +254,7 @@ async fn act(args: ActArgs, action: Action) -> anyhow::Result<ExitCode> {
     let rollouts = open(&args.target, true).await?;
     let before = rollouts.status(&args.rollout).await?;
     let acted = rollouts
-        .act(&args.rollout, action, &args.reason, &actor())
+        .act(&args.rollout, action, &args.reason, &actor(), true)
         .await?;
     match action {
         Action::Retry => {
@@ -243,7 +280,7 @@ async fn act(args: ActArgs, action: Action) -> anyhow::Result<ExitCode> {
     if acted.drove {
         outln!(
             "no process was running it: ran it here to its end: {}",
-            render::one_line(&after)
+            render::one_line(&after, false)
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -267,6 +304,9 @@ async fn watch(target: &Target, rollout: Option<&str>) -> anyhow::Result<ExitCod
 /// Shows the rollout `id` until it ends; the exit status is 0 when it succeeded.
 async fn follow(rollouts: &Rollouts, id: &str) -> anyhow::Result<ExitCode> {
     let tty = std::io::stdout().is_terminal();
+    if !tty {
+        outln!("watching rollout {id}");
+    }
     let mut last_line = String::new();
     loop {
         let r = rollouts.status(id).await?;
@@ -274,13 +314,14 @@ async fn follow(rollouts: &Rollouts, id: &str) -> anyhow::Result<ExitCode> {
             // Home, clear, draw: the status block in place.
             outln!("\x1b[H\x1b[2J{}", render::live(&r));
         } else {
-            let line = render::one_line(&r);
-            if line != last_line {
+            let key = render::one_line(&r, false);
+            if key != last_line {
                 outln!(
-                    "{} {line}",
-                    cutover_asl::timestamp::format_system(std::time::SystemTime::now())
+                    "{} {}",
+                    cutover_asl::timestamp::format_system(std::time::SystemTime::now()),
+                    render::one_line(&r, true)
                 );
-                last_line = line;
+                last_line = key;
             }
         }
         if r.phase.ended() {

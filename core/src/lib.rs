@@ -32,7 +32,10 @@ pub mod template;
 pub use config::{
     AwsCalls, DEFAULT_DATA_DIR, Loader, PipelineFile, PipelineSpec, Settings, Siblings, StageSpec,
 };
-pub use context::{AwsSettings, Background, BuildContext, Clock, Counter, ManualClock, Metrics, SystemClock};
+pub use context::{
+    AwsSettings, Background, BuildContext, Clock, Counter, HISTOGRAM_BOUNDS, Histogram, ManualClock, Metrics,
+    SystemClock,
+};
 pub use deploy::{DeployContext, Deployment, Statement};
 pub use error::{BuildError, FieldError, LoadError, LoadErrors, PipelineError};
 pub use event::{Event, EventError};

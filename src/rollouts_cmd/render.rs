@@ -173,18 +173,26 @@ pub(super) fn live(r: &Rollout) -> String {
     out
 }
 
-/// `watch` elsewhere: one line, printed when it changes.
-pub(super) fn one_line(r: &Rollout) -> String {
+/// `watch` elsewhere: one line, printed when it changes (the rollout is named once, first);
+/// with `countdown`, the time left in the wait too (which alone is not a change).
+pub(super) fn one_line(r: &Rollout, countdown: bool) -> String {
+    let verdict = r
+        .health
+        .as_ref()
+        .and_then(|h| h.get("State"))
+        .and_then(Value::as_str)
+        .unwrap_or("not checked yet");
+    let step = match &r.window {
+        Some(w) if !r.phase.ended() && countdown => {
+            format!("{} {}s left", w.name, w.seconds.saturating_sub(w.elapsed))
+        }
+        Some(w) if !r.phase.ended() => w.name.clone(),
+        _ => r.step.clone().unwrap_or_default(),
+    };
     let mut line = format!(
-        "{} {} {} blue/green {} health {}",
-        r.id,
+        "{:<11} {step:<16} blue/green {:<7} health {verdict}",
         r.phase.as_str(),
-        match &r.window {
-            Some(w) if !r.phase.ended() => w.name.clone(),
-            _ => r.step.clone().unwrap_or_default(),
-        },
-        weights(r),
-        health(&r.health)
+        weights(r)
     );
     if let Some(error) = &r.error {
         let _ = write!(line, " — {error}: {}", r.cause.as_deref().unwrap_or(""));

@@ -12,6 +12,10 @@ use http::header::AUTHORIZATION;
 #[derive(Default)]
 pub(crate) struct Auth {
     api_key: Option<Vec<u8>>,
+    /// Who the API key's holder is, in audit entries (`--api-key-name`).
+    api_key_name: String,
+    /// The Basic user name, in audit entries.
+    basic_user: String,
     /// `base64(user:password)`, compared with the token of `Authorization: Basic …` (encoding is
     /// deterministic, so no decoding of untrusted input is needed).
     basic: Option<Vec<u8>>,
@@ -39,17 +43,49 @@ impl Auth {
     /// Reads the API key from `api_key_env` and `user:password` from `basic_env`, where named.
     pub(crate) fn from_env(api_key_env: Option<&str>, basic_env: Option<&str>) -> anyhow::Result<Self> {
         let api_key = api_key_env.map(secret).transpose()?.map(String::into_bytes);
+        let mut basic_user = String::new();
         let basic = match basic_env {
             Some(var) => {
                 let pair = secret(var)?;
-                if !pair.contains(':') {
+                let Some((user, _)) = pair.split_once(':') else {
                     anyhow::bail!("environment variable {var} must hold user:password");
-                }
+                };
+                basic_user = user.to_owned();
                 Some(base64(pair.as_bytes()).into_bytes())
             }
             None => None,
         };
-        Ok(Self { api_key, basic })
+        Ok(Self {
+            api_key,
+            api_key_name: "api-key".into(),
+            basic_user,
+            basic,
+        })
+    }
+
+    /// Names the API key's holder in audit entries.
+    pub(crate) fn with_api_key_name(mut self, name: &str) -> Self {
+        self.api_key_name = name.to_owned();
+        self
+    }
+
+    /// Who a request with these headers acts as: the API key's name, the Basic user, or
+    /// `anonymous` when no credentials are required; `None` without accepted credentials.
+    pub(crate) fn who(&self, headers: &HeaderMap) -> Option<String> {
+        if self.is_open() {
+            return Some("anonymous".into());
+        }
+        if !self.allows(headers) {
+            return None;
+        }
+        let basic = headers.get_all(AUTHORIZATION).iter().any(|v| {
+            matches!((&self.basic, strip_scheme(v.as_bytes(), b"basic")), (Some(pair), Some(token)) if ct_eq(token, pair))
+        });
+        Some(if basic {
+            self.basic_user.clone()
+        } else {
+            self.api_key_name.clone()
+        })
     }
 
     /// Whether no credentials are configured (everyone is let in).
@@ -171,9 +207,23 @@ mod tests {
     fn accepts_the_key_in_either_header_and_basic_credentials() {
         let auth = Auth {
             api_key: Some(b"k3y".to_vec()),
+            api_key_name: "deploy-bot".into(),
+            basic_user: "ops".into(),
             basic: Some(base64(b"ops:pw").into_bytes()),
         };
         assert!(!auth.allows(&headers(&[])));
+        // Who acts, for the audit log.
+        assert_eq!(auth.who(&headers(&[])), None);
+        assert_eq!(
+            auth.who(&headers(&[("x-api-key", "k3y")])).as_deref(),
+            Some("deploy-bot")
+        );
+        assert_eq!(
+            auth.who(&headers(&[("authorization", "Basic b3BzOnB3")]))
+                .as_deref(),
+            Some("ops")
+        );
+        assert_eq!(Auth::default().who(&headers(&[])).as_deref(), Some("anonymous"));
         assert!(auth.allows(&headers(&[("x-api-key", "k3y")])));
         assert!(!auth.allows(&headers(&[("x-api-key", "k3")])));
         assert!(auth.allows(&headers(&[("authorization", "Bearer k3y")])));
@@ -196,6 +246,7 @@ mod tests {
         let auth = Auth {
             api_key: Some(b"k3y".to_vec()),
             basic: None,
+            ..Auth::default()
         };
         assert!(!format!("{auth:?}").contains("k3y"));
     }

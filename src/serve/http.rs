@@ -35,7 +35,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::auth::Auth;
-use super::{Handled, Host, Input, metrics, read_event, stopped};
+use super::{Handled, Host, Input, metrics, read_event, rollouts_api, stopped};
 
 /// How long a client may take to send the request head, and then the body.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -162,6 +162,16 @@ impl Server {
     async fn route(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let path = request.uri().path().to_owned();
         let method = request.method().clone();
+        let query = request.uri().query().map(str::to_owned);
+        if let Some(call) = rollouts_api::route(&method, &path, query.as_deref()) {
+            let response = self.rollouts(call, request).await;
+            self.host.pipeline().metrics().add(
+                "cutover_http_requests_total",
+                &[("route", "/rollouts"), ("status", response.status().as_str())],
+                1,
+            );
+            return response;
+        }
         let (route, response) = match (&method, path.as_str()) {
             (_, "/events") if !self.config.events => (
                 "other",
@@ -204,7 +214,7 @@ impl Server {
 
     fn metrics(&self) -> Response<Body> {
         let host = &self.host;
-        let text = metrics::render(
+        let mut text = metrics::render(
             &host.pipeline().metrics().snapshot(),
             &[
                 (
@@ -219,12 +229,59 @@ impl Server {
                 ),
             ],
         );
+        text.push_str(&metrics::render_histograms(
+            &host.pipeline().metrics().histograms(),
+        ));
         let mut response = Response::new(Full::new(Bytes::from(text)));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static(metrics::CONTENT_TYPE),
         );
         response
+    }
+
+    /// `/rollouts…`: authenticated like `/events`; the caller's name goes to the audit log.
+    async fn rollouts(
+        &self,
+        call: Result<rollouts_api::Call<'_>, (StatusCode, String)>,
+        request: Request<Incoming>,
+    ) -> Response<Body> {
+        if !self.config.events {
+            return error(
+                StatusCode::NOT_FOUND,
+                "this listener serves only /healthz and /metrics",
+            );
+        }
+        let Some(actor) = self.config.auth.who(request.headers()) else {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong credentials: send the API key in x-api-key (or Authorization: Bearer), \
+                 or HTTP Basic credentials, as configured",
+            );
+        };
+        let call = match call {
+            Ok(call) => call,
+            Err((status, message)) => return error(status, message),
+        };
+        let Some(rollouts) = self.host.rollouts() else {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "pipeline \"{}\" starts no rollouts (it has no start-state-machine stage)",
+                    self.host.pipeline().name()
+                ),
+            );
+        };
+        let body = match Limited::new(request.into_body(), self.config.max_body.max(4096))
+            .collect()
+            .await
+        {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => return error(StatusCode::BAD_REQUEST, "the request body could not be read"),
+        };
+        let metrics = self.host.pipeline().metrics();
+        let (status, value) = rollouts_api::answer(rollouts, call, &body, &actor, metrics).await;
+        json_response(status, &value)
     }
 
     async fn events(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use cutover_core::Counter;
+use cutover_core::{Counter, HISTOGRAM_BOUNDS, Histogram};
 
 /// The `Content-Type` of the exposition format.
 pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -35,6 +35,53 @@ pub(crate) fn render(counters: &[Counter], gauges: &[(&str, &str, u64)]) -> Stri
     }
     for (name, help, value) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+    }
+    out
+}
+
+/// Renders histograms: cumulative `_bucket` samples with `le`, then `_sum` and `_count`.
+pub(crate) fn render_histograms(histograms: &[Histogram]) -> String {
+    let mut out = String::new();
+    let mut histograms: Vec<&Histogram> = histograms.iter().collect();
+    histograms.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut last: Option<&str> = None;
+    for h in histograms {
+        if last != Some(h.name.as_str()) {
+            let _ = writeln!(out, "# TYPE {} histogram", h.name);
+            last = Some(&h.name);
+        }
+        let labels = |extra: Option<String>| {
+            let mut parts: Vec<String> = h
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                .collect();
+            parts.extend(extra);
+            if parts.is_empty() {
+                String::new()
+            } else {
+                format!("{{{}}}", parts.join(","))
+            }
+        };
+        let mut cumulative = 0;
+        for (bound, n) in HISTOGRAM_BOUNDS.iter().zip(h.buckets) {
+            cumulative += n;
+            let _ = writeln!(
+                out,
+                "{}_bucket{} {cumulative}",
+                h.name,
+                labels(Some(format!("le=\"{bound}\"")))
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{}_bucket{} {}",
+            h.name,
+            labels(Some("le=\"+Inf\"".into())),
+            h.count
+        );
+        let _ = writeln!(out, "{}_sum{} {}", h.name, labels(None), h.sum);
+        let _ = writeln!(out, "{}_count{} {}", h.name, labels(None), h.count);
     }
     out
 }

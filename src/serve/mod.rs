@@ -23,6 +23,7 @@ mod auth;
 mod dead_letter;
 mod http;
 mod metrics;
+mod rollouts_api;
 mod sqs;
 mod stdin;
 
@@ -76,6 +77,9 @@ pub(crate) struct ServeArgs {
     /// `Authorization: Bearer …`).
     #[arg(long, value_name = "VAR")]
     api_key_env: Option<String>,
+    /// HTTP: who the API key's holder is in the audit log of rollout actions.
+    #[arg(long, default_value = "api-key", value_name = "NAME")]
+    api_key_name: String,
     /// HTTP: the environment variable holding `user:password` for HTTP Basic authentication.
     #[arg(long, value_name = "VAR")]
     basic_auth_env: Option<String>,
@@ -152,7 +156,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let auth = if args.source == Source::Http {
-        let auth = auth::Auth::from_env(args.api_key_env.as_deref(), args.basic_auth_env.as_deref())?;
+        let auth = auth::Auth::from_env(args.api_key_env.as_deref(), args.basic_auth_env.as_deref())?
+            .with_api_key_name(&args.api_key_name);
         if auth.is_open() && !args.no_auth {
             anyhow::bail!(
                 "the http source needs credentials: --api-key-env VAR and/or --basic-auth-env VAR \
@@ -179,7 +184,17 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     };
     tracing::info!(pipeline = %pipeline.name(), dead_letter = %dead_letter, "cutover serve: starting");
-    let host = Arc::new(Host::new(pipeline, dead_letter, args.concurrency));
+    let mut host = Host::new(pipeline, dead_letter, args.concurrency);
+    // `/rollouts` serves the rollouts this pipeline starts (through its start-state-machine
+    // stage), when it starts any.
+    if file.pick(Some(&name))?.stages.iter().any(|s| {
+        s.config
+            .as_any()
+            .is::<cutover_stages::state_machine::StartStateMachineConfig>()
+    }) {
+        host.rollouts = Some(crate::rollouts_cmd::rollouts_of(&file, &name, &cx, true).await?);
+    }
+    let host = Arc::new(host);
     let shutdown = on_signal()?;
     let mut signalled = shutdown.clone();
     // The health and metrics listener of the other sources stays up until they are drained.
@@ -429,6 +444,8 @@ impl std::fmt::Display for Stats {
 #[derive(Debug)]
 pub(crate) struct Host {
     pipeline: Pipeline,
+    /// The operations on the rollouts the pipeline starts (`/rollouts`), when it starts any.
+    rollouts: Option<cutover_stages::rollouts::ops::Rollouts>,
     permits: Arc<Semaphore>,
     concurrency: u32,
     dead_letter: DeadLetter,
@@ -439,11 +456,17 @@ impl Host {
     fn new(pipeline: Pipeline, dead_letter: DeadLetter, concurrency: u32) -> Self {
         Self {
             pipeline,
+            rollouts: None,
             permits: Arc::new(Semaphore::new(concurrency as usize)),
             concurrency,
             dead_letter,
             counts: Counts::default(),
         }
+    }
+
+    /// The rollout operations, when the pipeline starts rollouts.
+    pub(crate) fn rollouts(&self) -> Option<&cutover_stages::rollouts::ops::Rollouts> {
+        self.rollouts.as_ref()
     }
 
     /// The pipeline (for its name and metrics).

@@ -16,6 +16,7 @@ mod moto;
 mod readme;
 mod registry;
 mod restart;
+mod rollouts;
 mod rule;
 mod serve;
 mod state_machine;

@@ -78,7 +78,7 @@ fn noise_event() -> Value {
 }
 
 /// A running `cutover serve`.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     addr: Option<String>,
     stderr: Arc<Mutex<String>>,
@@ -86,7 +86,7 @@ struct Daemon {
 
 impl Daemon {
     /// Starts `cutover serve` with `args`; for the http source, waits for the bound address.
-    fn start(args: &[&str], env: &[(&str, String)], stdin: Stdio) -> Daemon {
+    pub(crate) fn start(args: &[&str], env: &[(&str, String)], stdin: Stdio) -> Daemon {
         let mut cmd = cutover();
         cmd.arg("serve")
             .args(args)
@@ -126,7 +126,7 @@ impl Daemon {
         daemon
     }
 
-    fn addr(&self) -> &str {
+    pub(crate) fn addr(&self) -> &str {
         self.addr.as_deref().expect("an http daemon")
     }
 
@@ -220,14 +220,14 @@ fn wait_for_line(rx: &Receiver<String>, needle: &str, within: Duration) -> Optio
 }
 
 #[derive(Debug)]
-struct Response {
-    status: u16,
+pub(crate) struct Response {
+    pub(crate) status: u16,
     headers: String,
-    body: String,
+    pub(crate) body: String,
 }
 
 impl Response {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
     }
 
@@ -240,7 +240,13 @@ impl Response {
 }
 
 /// One HTTP/1.1 request on a fresh connection.
-fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+pub(crate) fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     let mut stream = TcpStream::connect(addr).expect("the daemon accepts connections");
     stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");

@@ -6,7 +6,7 @@ use super::{AbortSignal, Engine, ExecutionOutcome, Reservation};
 use crate::definition::{Definition, Machine};
 use crate::error::EngineError;
 use crate::history::{EventKind, HistoryEvent};
-use crate::states::{self, Flow, Stop, fail};
+use crate::states::{self, Flow, Kind, Stop, fail};
 use crate::store::{ExecutionRecord, ExecutionStatus};
 use crate::timestamp;
 use serde_json::Value;
@@ -334,7 +334,13 @@ impl Run<'_> {
                 }
                 match states::run(self, st, input).await? {
                     Flow::Next(n, out) => {
-                        if top {
+                        // A Pass or Choice runs at once and decides the same again, and a Wait
+                        // checkpoints itself with its deadline: before those the last
+                        // checkpoint stands (a crash runs the state that led there again, as
+                        // any state a crash interrupts runs again). A rollout's waits tick
+                        // through such states every second; each checkpoint is a synced write.
+                        if top && !matches!(m.states[n].kind, Kind::Pass(_) | Kind::Choice(_) | Kind::Wait(_))
+                        {
                             self.save(Some(&m.states[n].name), Some(&out))
                                 .map_err(Stop::Fatal)?;
                         }

@@ -203,8 +203,17 @@ impl Rollouts {
 
     /// Takes a control action on the rollout `id`: writes its control record (the running
     /// rollout reads it within a tick) and the audit entry. `retry` instead starts a new
-    /// rollout of the same deployment, named `<id>-retry-N`, linked to the old one.
-    pub async fn act(&self, id: &str, action: Action, reason: &str, actor: &str) -> Result<Acted, OpsError> {
+    /// rollout of the same deployment, named `<id>-retry-N`, linked to the old one. With
+    /// `drive`, a rollout no process is running is run here to its end (a command-line tool
+    /// does this; a daemon resumes such rollouts itself).
+    pub async fn act(
+        &self,
+        id: &str,
+        action: Action,
+        reason: &str,
+        actor: &str,
+        drive: bool,
+    ) -> Result<Acted, OpsError> {
         if reason.trim().is_empty() {
             return Err(OpsError::NoReason);
         }
@@ -263,7 +272,7 @@ impl Rollouts {
         self.store.audit(&audit).await?;
         // Nobody may be running it (the embedded engine without a daemon): then this process
         // runs it on, so the action takes effect (an abort rolls back) before the command ends.
-        let drove = self.source.drive(&rollout.id).await?;
+        let drove = drive && self.source.drive(&rollout.id).await?;
         Ok(Acted {
             rollout: rollout.id,
             audit,

@@ -167,6 +167,14 @@ pub fn steps_of(definition: &Value) -> Vec<u64> {
     steps
 }
 
+/// The states worth a line of history: shifts, checks, the rollback and the end states.
+fn is_step(state: &str) -> bool {
+    ["Shift", "Check", "HoldCheck", "Rollback"]
+        .iter()
+        .any(|p| state.starts_with(p))
+        || matches!(state, "Promoted" | "Aborted" | "Unhealthy" | "FailedStep")
+}
+
 /// The states in which a rollout waits (its window is current).
 fn in_window(state: &str) -> bool {
     matches!(
@@ -298,7 +306,8 @@ pub fn history_lines(history: &[Entry], audit: &[AuditEntry]) -> Vec<Line> {
     let mut open: Option<(Window, String)> = None;
     for entry in history {
         let leaves_wait = match &entry.what {
-            Happened::Entered { state, .. } => !in_window(state),
+            // Checks while paused belong to the wait.
+            Happened::Entered { state, .. } => !in_window(state) && !state.starts_with("Hold"),
             Happened::Ended { .. } => true,
             _ => false,
         };
@@ -329,8 +338,9 @@ pub fn history_lines(history: &[Entry], audit: &[AuditEntry]) -> Vec<Line> {
                     .map(|(_, at)| at)
                     .unwrap_or_else(|| entry.at.clone());
                 let seconds = seconds_between(&since, &entry.at);
-                // The ticks of a wait are many and alike: shown as the wait, not one by one.
-                if !in_window(state) && window_of(output).is_none_or(|w| &w.name != state) {
+                // Shown: the steps (shifts, checks, the rollback) and how it ended; the ticks
+                // of a wait are shown as the wait, and the choices between steps not at all.
+                if is_step(state) {
                     lines.push(Line {
                         at: since.clone(),
                         kind: "state",

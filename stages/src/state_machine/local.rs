@@ -129,6 +129,7 @@ pub struct LocalEngine {
     engine: Engine,
     definition: Arc<Definition>,
     store: Arc<FileStore>,
+    metrics: cutover_core::Metrics,
     background: Background,
     wait: bool,
 }
@@ -234,6 +235,7 @@ impl LocalEngine {
             engine,
             definition,
             store,
+            metrics: cx.metrics().clone(),
             background: cx.background().clone(),
             wait,
         };
@@ -261,6 +263,7 @@ impl LocalEngine {
             engine,
             definition,
             store,
+            metrics: cutover_core::Metrics::default(),
             background,
             wait,
         }
@@ -309,9 +312,11 @@ impl LocalEngine {
         {
             let engine = self.engine.clone();
             let def = self.definition.clone();
+            let metrics = self.metrics.clone();
             self.background.spawn(async move {
                 match engine.resume(def, &record.execution_arn).await {
                     Ok(outcome) => {
+                        record_outcome(&metrics, &outcome);
                         tracing::info!(execution = %outcome.execution_arn, status = ?outcome.status, "resumed execution finished");
                     }
                     Err(EngineError::AlreadyRunning(arn)) => {
@@ -364,12 +369,14 @@ impl StateMachineEngine for LocalEngine {
             let arn = reservation.execution_arn().to_owned();
             let engine = self.engine.clone();
             let def = self.definition.clone();
+            let metrics = self.metrics.clone();
             let input_owned = input.clone();
             if self.wait {
                 let outcome = engine
                     .start_reserved(def, reservation, input_owned)
                     .await
                     .map_err(|e| StageError::permanent(format!("execution {name}: {e}")))?;
+                record_outcome(&metrics, &outcome);
                 return Ok(Started::New {
                     arn: outcome.execution_arn,
                     status: Some(status_name(&outcome.status)),
@@ -378,7 +385,10 @@ impl StateMachineEngine for LocalEngine {
             let arn_for_log = arn.clone();
             self.background.spawn(async move {
                 match engine.start_reserved(def, reservation, input_owned).await {
-                    Ok(outcome) => tracing::info!(execution = %outcome.execution_arn, status = ?outcome.status, "execution finished"),
+                    Ok(outcome) => {
+                        record_outcome(&metrics, &outcome);
+                        tracing::info!(execution = %outcome.execution_arn, status = ?outcome.status, "execution finished");
+                    }
                     Err(error) => tracing::error!(execution = %arn_for_log, %error, "execution could not run"),
                 }
             });
@@ -398,15 +408,39 @@ impl StateMachineEngine for LocalEngine {
 }
 
 /// An execution's history as rollout entries.
-fn entries(record: &cutover_asl::ExecutionRecord) -> Vec<Entry> {
+/// Counts a finished rollout by how it ended (`cutover_rollouts_total`) and records how long
+/// its steps took (`cutover_rollout_step_seconds`: each wait, shift, check and rollback).
+fn record_outcome(metrics: &cutover_core::Metrics, outcome: &cutover_asl::ExecutionOutcome) {
+    let history = entries(&outcome.history);
+    let rollout = crate::rollouts::view::Rollout::from_history("", &outcome.execution_arn, &history, None);
+    metrics.add(
+        "cutover_rollouts_total",
+        &[("outcome", rollout.phase.as_str())],
+        1,
+    );
+    for line in crate::rollouts::view::history_lines(&history, &[]) {
+        let (Some(state), Some(seconds)) = (line.detail["state"].as_str(), line.detail["seconds"].as_f64())
+        else {
+            continue;
+        };
+        let step = line.detail.get("wait").is_some()
+            || ["Shift", "Check", "Rollback", "HoldCheck"]
+                .iter()
+                .any(|p| state.starts_with(p));
+        if step {
+            metrics.observe("cutover_rollout_step_seconds", &[("state", state)], seconds);
+        }
+    }
+}
+
+fn entries(history: &[cutover_asl::HistoryEvent]) -> Vec<Entry> {
     use cutover_asl::EventKind;
     let ended = |status: &str, error: &Option<String>, cause: &Option<String>| Happened::Ended {
         status: status.to_owned(),
         error: error.clone(),
         cause: cause.clone(),
     };
-    record
-        .history
+    history
         .iter()
         .filter_map(|e| {
             let what = match &e.kind {
@@ -456,7 +490,7 @@ impl RolloutSource for LocalEngine {
                 .store
                 .load(&arn)
                 .map_err(|e| StageError::retryable(format!("execution store: {e}")))?;
-            Ok(record.map(|r| (arn, entries(&r))))
+            Ok(record.map(|r| (arn, entries(&r.history))))
         })
     }
 
