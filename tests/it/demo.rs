@@ -88,3 +88,41 @@ fn sick_green_is_rolled_back_at_50_percent() {
         (Some(100), Some(0))
     );
 }
+
+#[test]
+fn the_abort_scenario_steers_the_rollout_back_to_blue_at_50_percent() {
+    let (code, lines) = demo(&["--scenario", "abort"]);
+    assert_eq!(code, 1, "not promoted: {lines:?}");
+    let actions = steps(&lines, "action");
+    assert_eq!(actions.len(), 1, "{lines:?}");
+    assert_eq!(actions[0]["action"], "abort");
+    let summary = &lines.last().unwrap()["summary"];
+    assert_eq!(
+        summary["weights"],
+        serde_json::json!([[90, 10], [50, 50], [100, 0]]),
+        "aborted while at 50%, then all blue"
+    );
+    assert_eq!(summary["final"], serde_json::json!({"blue": 100, "green": 0}));
+    assert!(
+        lines.iter().any(|l| l["steer"]["file"].is_string()),
+        "prints how to steer it"
+    );
+}
+
+#[test]
+fn the_pause_scenario_holds_then_resumes_and_promotes() {
+    let (code, lines) = demo(&["--scenario", "pause"]);
+    assert_eq!(code, 0, "{lines:?}");
+    let actions: Vec<&Value> = steps(&lines, "action")
+        .into_iter()
+        .map(|a| &a["action"])
+        .collect();
+    assert_eq!(actions, ["pause", "resume"]);
+    let summary = &lines.last().unwrap()["summary"];
+    assert_eq!(
+        summary["weights"],
+        serde_json::json!([[90, 10], [50, 50], [0, 100]])
+    );
+    // Green was checked while paused, besides the three checks after the shifts.
+    assert!(steps(&lines, "health").len() > 3, "{lines:?}");
+}

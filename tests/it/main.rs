@@ -17,6 +17,7 @@ mod readme;
 mod registry;
 mod restart;
 mod rollouts;
+mod rollouts_sfn;
 mod rule;
 mod serve;
 mod state_machine;

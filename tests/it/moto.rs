@@ -124,13 +124,20 @@ pub(crate) fn shared() -> &'static Moto {
     static SHARED: OnceLock<Moto> = OnceLock::new();
     SHARED.get_or_init(|| match std::env::var("CUTOVER_MOTO_URL") {
         Ok(url) => Moto { url, server: None },
-        Err(_) => start(),
+        Err(_) => start(&[]),
     })
 }
 
 /// A server of the test's own, stopped when dropped.
 pub(crate) fn dedicated() -> Moto {
-    start()
+    start(&[])
+}
+
+/// A server of the test's own with these environment variables set, e.g. `MOTO_PORT`: where
+/// moto's own service integrations (a state machine's Task calling Lambda or DynamoDB) send
+/// their requests, so a test can stand in front of them.
+pub(crate) fn dedicated_with_env(env: &[(&str, String)]) -> Moto {
+    start(env)
 }
 
 /// A resource name no other test uses.
@@ -162,13 +169,13 @@ static START_FAILED: OnceLock<String> = OnceLock::new();
 /// Starts a server on a free port. The port is found by binding and releasing it (moto_server
 /// cannot be handed a listening socket), so another process may take it first: moto then exits
 /// at once, and the next port is tried.
-fn start() -> Moto {
+fn start(env: &[(&str, String)]) -> Moto {
     if let Some(why) = START_FAILED.get() {
         panic!("{why}");
     }
     let mut last = String::new();
     for _ in 0..3 {
-        match try_start() {
+        match try_start(env) {
             Ok(moto) => return moto,
             Err(Start::PortTaken(why)) => last = why,
             Err(Start::Broken(why)) => {
@@ -191,7 +198,7 @@ enum Start {
 const INSTALL_HINT: &str = "run ./scripts/test.sh, which installs moto[server] into .venv and \
      starts it, or point CUTOVER_MOTO_SERVER at a moto_server binary";
 
-fn try_start() -> Result<Moto, Start> {
+fn try_start(env: &[(&str, String)]) -> Result<Moto, Start> {
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
@@ -204,6 +211,7 @@ fn try_start() -> Result<Moto, Start> {
         .stdout(Stdio::null())
         .stderr(log.reopen().expect("moto's log reopens"))
         .env("AWS_EC2_METADATA_DISABLED", "true")
+        .envs(env.iter().cloned())
         .process_group(0)
         .spawn()
         .map_err(|e| Start::Broken(format!("cannot start {bin}: {e}; {INSTALL_HINT}")))?;

@@ -331,3 +331,179 @@ impl Rollouts {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use cutover_core::SystemClock;
+
+    use super::*;
+    use crate::rollouts::FileRolloutStore;
+    use crate::rollouts::view::Happened;
+
+    /// Executions held in memory; `start` records what was started.
+    #[derive(Debug, Default)]
+    struct Fake {
+        executions: Mutex<BTreeMap<String, Vec<Entry>>>,
+    }
+
+    fn at(s: u32) -> String {
+        format!("2026-11-29T05:00:{s:02}.000Z")
+    }
+
+    impl Fake {
+        fn add(&self, name: &str, history: Vec<Happened>) {
+            let entries = history
+                .into_iter()
+                .enumerate()
+                .map(|(i, what)| Entry {
+                    at: at(u32::try_from(i).unwrap()),
+                    what,
+                })
+                .collect();
+            self.executions.lock().unwrap().insert(name.to_owned(), entries);
+        }
+    }
+
+    impl RolloutSource for Fake {
+        fn list(&self, _all: bool) -> BoxFuture<'_, Result<Vec<(String, String)>, StageError>> {
+            let names: Vec<(String, String)> = self
+                .executions
+                .lock()
+                .unwrap()
+                .keys()
+                .map(|n| (n.clone(), format!("arn:{n}")))
+                .collect();
+            Box::pin(async move { Ok(names) })
+        }
+
+        fn history<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Recorded>, StageError>> {
+            let found = self.executions.lock().unwrap().get(name).cloned();
+            Box::pin(async move { Ok(found.map(|h| (format!("arn:{name}"), h))) })
+        }
+    }
+
+    impl StateMachineEngine for Fake {
+        fn start<'a>(
+            &'a self,
+            name: &'a str,
+            input: &'a Value,
+        ) -> BoxFuture<'a, Result<Started, StageError>> {
+            self.add(name, vec![Happened::Started { input: input.clone() }]);
+            Box::pin(async move {
+                Ok(Started::New {
+                    arn: format!("arn:{name}"),
+                    status: None,
+                })
+            })
+        }
+
+        fn status<'a>(&'a self, _name: &'a str) -> BoxFuture<'a, Result<Option<String>, StageError>> {
+            Box::pin(async { Ok(None) })
+        }
+    }
+
+    fn entered(state: &str, input: Value) -> Happened {
+        Happened::Entered {
+            state: state.into(),
+            input,
+        }
+    }
+
+    fn rig() -> (Arc<Fake>, Rollouts, tempfile::TempDir) {
+        let fake = Arc::new(Fake::default());
+        let dir = tempfile::tempdir().unwrap();
+        let rollouts = Rollouts::new(
+            fake.clone(),
+            Arc::new(FileRolloutStore::new(dir.path())),
+            fake.clone(),
+            Arc::new(SystemClock),
+            &Value::Null,
+        );
+        let input = json!({"cluster": "c", "group": "service:cats", "task_definition": "td/cats:3"});
+        fake.add(
+            "cats-3",
+            vec![
+                Happened::Started { input: input.clone() },
+                entered("Check10", json!({})),
+            ],
+        );
+        fake.add(
+            "cats-30",
+            vec![
+                Happened::Started { input: input.clone() },
+                entered(
+                    "ReadControl",
+                    json!({"bake": {"name": "Bake50", "seconds": 60, "elapsed": 12}}),
+                ),
+            ],
+        );
+        fake.add(
+            "cats-2",
+            vec![
+                Happened::Started { input },
+                Happened::Ended {
+                    status: "FAILED".into(),
+                    error: Some("Canary.Unhealthy".into()),
+                    cause: Some("500s".into()),
+                },
+            ],
+        );
+        (fake, rollouts, dir)
+    }
+
+    #[tokio::test]
+    async fn refusals_name_the_rollout_and_what_to_do() {
+        let (_fake, rollouts, _dir) = rig();
+        let err = |r: Result<Acted, OpsError>| r.unwrap_err().to_string();
+        let not_waiting = err(rollouts.act("cats-3", Action::Promote, "go", "me", false).await);
+        assert!(
+            not_waiting.contains("is not waiting (it is in Check10)") && not_waiting.contains("--full"),
+            "{not_waiting}"
+        );
+        let ended = err(rollouts.act("cats-2", Action::Pause, "hold", "me", false).await);
+        assert!(ended.contains("has already ended (rolled-back)"), "{ended}");
+        let ambiguous = err(rollouts.act("cats-", Action::Abort, "stop", "me", false).await);
+        assert!(ambiguous.contains("names several rollouts"), "{ambiguous}");
+        let unknown = err(rollouts.act("dogs", Action::Abort, "stop", "me", false).await);
+        assert!(unknown.contains("no rollout \"dogs\""), "{unknown}");
+        let no_reason = err(rollouts.act("cats-30", Action::Abort, "", "me", false).await);
+        assert!(no_reason.contains("give a reason"), "{no_reason}");
+        let running = err(rollouts.act("cats-30", Action::Retry, "again", "me", false).await);
+        assert!(
+            running.contains("only a rolled-back, aborted or failed rollout"),
+            "{running}"
+        );
+    }
+
+    #[tokio::test]
+    async fn promote_targets_the_current_wait_and_retry_links_a_new_rollout() {
+        let (fake, rollouts, _dir) = rig();
+        let acted = rollouts
+            .act("cats-30", Action::Promote, "looks good", "alice", false)
+            .await
+            .unwrap();
+        let control = rollouts.store().control("cats-30").await.unwrap().unwrap();
+        assert_eq!(control.target.as_deref(), Some("Bake50"));
+        assert_eq!(acted.audit.change["from"]["wait"], "Bake50");
+        assert_eq!(rollouts.status("cats-30").await.unwrap().control, Some(control));
+
+        let retried = rollouts
+            .act("cats-2", Action::Retry, "fixed", "alice", false)
+            .await
+            .unwrap();
+        assert_eq!(retried.rollout, "cats-2-retry-1");
+        let again = rollouts
+            .act("cats-2", Action::Retry, "fixed", "alice", false)
+            .await
+            .unwrap();
+        assert_eq!(again.rollout, "cats-2-retry-2", "a free name each time");
+        let started = fake.executions.lock().unwrap()["cats-2-retry-1"].clone();
+        let Happened::Started { input } = &started[0].what else {
+            panic!("{started:?}")
+        };
+        assert_eq!(input["retry_of"], "cats-2");
+    }
+}

@@ -175,11 +175,21 @@ fn is_step(state: &str) -> bool {
         || matches!(state, "Promoted" | "Aborted" | "Unhealthy" | "FailedStep")
 }
 
-/// The states in which a rollout waits (its window is current).
+/// The states in which a rollout waits (its window is current), the health checks of a pause
+/// included: they happen while it holds.
 fn in_window(state: &str) -> bool {
     matches!(
         state,
-        "ReadControl" | "Steer" | "Tick" | "Count" | "Hold" | "HoldCount" | "HoldDue" | "HoldReset"
+        "ReadControl"
+            | "Steer"
+            | "Tick"
+            | "Count"
+            | "Hold"
+            | "HoldCount"
+            | "HoldDue"
+            | "HoldCheck"
+            | "HoldHealthy"
+            | "HoldReset"
     )
 }
 
@@ -423,5 +433,84 @@ fn duration_text(seconds: f64) -> String {
         format!("{:.0} ms", seconds * 1000.0)
     } else {
         format!("{seconds:.1} s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(second: u64) -> String {
+        format!("2026-11-29T05:00:{second:02}.000Z")
+    }
+
+    /// The state `state` entered at `from` and left at `to`, with `data` as input and output.
+    fn state(from: u64, to: u64, state: &str, data: &Value) -> [Entry; 2] {
+        [
+            Entry {
+                at: at(from),
+                what: Happened::Entered {
+                    state: state.into(),
+                    input: data.clone(),
+                },
+            },
+            Entry {
+                at: at(to),
+                what: Happened::Exited {
+                    state: state.into(),
+                    output: data.clone(),
+                },
+            },
+        ]
+    }
+
+    #[test]
+    fn a_pause_and_its_health_checks_stay_inside_the_wait() {
+        let baking = json!({"traffic": {"blue": 90, "green": 10},
+                            "bake": {"name": "Bake10", "seconds": 5, "elapsed": 2, "held": 0}});
+        let mut checked = baking.clone();
+        checked["health"] = json!({"State": "healthy", "reason": "all targets healthy"});
+        let mut history = vec![Entry {
+            at: at(0),
+            what: Happened::Started { input: json!({}) },
+        }];
+        history.extend(state(0, 0, "Bake10", &baking));
+        for (t, s) in [
+            (0, "ReadControl"),
+            (0, "Steer"),
+            (0, "Hold"),
+            (1, "HoldCount"),
+            (1, "HoldDue"),
+        ] {
+            history.extend(state(t, t, s, &baking));
+        }
+        let [entered, left] = state(1, 1, "HoldCheck", &checked);
+        history.push(entered);
+        let during = Rollout::from_history("r", "arn", &history, None);
+        assert_eq!(during.window.map(|w| w.name).as_deref(), Some("Bake10"));
+        history.push(left);
+        for (t, s) in [
+            (1, "HoldHealthy"),
+            (1, "HoldReset"),
+            (9, "ReadControl"),
+            (9, "Steer"),
+        ] {
+            history.extend(state(t, t, s, &checked));
+        }
+        history.extend(state(9, 9, "WindowOver", &checked));
+
+        let lines = history_lines(&history, &[]);
+        let waits: Vec<&Line> = lines.iter().filter(|l| l.detail["state"] == "Bake10").collect();
+        assert_eq!(waits.len(), 1, "{lines:#?}");
+        assert_eq!(
+            waits[0].detail["seconds"], 9.0,
+            "the whole wait, the pause included"
+        );
+        assert!(lines.iter().any(|l| l.kind == "health"), "{lines:#?}");
+        // The check made while paused has a line of its own, inside the wait.
+        assert!(
+            lines.iter().any(|l| l.detail["state"] == "HoldCheck"),
+            "{lines:#?}"
+        );
     }
 }

@@ -270,7 +270,7 @@ impl StageConfig for StartStateMachineConfig {
                 control: self.control.input(embedded),
                 // Only a rollout that reads its control record can be aborted by a newer one.
                 supersede: rollouts
-                    .filter(|_| self.control.supersede && self.reads_control(cx))
+                    .filter(|_| self.control.supersede && self.reads_control_or_say(cx))
                     .map(|rollouts| Supersede {
                         service: self.control.service.clone(),
                         wait: self.control.supersede_wait,
@@ -359,9 +359,26 @@ impl StartStateMachineConfig {
             EngineConfig::StepFunctions { definition, .. } => definition.as_ref(),
             EngineConfig::Local { definition, .. } => Some(definition),
         };
-        definition
-            .and_then(|d| std::fs::read_to_string(cx.config_path(d)).ok())
-            .is_some_and(|text| text.contains(crate::rollouts::CONTROL_RESOURCE))
+        match definition {
+            Some(d) => std::fs::read_to_string(cx.config_path(d))
+                .is_ok_and(|text| text.contains(crate::rollouts::CONTROL_RESOURCE)),
+            // A machine given by ARN only: a rollouts table configured for it says it reads
+            // control records (the stack sets the table only for such a machine).
+            None => !self.control.table.is_empty(),
+        }
+    }
+
+    /// [`reads_control`](Self::reads_control), saying why superseding is off when it is not.
+    fn reads_control_or_say(&self, cx: &BuildContext) -> bool {
+        let reads = self.reads_control(cx);
+        if !reads {
+            tracing::warn!(
+                "control.supersede is on, but the state machine does not read its control record \
+                 (no arn:aws:states:::dynamodb:getItem in its definition, or no control.table for a \
+                 machine given by ARN): a newer deployment will not abort a running rollout"
+            );
+        }
+        reads
     }
 
     /// The operations on the rollouts this stage starts (`cutover rollouts`, the daemon's
