@@ -21,6 +21,8 @@ mkdir -p "$out"
 linted=0
 templates=()
 for file in pipelines/*.toml; do
+  # Strategy files compile to a definition (`cutover strategy render`); they deploy nothing.
+  case "$file" in *.strategy.toml) continue ;; esac
   name=$(basename "$file" .toml)
   if "$bin" template "$file" --output "$out/$name.yaml" 2>"$out/$name.err"; then
     "$bin" template "$file" --format sam --output "$out/$name.sam.yaml"

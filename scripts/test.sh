@@ -27,6 +27,19 @@ if ! "$VENV/bin/python" -c "import moto, cfnlint.version, sys; sys.exit(moto.__v
 fi
 export CUTOVER_MOTO_SERVER="$PWD/$VENV/bin/moto_server"
 
+# Debian packages the tests run for real: prometheus (the metric analysis tests), installed
+# when missing (apt-get update once first).
+apt_packages=()
+command -v prometheus >/dev/null 2>&1 || apt_packages+=(prometheus)
+if [ ${#apt_packages[@]} -gt 0 ]; then
+  echo "test.sh: installing Debian packages: ${apt_packages[*]}" >&2
+  apt_sudo=""
+  [ "$(id -u)" -eq 0 ] || apt_sudo="sudo"
+  $apt_sudo apt-get update -q >&2
+  DEBIAN_FRONTEND=noninteractive $apt_sudo apt-get install -y -q --no-install-recommends "${apt_packages[@]}" >&2
+fi
+export CUTOVER_PROMETHEUS="${CUTOVER_PROMETHEUS:-$(command -v prometheus)}"
+
 # checkov scans the same templates for security findings (scripts/checkov.sh). It pins boto3 and
 # botocore to versions older than moto's, so it lives in a venv of its own inside .venv.
 CHECKOV_VERSION="3.3.30"

@@ -28,6 +28,7 @@ mod rollouts_cmd;
 mod rule;
 mod serve;
 mod states_cmd;
+mod strategy_cmd;
 mod template;
 
 use std::path::PathBuf;
@@ -130,6 +131,9 @@ enum Command {
         cutover rollouts pause pipelines/catsndogs.toml cats --reason \"checking logs\""
     )]
     Rollouts(rollouts_cmd::RolloutsCommand),
+    /// Compile a canary strategy (steps in TOML) to the States Language definition.
+    #[command(subcommand)]
+    Strategy(strategy_cmd::StrategyCommand),
     /// Make the Lambda zip: the binary as `bootstrap` and the pipeline file as `cutover.toml`.
     #[command(
         after_help = "Example:\n  cutover package pipelines/catsndogs-aws.toml \\\n      \
@@ -205,6 +209,7 @@ fn main() -> ExitCode {
             Command::Template(args) => template::run(args),
             Command::Package(args) => package::run(args),
             Command::Rollouts(cmd) => rollouts_cmd::run(cmd).await,
+            Command::Strategy(cmd) => strategy_cmd::run(cmd),
             Command::Lambda => {
                 let handler = match cutover::lambda::LambdaHandler::from_env().await {
                     Ok(handler) => handler,
@@ -258,6 +263,17 @@ fn validate(files: &[PathBuf]) -> ExitCode {
     let loader = Loader::from_env();
     let mut failed = false;
     for file in files {
+        // A strategy file (a `[strategy]` table and no pipelines) is checked by compiling it.
+        if let Some(result) = strategy_cmd::check_file(file) {
+            match result {
+                Ok(states) => outln!("{}: ok — strategy ({states} states)", file.display()),
+                Err(e) => {
+                    failed = true;
+                    eprintln!("{e:#}");
+                }
+            }
+            continue;
+        }
         match loader.load_file(file) {
             Ok(f) => {
                 let list: Vec<String> = f

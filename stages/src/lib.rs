@@ -15,12 +15,15 @@ mod aws;
 pub mod dedup;
 mod error;
 mod fields;
+#[cfg(test)]
+mod test_support;
 use cutover_core::duration;
 pub mod filter;
 pub mod health_check;
 pub mod rollouts;
 pub mod state_machine;
 pub mod traffic_shift;
+pub mod webhook_notify;
 
 pub use error::Error;
 

@@ -13,6 +13,7 @@ mod fixtures;
 mod health;
 pub(crate) mod lambda;
 mod moto;
+mod prometheus;
 mod readme;
 mod registry;
 mod restart;

@@ -15,7 +15,8 @@ fn registered_stage_names_are_the_expected_ones() {
             "health-check",
             "notify",
             "start-state-machine",
-            "traffic-shift"
+            "traffic-shift",
+            "webhook-notify"
         ],
         "the stage types this binary offers"
     );

@@ -82,6 +82,9 @@ pub(crate) struct Daemon {
     child: Child,
     addr: Option<String>,
     stderr: Arc<Mutex<String>>,
+    /// The thread copying stderr; joined once the process exited, so nothing it wrote last is
+    /// missed.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -101,7 +104,7 @@ impl Daemon {
         let (tx, rx) = mpsc::channel::<String>();
         let pipe = child.stderr.take().unwrap();
         let sink = stderr.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                 sink.lock().unwrap().push_str(&format!("{line}\n"));
                 let _ = tx.send(line);
@@ -111,6 +114,7 @@ impl Daemon {
             child,
             addr: None,
             stderr,
+            reader: Some(reader),
         };
         let wants_http = !args.contains(&"--source") || args.contains(&"--metrics-listen");
         let ready = if wants_http {
@@ -160,6 +164,10 @@ impl Daemon {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                // The pipe closes with the process (and any child holding it): read to its end.
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
                 return status.code().unwrap_or(-1);
             }
             assert!(

@@ -210,3 +210,29 @@ fn states_run_executes_with_inline_resources_on_virtual_time() {
     assert_eq!(of("TaskSucceeded")["resource"], "arn:x:notify");
     assert_eq!(of("ExecutionSucceeded")["type"], "ExecutionSucceeded");
 }
+
+#[test]
+fn strategy_render_prints_the_shipped_canary_and_names_bad_steps() {
+    let out = cutover()
+        .args(["strategy", "render", "pipelines/canary.strategy.toml"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shipped = std::fs::read_to_string(crate::repo("pipelines/canary.asl.json")).unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), shipped);
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[strategy]\nsteps = [{ set_weight = 50 }, { set_weight = 10 }, { set_weight = 100 }]\n",
+    )
+    .unwrap();
+    let out = cutover().args(["strategy", "render"]).arg(&bad).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        said.contains("strategy.steps") && said.contains("set_weight 10 after 50"),
+        "{said}"
+    );
+}

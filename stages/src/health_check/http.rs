@@ -21,10 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cutover_core::{BoxFuture, BuildContext, BuildError, Clock, Event, FieldError, StageError, Template};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::body::Bytes;
-use hyper::{Request, Uri};
-use hyper_util::rt::TokioIo;
+use hyper::Uri;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -172,20 +169,20 @@ impl HttpProbeConfig {
 
 /// The TLS client of `https://` checks, built once, on first need.
 #[derive(Debug)]
-struct Tls {
+pub(crate) struct Tls {
     ca_file: Option<std::path::PathBuf>,
     config: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
 }
 
 impl Tls {
-    fn new(ca_file: Option<std::path::PathBuf>) -> Self {
+    pub(crate) fn new(ca_file: Option<std::path::PathBuf>) -> Self {
         Self {
             ca_file,
             config: std::sync::OnceLock::new(),
         }
     }
 
-    fn config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+    pub(crate) fn config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
         self.config.get_or_init(|| self.build()).clone()
     }
 
@@ -295,57 +292,11 @@ impl HttpProbe {
     }
 
     async fn get(&self, uri: &Uri) -> Result<(u16, String), String> {
-        let host = uri.host().ok_or("the URL has no host")?;
-        let https = uri.scheme_str() == Some("https");
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let bare_host = host.trim_start_matches('[').trim_end_matches(']');
-        let stream = tokio::net::TcpStream::connect((bare_host, port))
-            .await
-            .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
-        if !https {
-            return self.exchange(stream, uri, host).await;
-        }
-        let name = rustls_pki_types::ServerName::try_from(bare_host.to_owned())
-            .map_err(|e| format!("{host} cannot be checked against a certificate: {e}"))?;
-        let connector = tokio_rustls::TlsConnector::from(self.tls.config()?);
-        let stream = connector
-            .connect(name, stream)
-            .await
-            .map_err(|e| format!("TLS handshake with {host}:{port}: {e}"))?;
-        self.exchange(stream, uri, host).await
-    }
-
-    /// One GET over an open connection (plain or TLS).
-    async fn exchange<S>(&self, stream: S, uri: &Uri, host: &str) -> Result<(u16, String), String>
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("HTTP handshake: {e}"))?;
-        // The connection task ends when `sender` is dropped or the peer closes.
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        let authority = uri.authority().map_or(host, |a| a.as_str());
-        let request = Request::get(path)
-            .header(hyper::header::HOST, authority)
-            .header(hyper::header::USER_AGENT, "cutover-health-check")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("request failed: {e}"))?;
-        let status = response.status().as_u16();
+        // The attempt's own timeout bounds the call; this one only keeps the client's shape.
+        let (status, body) =
+            super::client::send(&self.tls, hyper::Method::GET, uri, None, self.config.timeout).await?;
         let body = if self.config.body_contains.is_some() {
-            let bytes = Limited::new(response.into_body(), MAX_BODY)
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            String::from_utf8_lossy(&bytes).into_owned()
+            String::from_utf8_lossy(&body[..body.len().min(MAX_BODY)]).into_owned()
         } else {
             String::new()
         };

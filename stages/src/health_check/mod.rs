@@ -10,7 +10,11 @@
 //! - `http` ([`http`]): real HTTP GETs against green's endpoint, with ELB-style consecutive
 //!   healthy/unhealthy thresholds;
 //! - `elbv2` ([`elbv2`]): the target health of a target group — every target, not only the
-//!   first.
+//!   first;
+//! - `prometheus` ([`prometheus`]): a PromQL query measured `count` times, each held to a
+//!   condition (`result < 0.01`), with failure and inconclusive limits;
+//! - `webhook` ([`webhook`]): a POST of the rollout context to a team's own gate; 2xx is
+//!   healthy.
 //!
 //! ```toml
 //! [[pipelines.canary.stages]]
@@ -21,8 +25,11 @@
 //! `url` and `target_group_arn` are templates, so a Task input can name them:
 //! `url = "{endpoint}/health"`.
 
+pub(crate) mod client;
 pub mod elbv2;
 pub mod http;
+pub mod prometheus;
+pub mod webhook;
 
 use std::fmt;
 use std::sync::Arc;
@@ -36,6 +43,8 @@ use serde_json::{Value, json};
 
 use self::elbv2::Elbv2ProbeConfig;
 use self::http::HttpProbeConfig;
+use self::prometheus::PrometheusProbeConfig;
+use self::webhook::WebhookProbeConfig;
 
 cutover_core::register_stage!(
     "health-check",
@@ -62,6 +71,10 @@ pub enum ProbeConfig {
     Http(HttpProbeConfig),
     /// ELBv2 `DescribeTargetHealth`.
     Elbv2(Elbv2ProbeConfig),
+    /// A PromQL query held to a condition.
+    Prometheus(PrometheusProbeConfig),
+    /// A POST of the rollout context; 2xx is healthy.
+    Webhook(WebhookProbeConfig),
 }
 
 /// The answer of one health check: what the Choice state reads.
@@ -103,6 +116,8 @@ impl StageConfig for HealthCheckConfig {
             let probe: Arc<dyn HealthProbe> = match &self.probe {
                 ProbeConfig::Http(c) => Arc::new(c.build(cx)?),
                 ProbeConfig::Elbv2(c) => Arc::new(c.build(cx).await),
+                ProbeConfig::Prometheus(c) => Arc::new(c.build(cx)?),
+                ProbeConfig::Webhook(c) => Arc::new(c.build(cx)?),
             };
             Ok(Arc::new(HealthCheck::new(probe, self.result_key.clone())) as Arc<dyn Stage>)
         })
@@ -125,6 +140,16 @@ impl StageConfig for HealthCheckConfig {
                     .saturating_add(10);
                 Ok(Deployment::default().timeout(u32::try_from(budget).unwrap_or(900)))
             }
+            ProbeConfig::Prometheus(c) => {
+                let per = c.timeout.saturating_add(c.interval).as_secs();
+                let budget = per.saturating_mul(u64::from(c.count)).saturating_add(10);
+                Ok(Deployment::default().timeout(u32::try_from(budget).unwrap_or(900)))
+            }
+            ProbeConfig::Webhook(c) => {
+                let per = c.timeout.saturating_add(c.retry_interval).as_secs();
+                let budget = per.saturating_mul(u64::from(c.retries) + 1).saturating_add(10);
+                Ok(Deployment::default().timeout(u32::try_from(budget).unwrap_or(900)))
+            }
             ProbeConfig::Elbv2(_) => Ok(Deployment::default().allow(Statement::new(
                 ["elasticloadbalancing:DescribeTargetHealth"],
                 [json!("*")],
@@ -137,7 +162,7 @@ impl StageConfig for HealthCheckConfig {
     fn files(&self) -> Vec<std::path::PathBuf> {
         match &self.probe {
             ProbeConfig::Http(http) => http.ca_file.iter().cloned().collect(),
-            ProbeConfig::Elbv2(_) => Vec::new(),
+            ProbeConfig::Elbv2(_) | ProbeConfig::Prometheus(_) | ProbeConfig::Webhook(_) => Vec::new(),
         }
     }
 }
@@ -147,6 +172,8 @@ impl HealthCheckConfig {
         let mut errors = match &self.probe {
             ProbeConfig::Http(c) => c.validate(),
             ProbeConfig::Elbv2(c) => c.validate(),
+            ProbeConfig::Prometheus(c) => c.validate(),
+            ProbeConfig::Webhook(c) => c.validate(),
         };
         if self.result_key.as_deref() == Some("") {
             errors.push(FieldError::new("result_key", "must not be empty"));

@@ -11,10 +11,14 @@ use std::collections::BTreeMap;
 use cutover_core::{DeployContext, Deployment, FieldError, Statement};
 use serde_json::{Value, json};
 
-use super::{EngineConfig, Resource};
+use super::{ControlConfig, EngineConfig, Resource};
 use crate::rollouts::CONTROL_RESOURCE;
 
-pub(super) fn deployment(engine: &EngineConfig, cx: &DeployContext<'_>) -> Result<Deployment, FieldError> {
+pub(super) fn deployment(
+    engine: &EngineConfig,
+    control: &ControlConfig,
+    cx: &DeployContext<'_>,
+) -> Result<Deployment, FieldError> {
     let (arn, definition, resources) = match engine {
         EngineConfig::Local { .. } => {
             return Err(FieldError::new(
@@ -129,7 +133,7 @@ pub(super) fn deployment(engine: &EngineConfig, cx: &DeployContext<'_>) -> Resul
         .env(cx.override_var("engine.state_machine_arn"), json!({"Ref": machine}))
         .allow(starts(json!({"Ref": machine}), executions));
     Ok(if reads_control {
-        rollouts_table(deployment, &table, cx)
+        rollouts_table(deployment, &table, cx).timeout(supersede_budget(control))
     } else {
         deployment
     })
@@ -137,6 +141,15 @@ pub(super) fn deployment(engine: &EngineConfig, cx: &DeployContext<'_>) -> Resul
 
 /// The rollouts table (control records, service slots, audit entries; see
 /// `crate::rollouts::DynamoRolloutStore`), the function pointed at it and allowed to use it.
+/// How long one invocation may take when it supersedes a running rollout: it waits up to
+/// `supersede_wait` for the older one's rollback, plus time for its own calls.
+fn supersede_budget(control: &ControlConfig) -> u32 {
+    if !control.supersede {
+        return 0;
+    }
+    u32::try_from(control.supersede_wait.as_secs().saturating_add(30)).unwrap_or(900)
+}
+
 fn rollouts_table(deployment: Deployment, table: &str, cx: &DeployContext<'_>) -> Deployment {
     deployment
         .resource(
@@ -224,7 +237,7 @@ mod tests {
             stage_name: "start",
             pipelines: &pipelines,
         };
-        deployment(&config.engine, &cx)
+        deployment(&config.engine, &config.control, &cx)
     }
 
     #[test]
@@ -273,6 +286,10 @@ mod tests {
             d.statements
                 .iter()
                 .any(|s| s.actions.iter().any(|a| a == "dynamodb:UpdateItem"))
+        );
+        assert_eq!(
+            d.timeout_secs, 90,
+            "room to wait 60 s for a superseded rollout's rollback"
         );
     }
 

@@ -37,6 +37,7 @@ mod control;
 mod deploy;
 mod local;
 mod sfn;
+pub mod strategy;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -326,7 +327,7 @@ impl StageConfig for StartStateMachineConfig {
     }
 
     fn deployment(&self, cx: &DeployContext<'_>) -> Result<Deployment, FieldError> {
-        deploy::deployment(&self.engine, cx)
+        deploy::deployment(&self.engine, &self.control, cx)
     }
 
     fn files(&self) -> Vec<PathBuf> {
@@ -520,13 +521,17 @@ impl Supersede {
                 .await?;
             tracing::info!(rollout = %older, superseded_by = %name, "aborting the older rollout of {service}");
         }
-        let deadline = now + self.wait;
+        // The older rollout's rollback takes real time (its shift's calls) whatever the clock:
+        // the deadline is real time too, or virtual time (replay) could run out at once.
+        let deadline = std::time::Instant::now() + self.wait;
         loop {
             self.clock.sleep(SUPERSEDE_POLL).await;
+            // On virtual time the sleep above takes no real time: do not spin meanwhile.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             if engine.status(&older).await?.as_deref() != Some("RUNNING") {
                 return Ok(());
             }
-            if self.clock.now() >= deadline {
+            if std::time::Instant::now() >= deadline {
                 return Err(StageError::retryable(format!(
                     "the older rollout {older} of {service} is still rolling back after {}s; trying again later",
                     self.wait.as_secs()

@@ -1,0 +1,683 @@
+//! Canary strategies: steps written in TOML, compiled to the Amazon States Language definition
+//! both engines run (`cutover strategy render`). The shipped `pipelines/canary.asl.json` is the
+//! rendering of `pipelines/canary.strategy.toml`.
+//!
+//! ```toml
+//! [strategy]
+//! steps = [
+//!   { set_weight = 10 }, { pause = "60s" }, { analysis = "health-check" },
+//!   { set_weight = 50 }, { pause = "60s" }, { analysis = "health-check" },
+//!   { set_weight = 100 }, { pause = "60s" }, { analysis = "health-check" },
+//! ]
+//! # or a preset instead of steps:
+//! # canary = { percent = 10, bake = "10m" }     # 10% → bake → check → 100% → bake → check
+//! # linear = { step = 20, interval = "2m" }     # 20, 40, 60, 80, 100%, each baked and checked
+//!
+//! [strategy.resources]          # the Task resources the states call (defaults shown)
+//! shift = "arn:aws:lambda:us-east-1:111122223333:function:cutover-traffic-shift"
+//! analyses = { health-check = "arn:aws:lambda:us-east-1:111122223333:function:cutover-health-check" }
+//! ```
+//!
+//! `pause = "until-promoted"` waits until an operator promotes (`cutover rollouts promote`). The
+//! compiled machine has the control points of every shipped canary: each pause (and a gate
+//! before each shift, and one at the end) reads the rollout's control record between ticks, so
+//! it can be aborted, paused, resumed and promoted; any failed analysis or step rolls back.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cutover_core::FieldError;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::rollouts::CONTROL_RESOURCE;
+
+/// A strategy file's `[strategy]` table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Strategy {
+    /// The steps, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<Step>,
+    /// A preset instead of steps: one canary step, then all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryPreset>,
+    /// A preset instead of steps: equal steps up to 100%.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linear: Option<LinearPreset>,
+    /// The Task resources the states call.
+    #[serde(default)]
+    pub resources: Resources,
+}
+
+/// `canary = { percent, bake }`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryPreset {
+    /// Green's share of the one canary step.
+    pub percent: u8,
+    /// How long each weight bakes before its check.
+    #[serde(with = "cutover_core::duration")]
+    pub bake: Duration,
+}
+
+/// `linear = { step, interval }`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinearPreset {
+    /// How much green's share grows each step.
+    pub step: u8,
+    /// How long each weight bakes before its check.
+    #[serde(with = "cutover_core::duration")]
+    pub interval: Duration,
+}
+
+/// The Task resources of the compiled machine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// What sets the weights (input `{weight, execution}`, output `{blue, green}`).
+    #[serde(default = "default_shift")]
+    pub shift: String,
+    /// What each named analysis calls (output `{State: "healthy" | …, reason}`).
+    #[serde(default = "default_analyses")]
+    pub analyses: BTreeMap<String, String>,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self {
+            shift: default_shift(),
+            analyses: default_analyses(),
+        }
+    }
+}
+
+fn default_shift() -> String {
+    "arn:aws:lambda:us-east-1:111122223333:function:cutover-traffic-shift".into()
+}
+fn default_analyses() -> BTreeMap<String, String> {
+    BTreeMap::from([(
+        "health-check".to_owned(),
+        "arn:aws:lambda:us-east-1:111122223333:function:cutover-health-check".to_owned(),
+    )])
+}
+
+/// One step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum Step {
+    /// `{ set_weight = 10 }`: green's share, verified.
+    SetWeight {
+        /// 1–100.
+        set_weight: u8,
+    },
+    /// `{ pause = "5m" }` or `{ pause = "until-promoted" }`.
+    Pause {
+        /// A duration, or `until-promoted`.
+        pause: String,
+    },
+    /// `{ analysis = "health-check" }` or a list: each must find green healthy.
+    Analysis {
+        /// Names of `resources.analyses`.
+        analysis: OneOrMany,
+    },
+}
+
+/// One name or a list of them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// One.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn names(&self) -> Vec<&str> {
+        match self {
+            OneOrMany::One(n) => vec![n.as_str()],
+            OneOrMany::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// A pause that only a promote ends: ten years.
+const UNTIL_PROMOTED: u64 = 315_360_000;
+
+const TASK_RETRIES: [&str; 7] = [
+    "Lambda.ServiceException",
+    "Lambda.AWSLambdaException",
+    "Lambda.SdkClientException",
+    "Lambda.TooManyRequestsException",
+    "Throttling",
+    "TrafficShift.NotInSync",
+    "Cutover.Retryable",
+];
+
+impl Strategy {
+    /// The steps, presets expanded.
+    pub fn expanded(&self) -> Result<Vec<Step>, FieldError> {
+        let presets = usize::from(self.canary.is_some()) + usize::from(self.linear.is_some());
+        if presets + usize::from(!self.steps.is_empty()) != 1 {
+            return Err(FieldError::new(
+                "strategy",
+                "give exactly one of `steps`, `canary` or `linear`",
+            ));
+        }
+        let bake_and_check = |weight: u8, bake: Duration| {
+            vec![
+                Step::SetWeight { set_weight: weight },
+                Step::Pause {
+                    pause: format!("{}s", bake.as_secs()),
+                },
+                Step::Analysis {
+                    analysis: OneOrMany::One(self.first_analysis().to_owned()),
+                },
+            ]
+        };
+        if let Some(c) = &self.canary {
+            if !(1..100).contains(&c.percent) {
+                return Err(FieldError::new("strategy.canary.percent", "must be 1–99"));
+            }
+            return Ok([c.percent, 100]
+                .into_iter()
+                .flat_map(|w| bake_and_check(w, c.bake))
+                .collect());
+        }
+        if let Some(l) = &self.linear {
+            if !(1..=100).contains(&l.step) {
+                return Err(FieldError::new("strategy.linear.step", "must be 1–100"));
+            }
+            let mut weights: Vec<u8> = (1..).map(|i| i * l.step).take_while(|w| *w < 100).collect();
+            weights.push(100);
+            return Ok(weights
+                .into_iter()
+                .flat_map(|w| bake_and_check(w, l.interval))
+                .collect());
+        }
+        Ok(self.steps.clone())
+    }
+
+    fn first_analysis(&self) -> &str {
+        self.resources
+            .analyses
+            .keys()
+            .next()
+            .map_or("health-check", String::as_str)
+    }
+
+    /// Compiles the strategy to a States Language definition.
+    pub fn compile(&self) -> Result<Value, FieldError> {
+        Compiler::new(self)?.compile()
+    }
+}
+
+/// What a pause waits for.
+fn pause_seconds(text: &str) -> Result<u64, FieldError> {
+    if text == "until-promoted" {
+        return Ok(UNTIL_PROMOTED);
+    }
+    cutover_core::duration::parse(text)
+        .map(|d| d.as_secs())
+        .map_err(|e| {
+            FieldError::new(
+                "strategy.steps",
+                format!("pause {text:?}: {e} (or \"until-promoted\")"),
+            )
+        })
+}
+
+struct Compiler<'a> {
+    strategy: &'a Strategy,
+    steps: Vec<Step>,
+    states: Map<String, Value>,
+    /// Each wait's name and the state after it, for `WindowOver`.
+    windows: Vec<(String, String)>,
+}
+
+fn catch() -> Value {
+    json!([{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "Rollback"}])
+}
+
+fn retry() -> Value {
+    json!([{"ErrorEquals": TASK_RETRIES, "IntervalSeconds": 2, "MaxAttempts": 3, "BackoffRate": 2.0}])
+}
+
+fn action(a: &str) -> Value {
+    json!([
+        {"Variable": "$.op.Item.action.S", "IsPresent": true},
+        {"Variable": "$.op.Item.action.S", "StringEquals": a}
+    ])
+}
+
+impl<'a> Compiler<'a> {
+    fn new(strategy: &'a Strategy) -> Result<Self, FieldError> {
+        let steps = strategy.expanded()?;
+        let mut last = 0;
+        for step in &steps {
+            match step {
+                Step::SetWeight { set_weight } if *set_weight == 0 || *set_weight > 100 => {
+                    return Err(FieldError::new("strategy.steps", "set_weight must be 1–100"));
+                }
+                Step::SetWeight { set_weight } if *set_weight <= last => {
+                    return Err(FieldError::new(
+                        "strategy.steps",
+                        format!("set_weight {set_weight} after {last}: weights must grow"),
+                    ));
+                }
+                Step::SetWeight { set_weight } => last = *set_weight,
+                Step::Pause { pause } => {
+                    pause_seconds(pause)?;
+                }
+                Step::Analysis { analysis } => {
+                    for name in analysis.names() {
+                        if !strategy.resources.analyses.contains_key(name) {
+                            return Err(FieldError::new(
+                                "strategy.steps",
+                                format!(
+                                    "analysis {name:?} is not in strategy.resources.analyses (it has: {})",
+                                    strategy
+                                        .resources
+                                        .analyses
+                                        .keys()
+                                        .cloned()
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        if !matches!(steps.first(), Some(Step::SetWeight { .. })) {
+            return Err(FieldError::new("strategy.steps", "start with a set_weight step"));
+        }
+        if last != 100 {
+            return Err(FieldError::new(
+                "strategy.steps",
+                format!("the last weight is {last}: end at set_weight = 100"),
+            ));
+        }
+        Ok(Self {
+            strategy,
+            steps,
+            states: Map::new(),
+            windows: Vec::new(),
+        })
+    }
+
+    fn add(&mut self, name: &str, state: Value) {
+        self.states.insert(name.to_owned(), state);
+    }
+
+    fn shift(&self, weight: u8, next: &str, comment: &str) -> Value {
+        json!({
+            "Type": "Task", "Comment": comment, "Resource": self.strategy.resources.shift,
+            "Parameters": {"weight": weight, "execution.$": "$$.Execution.Name"},
+            "ResultPath": "$.traffic", "Retry": retry(), "Catch": catch(), "Next": next,
+        })
+    }
+
+    fn check(&self, analysis: &str, next: &str, comment: &str) -> Value {
+        json!({
+            "Type": "Task", "Comment": comment, "Resource": self.strategy.resources.analyses[analysis],
+            "Parameters": {"weight.$": "$.traffic.green", "execution.$": "$$.Execution.Name"},
+            "ResultPath": "$.health", "Retry": retry(), "Catch": catch(), "Next": next,
+        })
+    }
+
+    /// A wait: its window, counted down by the shared control loop.
+    fn window(&mut self, name: &str, seconds: u64, next: &str, comment: &str) {
+        self.add(
+            name,
+            json!({
+                "Type": "Pass", "Comment": comment,
+                "Parameters": {"name": name, "seconds": seconds, "elapsed": 0, "held": 0},
+                "ResultPath": "$.bake", "Next": "ReadControl",
+            }),
+        );
+        self.windows.push((name.to_owned(), next.to_owned()));
+    }
+
+    /// The state names of the steps, in order (`Shift10`, `Bake10`, `Check10`, …).
+    fn names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut weight = 0;
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        let mut unique = |base: String| {
+            let n = seen.entry(base.clone()).or_default();
+            *n += 1;
+            if *n == 1 { base } else { format!("{base}-{n}") }
+        };
+        for step in &self.steps {
+            names.push(match step {
+                Step::SetWeight { set_weight } => {
+                    weight = *set_weight;
+                    unique(format!("Shift{weight}"))
+                }
+                Step::Pause { .. } => unique(format!("Bake{weight}")),
+                Step::Analysis { .. } => unique(format!("Check{weight}")),
+            });
+        }
+        names
+    }
+
+    fn compile(mut self) -> Result<Value, FieldError> {
+        self.add("Init", json!({
+            "Type": "Choice",
+            "Comment": "Use the control settings the starter passed (cutover's start-state-machine always does), else AWS defaults",
+            "Choices": [{"Variable": "$.control", "IsPresent": true, "Next": "Shift10"}],
+            "Default": "DefaultControl",
+        }));
+        let names = self.names();
+        let first = names[0].clone();
+        self.states["Init"]["Choices"][0]["Next"] = json!(first);
+        self.add("DefaultControl", json!({
+            "Type": "Pass",
+            "Comment": "Read the control record every 5 s from the table cutover-rollouts; health checks every 30 s while paused",
+            "Result": {"table": "cutover-rollouts", "wait": 5, "tick": 5, "health_every": 30},
+            "ResultPath": "$.control", "Next": first,
+        }));
+        let steps = self.steps.clone();
+        let mut weight = 0;
+        for (i, step) in steps.iter().enumerate() {
+            let name = &names[i];
+            // What follows this step: the next step (through a gate before a shift), or the end.
+            let next = match steps.get(i + 1) {
+                Some(Step::SetWeight { set_weight }) => format!("Gate{set_weight}"),
+                Some(_) => names[i + 1].clone(),
+                None => "Done".to_owned(),
+            };
+            match step {
+                Step::SetWeight { set_weight } => {
+                    weight = *set_weight;
+                    if i > 0 {
+                        let gate = format!("Gate{weight}");
+                        let comment = if weight == 100 {
+                            "A last look at the control record before the last shift"
+                        } else {
+                            "A last look at the control record before the next shift"
+                        };
+                        self.window(&gate, 0, name, comment);
+                    }
+                    let comment = if weight == 100 {
+                        "Send all traffic to green".to_owned()
+                    } else {
+                        format!("Send {weight}% of traffic to green")
+                    };
+                    let state = self.shift(weight, &next, &comment);
+                    self.add(name, state);
+                }
+                Step::Pause { pause } => {
+                    let seconds = pause_seconds(pause)?;
+                    let comment = if seconds == UNTIL_PROMOTED {
+                        format!(
+                            "Hold green at {weight}% until an operator promotes (cutover rollouts promote)"
+                        )
+                    } else if i == 1 {
+                        format!(
+                            "Let green serve {weight}% for {seconds} s before judging it (steerable: see ReadControl)"
+                        )
+                    } else if weight == 100 {
+                        format!("Let green serve 100% for {seconds} s")
+                    } else {
+                        format!("Let green serve {weight}% for {seconds} s")
+                    };
+                    self.window(name, seconds, &next, &comment);
+                }
+                Step::Analysis { analysis } => {
+                    let list = analysis.names();
+                    // One Task and one verdict per analysis, in order; all must be healthy.
+                    for (k, analysis) in list.iter().enumerate() {
+                        let check = if k == 0 {
+                            name.clone()
+                        } else {
+                            format!("{name}-{analysis}")
+                        };
+                        let verdict = if k == 0 {
+                            format!("Healthy{}", &name["Check".len()..])
+                        } else {
+                            format!("Healthy{}-{analysis}", &name["Check".len()..])
+                        };
+                        let after = match list.get(k + 1) {
+                            Some(next_analysis) => format!("{name}-{next_analysis}"),
+                            None => next.clone(),
+                        };
+                        let comment = if list.len() == 1 {
+                            format!("Probe green at {weight}%")
+                        } else {
+                            format!("Analysis {analysis} of green at {weight}%")
+                        };
+                        let task = self.check(analysis, &verdict, &comment);
+                        self.add(&check, task);
+                        self.add(&verdict, json!({
+                            "Type": "Choice",
+                            "Choices": [{"Variable": "$.health.State", "StringEquals": "healthy", "Next": after}],
+                            "Default": "Rollback",
+                        }));
+                    }
+                }
+            }
+        }
+        self.window(
+            "Done",
+            0,
+            "Promoted",
+            "A last look at the control record: an abort during the last check still rolls back",
+        );
+        self.add(
+            "Promoted",
+            json!({"Type": "Succeed", "Comment": "Green serves 100% and is healthy"}),
+        );
+        self.control_loop();
+        Ok(json!({
+            "Comment": "cutover canary: shift green to 10%, 50%, 100%, checking health after each step; when green is unhealthy (or a step fails), send all traffic back to blue and fail with the cause. Every wait reads the operator's control record between short ticks (cutover rollouts abort, pause, resume, promote). Runs unchanged on AWS Step Functions (Lambda resources, DynamoDB GetItem) and on cutover's embedded engine (resources mapped in the pipeline file).",
+            "StartAt": "Init",
+            "States": Value::Object(self.states),
+        }))
+    }
+
+    /// The states every wait shares: read the control record, act on it, count a tick or hold.
+    fn control_loop(&mut self) {
+        let first = self.first_analysis_resource();
+        self.add("ReadControl", json!({
+            "Type": "Task",
+            "Comment": "Read the operator's control record (cutover rollouts abort/pause/resume/promote). On AWS a DynamoDB GetItem; on the embedded engine answered from the data directory, waiting up to a tick for a change",
+            "Resource": CONTROL_RESOURCE,
+            "Parameters": {
+                "TableName.$": "$.control.table",
+                "Key": {"pk": {"S.$": "States.Format('control#{}', $$.Execution.Name)"}, "sk": {"S": "control"}},
+                "ConsistentRead": true
+            },
+            "ResultPath": "$.op",
+            "Retry": [{"ErrorEquals": ["States.ALL"], "IntervalSeconds": 1, "MaxAttempts": 3, "BackoffRate": 2.0}],
+            "Catch": catch(), "Next": "Steer",
+        }));
+        let mut promote = action("promote");
+        if let Value::Array(rules) = &mut promote {
+            rules.push(json!({"Variable": "$.op.Item.target.S", "IsPresent": true}));
+            rules.push(json!({"Variable": "$.op.Item.target.S", "StringEqualsPath": "$.bake.name"}));
+        }
+        self.add("Steer", json!({
+            "Type": "Choice",
+            "Comment": "abort → roll back; promote-full → 100%; promote (of this wait) → end it; pause → hold; else count down",
+            "Choices": [
+                {"And": action("abort"), "Next": "Rollback"},
+                {"And": action("promote-full"), "Next": "ShiftFull"},
+                {"And": promote, "Next": "WindowOver"},
+                {"And": action("pause"), "Next": "Hold"},
+                {"Variable": "$.bake.elapsed", "NumericGreaterThanEqualsPath": "$.bake.seconds", "Next": "WindowOver"}
+            ],
+            "Default": "Tick",
+        }));
+        self.add(
+            "Tick",
+            json!({"Type": "Wait", "SecondsPath": "$.control.wait", "Next": "Count"}),
+        );
+        self.add("Count", json!({
+            "Type": "Pass",
+            "Parameters": {"name.$": "$.bake.name", "seconds.$": "$.bake.seconds", "elapsed.$": "States.MathAdd($.bake.elapsed, $.control.tick)", "held": 0},
+            "ResultPath": "$.bake", "Next": "ReadControl",
+        }));
+        self.add("Hold", json!({"Type": "Wait", "Comment": "Paused: the wait does not count down", "SecondsPath": "$.control.wait", "Next": "HoldCount"}));
+        self.add("HoldCount", json!({
+            "Type": "Pass",
+            "Parameters": {"name.$": "$.bake.name", "seconds.$": "$.bake.seconds", "elapsed.$": "$.bake.elapsed", "held.$": "States.MathAdd($.bake.held, $.control.tick)"},
+            "ResultPath": "$.bake", "Next": "HoldDue",
+        }));
+        self.add("HoldDue", json!({
+            "Type": "Choice",
+            "Comment": "While paused, green is still checked every health_every seconds",
+            "Choices": [{"Variable": "$.bake.held", "NumericGreaterThanEqualsPath": "$.control.health_every", "Next": "HoldCheck"}],
+            "Default": "ReadControl",
+        }));
+        self.add("HoldCheck", json!({
+            "Type": "Task", "Comment": "Probe green while paused: a sick green still rolls back", "Resource": first,
+            "Parameters": {"weight.$": "$.traffic.green", "execution.$": "$$.Execution.Name"},
+            "ResultPath": "$.health", "Retry": retry(), "Catch": catch(), "Next": "HoldHealthy",
+        }));
+        self.add(
+            "HoldHealthy",
+            json!({
+                "Type": "Choice",
+                "Choices": [{"Variable": "$.health.State", "StringEquals": "healthy", "Next": "HoldReset"}],
+                "Default": "Rollback",
+            }),
+        );
+        self.add("HoldReset", json!({
+            "Type": "Pass",
+            "Parameters": {"name.$": "$.bake.name", "seconds.$": "$.bake.seconds", "elapsed.$": "$.bake.elapsed", "held": 0},
+            "ResultPath": "$.bake", "Next": "ReadControl",
+        }));
+        let choices: Vec<Value> = self
+            .windows
+            .iter()
+            .map(|(w, next)| json!({"Variable": "$.bake.name", "StringEquals": w, "Next": next}))
+            .collect();
+        self.add("WindowOver", json!({"Type": "Choice", "Comment": "Go on after the wait that ended", "Choices": choices, "Default": "Rollback"}));
+        let full = self.shift(
+            100,
+            "Promoted",
+            "Promoted in full by the operator: all traffic to green (verified)",
+        );
+        self.add("ShiftFull", full);
+        self.add("Rollback", json!({
+            "Type": "Task", "Comment": "Send all traffic back to blue", "Resource": self.strategy.resources.shift,
+            "Parameters": {"weight": 0, "execution.$": "$$.Execution.Name"}, "ResultPath": "$.rollback",
+            "Retry": [{"ErrorEquals": ["States.ALL"], "IntervalSeconds": 2, "MaxAttempts": 5, "BackoffRate": 2.0}],
+            "Next": "WhyRolledBack",
+        }));
+        self.add("WhyRolledBack", json!({
+            "Type": "Choice",
+            "Choices": [{"And": action("abort"), "Next": "Aborted"}, {"Variable": "$.error", "IsPresent": true, "Next": "FailedStep"}],
+            "Default": "Unhealthy",
+        }));
+        self.add("Aborted", json!({"Type": "Fail", "Comment": "Aborted by the operator (the reason is the cause)", "Error": "Canary.Aborted", "CausePath": "$.op.Item.reason.S"}));
+        self.add(
+            "Unhealthy",
+            json!({"Type": "Fail", "Error": "Canary.Unhealthy", "CausePath": "$.health.reason"}),
+        );
+        self.add(
+            "FailedStep",
+            json!({"Type": "Fail", "Error": "Canary.StepFailed", "CausePath": "$.error.Cause"}),
+        );
+    }
+
+    fn first_analysis_resource(&self) -> String {
+        let name = self.strategy.first_analysis();
+        self.strategy
+            .resources
+            .analyses
+            .get(name)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strategy(text: &str) -> Strategy {
+        let table: toml::Table = toml::from_str(text).unwrap();
+        table["strategy"].clone().try_into().unwrap()
+    }
+
+    #[test]
+    fn the_shipped_canary_is_the_rendering_of_the_shipped_strategy() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines");
+        let s = strategy(&std::fs::read_to_string(dir.join("canary.strategy.toml")).unwrap());
+        let shipped: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("canary.asl.json")).unwrap()).unwrap();
+        assert_eq!(
+            s.compile().unwrap(),
+            shipped,
+            "render it again: cutover strategy render"
+        );
+    }
+
+    #[test]
+    fn presets_expand_and_the_compiled_machine_is_valid() {
+        let linear = strategy("[strategy]\nlinear = { step = 30, interval = \"2m\" }");
+        let weights: Vec<u8> = linear
+            .expanded()
+            .unwrap()
+            .iter()
+            .filter_map(|s| match s {
+                Step::SetWeight { set_weight } => Some(*set_weight),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(weights, [30, 60, 90, 100]);
+        let def = linear.compile().unwrap();
+        cutover_asl::Definition::parse(&def.to_string()).unwrap();
+        assert_eq!(def["States"]["Bake30"]["Parameters"]["seconds"], 120);
+
+        let canary = strategy("[strategy]\ncanary = { percent = 5, bake = \"10m\" }");
+        let def = canary.compile().unwrap();
+        assert_eq!(def["States"]["Shift5"]["Next"], "Bake5");
+        assert_eq!(def["States"]["Healthy5"]["Choices"][0]["Next"], "Gate100");
+        cutover_asl::Definition::parse(&def.to_string()).unwrap();
+    }
+
+    #[test]
+    fn until_promoted_and_several_analyses_compile() {
+        let s = strategy(
+            "[strategy]\nsteps = [{ set_weight = 20 }, { pause = \"until-promoted\" }, { analysis = [\"health-check\", \"smoke\"] }, { set_weight = 100 }]\n\
+             [strategy.resources]\nanalyses = { health-check = \"arn:h\", smoke = \"arn:s\" }",
+        );
+        let def = s.compile().unwrap();
+        assert_eq!(def["States"]["Bake20"]["Parameters"]["seconds"], UNTIL_PROMOTED);
+        assert_eq!(def["States"]["Healthy20"]["Choices"][0]["Next"], "Check20-smoke");
+        assert_eq!(def["States"]["Check20-smoke"]["Resource"], "arn:s");
+        assert_eq!(def["States"]["Healthy20-smoke"]["Choices"][0]["Next"], "Gate100");
+        assert_eq!(def["States"]["Shift100"]["Next"], "Done");
+        cutover_asl::Definition::parse(&def.to_string()).unwrap();
+    }
+
+    #[test]
+    fn bad_strategies_name_the_problem() {
+        let err = |text: &str| strategy(text).compile().unwrap_err().to_string();
+        assert!(
+            err("[strategy]\nsteps = [{ set_weight = 50 }, { set_weight = 10 }]")
+                .contains("weights must grow")
+        );
+        assert!(err("[strategy]\nsteps = [{ set_weight = 50 }]").contains("end at set_weight = 100"));
+        assert!(
+            err("[strategy]\nsteps = [{ pause = \"1m\" }, { set_weight = 100 }]")
+                .contains("start with a set_weight")
+        );
+        assert!(
+            err("[strategy]\nsteps = [{ set_weight = 100 }, { analysis = \"latency\" }]")
+                .contains("\"latency\" is not in")
+        );
+        assert!(
+            err("[strategy]\nsteps = [{ set_weight = 100 }, { pause = \"soon\" }]")
+                .contains("until-promoted")
+        );
+        assert!(err("[strategy]\nlinear = { step = 10, interval = \"1m\" }\ncanary = { percent = 10, bake = \"1m\" }").contains("exactly one"));
+    }
+}
