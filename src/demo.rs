@@ -4,7 +4,7 @@
 //! loopback port and the embedded weighted DNS server for `www.catsndogs.lol`, then replays a
 //! recorded ECS trace of a green deployment (3 tasks, duplicates, noise from other services and
 //! clusters) through the shipped pipeline `pipelines/catsndogs.toml`: one rollout starts, the
-//! embedded engine runs `pipelines/canary.asl.json` (10% → 50% → 100%, health checks between),
+//! embedded engine runs the canary of `pipelines/canary.strategy.toml` (10% → 50% → 100%, health checks between),
 //! and the demo shows each weight step with DNS answers sampled from the zone, each health
 //! check, and the end. `--fail-green` makes green answer 500 once it has 50% of the traffic, so
 //! the state machine rolls back to 100% blue.
@@ -31,7 +31,7 @@ use hyper::body::Bytes;
 use serde_json::{Value, json};
 
 const PIPELINE: &str = include_str!("../pipelines/catsndogs.toml");
-const CANARY: &str = include_str!("../pipelines/canary.asl.json");
+const STRATEGY: &str = include_str!("../pipelines/canary.strategy.toml");
 const TRACE: &str = include_str!("../tests/fixtures/deployment-trace.jsonl");
 const BLUE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const GREEN: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
@@ -292,7 +292,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let pipelines_dir = root.join("pipelines");
     std::fs::create_dir_all(&pipelines_dir)?;
     std::fs::write(pipelines_dir.join("catsndogs.toml"), PIPELINE)?;
-    std::fs::write(pipelines_dir.join("canary.asl.json"), CANARY)?;
+    std::fs::write(pipelines_dir.join("canary.strategy.toml"), STRATEGY)?;
     let data = root.join("state");
 
     let http_port = free_port()?;

@@ -477,8 +477,8 @@ fn package_zips_the_binary_as_an_executable_bootstrap_with_the_pipeline_file() {
     let mut zip = zip::ZipArchive::new(std::fs::File::open(&zip_path).unwrap()).unwrap();
     let mut names: Vec<String> = zip.file_names().map(|n| n.unwrap().into_owned()).collect();
     names.sort();
-    // canary.asl.json: the ecs-events pipeline loads it (the stack is made from it).
-    assert_eq!(names, ["bootstrap", "canary.asl.json", "cutover.toml"]);
+    // canary.strategy.toml: the ecs-events pipeline loads it (the stack is made from it).
+    assert_eq!(names, ["bootstrap", "canary.strategy.toml", "cutover.toml"]);
     let mode = |zip: &mut zip::ZipArchive<std::fs::File>, name: &str| {
         zip.by_name(name).unwrap().unix_mode().unwrap() & 0o777
     };
@@ -504,8 +504,8 @@ fn package_zips_the_binary_as_an_executable_bootstrap_with_the_pipeline_file() {
     let pipelines = dir.path().join("p.toml");
     std::fs::copy(repo(AWS_PIPELINES), &pipelines).unwrap();
     std::fs::copy(
-        repo("pipelines/canary.asl.json"),
-        dir.path().join("canary.asl.json"),
+        repo("pipelines/canary.strategy.toml"),
+        dir.path().join("canary.strategy.toml"),
     )
     .unwrap();
     std::fs::create_dir(dir.path().join("certs")).unwrap();

@@ -55,12 +55,8 @@ pub(super) fn deployment(
         }
     }
     let path = cx.base_dir.join(definition);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        FieldError::new(
-            "engine.definition",
-            format!("cannot read {}: {e}", path.display()),
-        )
-    })?;
+    let text =
+        super::strategy::definition_text(&path).map_err(|e| FieldError::new("engine.definition", e))?;
     let mut tree: Value = serde_json::from_str(&text)
         .map_err(|e| FieldError::new("engine.definition", format!("{}: {e}", path.display())))?;
     let reads_control = text.contains(CONTROL_RESOURCE);

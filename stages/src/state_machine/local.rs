@@ -135,11 +135,17 @@ pub struct LocalEngine {
 }
 
 fn read_definition(path: &Path) -> Result<Definition, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = super::strategy::definition_text(path)?;
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
-        .map(|n| n.trim_end_matches(".json").trim_end_matches(".asl"))
+        .map(|n| {
+            // canary.asl.json and canary.strategy.toml both run the machine `canary`.
+            n.trim_end_matches(".json")
+                .trim_end_matches(".asl")
+                .trim_end_matches(".toml")
+                .trim_end_matches(".strategy")
+        })
         .unwrap_or("state-machine");
     Definition::parse(&text)
         .map(|d| d.with_name(name))

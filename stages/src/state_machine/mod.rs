@@ -361,7 +361,7 @@ impl StartStateMachineConfig {
             EngineConfig::Local { definition, .. } => Some(definition),
         };
         match definition {
-            Some(d) => std::fs::read_to_string(cx.config_path(d))
+            Some(d) => strategy::definition_text(&cx.config_path(d))
                 .is_ok_and(|text| text.contains(crate::rollouts::CONTROL_RESOURCE)),
             // A machine given by ARN only: a rollouts table configured for it says it reads
             // control records (the stack sets the table only for such a machine).
@@ -414,8 +414,8 @@ impl StartStateMachineConfig {
                 ));
                 let definition = definition
                     .as_ref()
-                    .and_then(|d| std::fs::read(cx.config_path(d)).ok())
-                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .and_then(|d| strategy::definition_text(&cx.config_path(d)).ok())
+                    .and_then(|text| serde_json::from_str(&text).ok())
                     .unwrap_or(Value::Null);
                 Ok(Rollouts::new(
                     engine.clone(),

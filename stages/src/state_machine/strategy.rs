@@ -214,6 +214,30 @@ impl Strategy {
     }
 }
 
+/// The States Language text of a definition file: the file itself, or — for a strategy file
+/// (`*.toml` with a `[strategy]` table) — what it compiles to. Every reader of
+/// `engine.definition` goes through here, so a pipeline may name either.
+pub fn definition_text(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if path.extension().is_none_or(|e| e != "toml") {
+        return Ok(text);
+    }
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let strategy = table.remove("strategy").ok_or_else(|| {
+        format!(
+            "{}: a .toml definition must be a strategy file with a [strategy] table",
+            path.display()
+        )
+    })?;
+    let strategy: Strategy = strategy
+        .try_into()
+        .map_err(|e| format!("{}: [strategy]: {e}", path.display()))?;
+    let definition = strategy
+        .compile()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(definition.to_string())
+}
+
 /// What a pause waits for.
 fn pause_seconds(text: &str) -> Result<u64, FieldError> {
     if text == "until-promoted" {
