@@ -336,9 +336,22 @@ fn round_half_up(f: f64) -> i64 {
     (f + 0.5).floor() as i64
 }
 
+/// An argument as `States.Format` writes it: strings as they are, and objects and arrays the way
+/// Step Functions (Java) prints them — `{Arg1=1, Arg2=[a, b]}`, not JSON.
 fn format_arg(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
+        Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(format_arg).collect();
+            format!("[{}]", items.join(", "))
+        }
+        Value::Object(fields) => {
+            let fields: Vec<String> = fields
+                .iter()
+                .map(|(k, v)| format!("{k}={}", format_arg(v)))
+                .collect();
+            format!("{{{}}}", fields.join(", "))
+        }
         other => other.to_string(),
     }
 }
@@ -397,7 +410,13 @@ fn call(name: &str, mut args: Vec<Value>) -> Result<Value, String> {
             if s.trim().is_empty() {
                 Value::Null
             } else {
-                serde_json::from_str(&s).map_err(|e| format!("could not parse JSON: {e}"))?
+                let parsed: Value =
+                    serde_json::from_str(&s).map_err(|e| format!("could not parse JSON: {e}"))?;
+                // Step Functions reads "-0" as the integer 0, not the float -0.0.
+                match parsed.as_f64() {
+                    Some(z) if z == 0.0 && z.is_sign_negative() => Value::from(0),
+                    _ => parsed,
+                }
             }
         }
         "States.JsonToString" => Value::String(args[0].to_string()),
@@ -595,6 +614,20 @@ mod tests {
 
     fn ev(s: &str, input: Value) -> Value {
         Intrinsic::parse(s).unwrap().eval(&input, &Value::Null).unwrap()
+    }
+
+    #[test]
+    fn format_prints_objects_and_arrays_as_step_functions_does_and_minus_zero_is_zero() {
+        assert_eq!(
+            ev(
+                "States.Format('got {} and {}', $.o, $.a)",
+                json!({"o": {"Arg1": 1, "Arg2": [], "Arg3": {"x": "y"}}, "a": [1, "two", null]})
+            ),
+            json!("got {Arg1=1, Arg2=[], Arg3={x=y}} and [1, two, null]")
+        );
+        assert_eq!(ev("States.StringToJson('-0')", json!({})), json!(0));
+        assert!(ev("States.StringToJson('-0')", json!({})).is_i64());
+        assert_eq!(ev("States.StringToJson('-1.5')", json!({})), json!(-1.5));
     }
 
     #[test]

@@ -461,6 +461,10 @@ fn compile_numeric(items: &[Raw]) -> Result<NumRange, PatternError> {
             if items.len() > 4 {
                 return fail("Too many terms in numeric range expression");
             }
+            // A two-sided range must leave room between its bounds, closed or not.
+            if low.is_some_and(|(bottom, _)| bottom >= top) {
+                return fail("Bottom must be less than top");
+            }
             Ok(NumRange {
                 low,
                 high: Some((top, op2 == "<=")),
@@ -646,6 +650,17 @@ mod tests {
             reason(r#"{"a": [{"numeric": [">", 1, "<", 2, 3]}]}"#),
             "Too many terms in numeric range expression"
         );
+        for inverted in [
+            r#"[">", 5, "<", 5]"#,
+            r#"[">=", 5, "<=", 5]"#,
+            r#"[">", 6, "<", 1]"#,
+        ] {
+            assert_eq!(
+                reason(&format!(r#"{{"a": [{{"numeric": {inverted}}}]}}"#)),
+                "Bottom must be less than top",
+                "{inverted}"
+            );
+        }
         assert_eq!(
             reason(r#"{"a": [{"numeric": [">", 6e9]}]}"#),
             "Value must be between -5.0E9 and 5.0E9, inclusive"
