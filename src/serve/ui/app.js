@@ -65,6 +65,11 @@ function weightsText(w) {
   return w ? "blue " + w.blue + "% / green " + w.green + "%" : "—";
 }
 
+// The step a person cares about: the wait it is in rather than the control loop's state.
+function stepOf(r) {
+  return (ACTIVE.includes(r.phase) && r.window ? r.window.name : r.step) || "—";
+}
+
 function phaseBadge(node, phase) {
   node.textContent = phase;
   node.className = "phase phase-" + phase;
@@ -111,7 +116,7 @@ function renderList(rollouts) {
     tr.append(
       name,
       phase,
-      el("td", r.step || "—"),
+      el("td", stepOf(r)),
       el("td", weightsText(r.weights)),
       el("td", started ? duration((end - started) / 1000) : "—"),
     );
@@ -207,7 +212,7 @@ function renderChart(rollout, history) {
   for (const line of health) {
     const t = ms(line.at);
     if (t === null) continue;
-    const ok = line.detail && line.detail.State === "HEALTHY";
+    const ok = Boolean(line.detail) && String(line.detail.State).toLowerCase() === "healthy";
     const mark = svg("g", {});
     mark.append(svg("title", {}, line.text));
     mark.append(svg("circle", { cx: x(t), cy: 12, r: 5, class: ok ? "ok" : "bad" }));
@@ -242,7 +247,7 @@ function renderDetail(rollout, history) {
   $("detail").hidden = false;
   $("detail-title").textContent = (rollout.deployment || "rollout") + " — " + rollout.id;
   phaseBadge($("detail-phase"), rollout.phase);
-  $("detail-step").textContent = "step: " + (rollout.step || "—");
+  $("detail-step").textContent = "step: " + stepOf(rollout);
   $("detail-weights").textContent = weightsText(rollout.weights);
   $("time-left").textContent = rollout.window && ACTIVE.includes(rollout.phase)
     ? rollout.window.name + ": " + duration(rollout.time_left || 0) + " left of " + duration(rollout.window.seconds)
@@ -266,10 +271,8 @@ async function poll() {
   try {
     const list = await api("/rollouts?all=true");
     if (list.status !== 200) {
-      notice(refused(list.status, list.body));
-      renderList([]);
-      $("empty").hidden = true;
-      $("detail").hidden = true;
+      // What was shown stays (marked stale by the notice): the operator may be changing keys.
+      notice(refused(list.status, list.body) + " What is shown may be out of date.");
       return;
     }
     notice(apiKey() ? "" : "Read-only: the daemon shows rollouts without credentials; actions need the API key.");
@@ -286,7 +289,7 @@ async function poll() {
     const shown = await api("/rollouts/" + encodeURIComponent(id) + "/history");
     if (shown.status !== 200) {
       notice(refused(shown.status, shown.body));
-      $("detail").hidden = true;
+      if (shown.status === 404) $("detail").hidden = true;
       return;
     }
     renderDetail(shown.body.rollout, shown.body.history || []);
