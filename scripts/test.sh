@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a fresh machine (Rust + Python 3 only):
-#   1. installs the AWS emulator moto[server] and cfn-lint from PyPI into .venv (once),
+#   1. installs the AWS emulator moto[server] and cfn-lint from PyPI into .venv (once), and
+#      headless Chromium with chromedriver for the dashboard's browser test (the Debian
+#      packages chromium and chromium-driver, once, when /usr/bin/chromedriver is missing),
 #   2. starts moto on a free loopback port and points the tests at it (CUTOVER_MOTO_URL),
 #   3. runs `cargo test --workspace --features ecs` (extra arguments are passed on),
 #   4. stops every moto_server of the run, its own and those the tests started, whatever
@@ -8,6 +10,20 @@
 # No AWS account or network access beyond the package registries is needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# The dashboard's browser test (tests/it/dashboard.rs) drives Chromium through chromedriver.
+if [ ! -x /usr/bin/chromedriver ]; then
+  if ! command -v apt-get >/dev/null; then
+    echo "test.sh: /usr/bin/chromedriver is missing and this is not a Debian-like system:" \
+      "install Chromium and its chromedriver as /usr/bin/chromium and /usr/bin/chromedriver" >&2
+    exit 1
+  fi
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "test.sh: installing the Debian packages chromium and chromium-driver (once, for the dashboard's browser test)" >&2
+  $sudo apt-get update >&2
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver >&2
+fi
 
 # Never let the SDK look for instance metadata or real credentials.
 export AWS_EC2_METADATA_DISABLED=true
