@@ -2,11 +2,12 @@
 //! HTTP protocol, opens `cutover serve --ui` while a canary with short bakes runs, and the test
 //! asserts what a person sees: the rollout listed with its phase, the current state marked in
 //! the graph, the weights chart reaching 10 then 50, actions refused without the right key, an
-//! abort from the page ending all blue with the reason in the history.
+//! abort from the page ending all blue with the reason in the history; and `cutover demo`'s
+//! dashboard following its canary from 10% to 100%.
 //!
 //! chromedriver and chromium are the Debian packages `chromium-driver` and `chromium`, which
 //! `scripts/test.sh` installs when missing. `CUTOVER_SCREENSHOT=docs/dashboard.png` saves a
-//! screenshot of the rollout page (the README's).
+//! screenshot of the demo's rollout page (the README's).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -125,9 +126,20 @@ impl<'a> Browser<'a> {
             .to_owned()
     }
 
+    /// Clicks the element `css`; again when the page redrew it between finding and clicking.
     fn click(&self, css: &str) {
-        let element = self.find(css);
-        self.call("POST", &format!("/element/{element}/click"), Some(&json!({})));
+        for _ in 0..20 {
+            let element = self.find(css);
+            let path = format!("/session/{}/element/{element}/click", self.session);
+            let (status, answer) = exchange(&self.driver.addr, "POST", &path, Some(&json!({})));
+            if status == 200 {
+                return;
+            }
+            let answer = String::from_utf8_lossy(&answer);
+            assert!(answer.contains("stale element"), "clicking {css}: {answer}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{css} was redrawn under every click");
     }
 
     /// Clears the field `css` and types `text` into it, as a person would.
@@ -353,14 +365,6 @@ fn the_dashboard_shows_a_canary_live_and_aborts_it_with_the_operators_key() {
     browser.wait_text("#chart-steps", 40, "green at 50%", |t| t.contains("10% → 50%"));
     let current = browser.wait_text("#graph .current", 10, "Bake50", |t| t.contains("Bake50"));
     assert!(current.contains("current"), "{current}");
-    if let Some(path) = std::env::var_os("CUTOVER_SCREENSHOT") {
-        std::thread::sleep(Duration::from_millis(1500));
-        let png = browser.screenshot();
-        assert!(png.starts_with(b"\x89PNG"), "a PNG");
-        let path = crate::repo(&path.to_string_lossy());
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, png).unwrap();
-    }
 
     browser.type_into("#reason", "p99 latency doubled at 50%");
     browser.click("button[data-action=abort]");
@@ -377,4 +381,84 @@ fn the_dashboard_shows_a_canary_live_and_aborts_it_with_the_operators_key() {
     });
     browser.wait_text("#rollouts", 5, "aborted in the list", |t| t.contains("aborted"));
     assert_eq!(rig.weights(), (100, 0));
+}
+
+/// Saves what the browser shows to `$CUTOVER_SCREENSHOT`, when set.
+fn screenshot(browser: &Browser) {
+    let Some(path) = std::env::var_os("CUTOVER_SCREENSHOT") else {
+        return;
+    };
+    let png = browser.screenshot();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    let path = crate::repo(&path.to_string_lossy());
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, png).unwrap();
+}
+
+/// A running `cutover demo`, stopped on drop.
+struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_demo_serves_its_dashboard_read_only_and_it_follows_the_canary_to_100_percent() {
+    let mut child = crate::cutover()
+        .args(["demo", "--json", "--speed", "10"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cutover demo starts");
+    let stdout = child.stdout.take().unwrap();
+    let _demo = Demo(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let url = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the demo prints its dashboard's URL");
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if let Some(url) = v["dashboard"].as_str() {
+            break url.to_owned();
+        }
+    };
+    let addr = url
+        .strip_prefix("http://")
+        .and_then(|u| u.strip_suffix("/ui/"))
+        .unwrap_or_else(|| panic!("a loopback URL: {url}"))
+        .to_owned();
+    let refused = request(
+        &addr,
+        "POST",
+        "/rollouts/x/abort",
+        &[("content-type", "application/json")],
+        b"{\"reason\":\"x\"}",
+    );
+    assert_eq!(refused.status, 405, "read-only: {}", refused.body);
+
+    let driver = Driver::start();
+    let browser = Browser::open(&driver);
+    browser.go(&url);
+    browser.wait_text("#rollouts", 30, "the demo's rollout", |t| {
+        t.contains("cats-green")
+    });
+    browser.click("#rollouts a");
+    browser.wait_text("#chart-steps", 30, "green at 10%", |t| t.contains("0% → 10%"));
+    browser.wait_text("#graph .current", 10, "a bake as the current state", |t| {
+        t.contains("Bake")
+    });
+    browser.wait_text("#chart-steps", 30, "green at 50%", |t| t.contains("10% → 50%"));
+    browser.wait_text("#graph .current", 10, "Bake50", |t| t.contains("Bake50"));
+    std::thread::sleep(Duration::from_millis(2500));
+    screenshot(&browser);
+    browser.wait_text("#chart-steps", 30, "green at 100%", |t| t.contains("50% → 100%"));
+    browser.wait_text("#detail-weights", 5, "all green", |t| t == "blue 0% / green 100%");
 }

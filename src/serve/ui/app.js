@@ -93,36 +93,50 @@ function refused(status, body) {
 
 // ---- the list ----
 
-function renderList(rollouts) {
-  const id = selected();
-  const rows = rollouts.slice().sort((a, b) => {
-    const act = Number(ACTIVE.includes(b.phase)) - Number(ACTIVE.includes(a.phase));
-    return act !== 0 ? act : String(b.started).localeCompare(String(a.started));
-  }).map((r) => {
-    const tr = el("tr");
-    tr.dataset.id = r.id;
-    if (r.id === id) tr.className = "selected";
+// The rows are kept and updated in place (not rebuilt each second), so a link that has the
+// keyboard's focus keeps it.
+const rowsById = new Map();
+
+function row(id) {
+  let tr = rowsById.get(id);
+  if (!tr) {
+    tr = el("tr");
+    tr.dataset.id = id;
     const name = el("td");
-    const link = el("a", r.deployment || r.id);
-    link.href = "#/rollout/" + encodeURIComponent(r.id);
-    link.title = r.id;
+    const link = el("a");
+    link.href = "#/rollout/" + encodeURIComponent(id);
+    link.title = id;
     name.append(link);
     const phase = el("td");
-    const badge = el("span");
-    phaseBadge(badge, r.phase);
-    phase.append(badge);
+    phase.append(el("span"));
+    tr.append(name, phase, el("td"), el("td"), el("td"));
+    rowsById.set(id, tr);
+  }
+  return tr;
+}
+
+function renderList(rollouts) {
+  const id = selected();
+  const sorted = rollouts.slice().sort((a, b) => {
+    const act = Number(ACTIVE.includes(b.phase)) - Number(ACTIVE.includes(a.phase));
+    return act !== 0 ? act : String(b.started).localeCompare(String(a.started));
+  });
+  const rows = sorted.map((r) => {
+    const tr = row(r.id);
+    tr.className = r.id === id ? "selected" : "";
+    const cells = tr.children;
+    cells[0].firstChild.textContent = r.deployment || r.id;
+    phaseBadge(cells[1].firstChild, r.phase);
+    cells[2].textContent = stepOf(r);
+    cells[3].textContent = weightsText(r.weights);
     const started = ms(r.started);
     const end = r.ended ? ms(r.ended) : Date.now();
-    tr.append(
-      name,
-      phase,
-      el("td", stepOf(r)),
-      el("td", weightsText(r.weights)),
-      el("td", started ? duration((end - started) / 1000) : "—"),
-    );
+    cells[4].textContent = started ? duration((end - started) / 1000) : "—";
     return tr;
   });
-  $("rollouts").replaceChildren(...rows);
+  const body = $("rollouts");
+  const same = rows.length === body.children.length && rows.every((tr, i) => body.children[i] === tr);
+  if (!same) body.replaceChildren(...rows);
   $("empty").hidden = rows.length > 0;
 }
 
@@ -179,9 +193,10 @@ function renderGraph(rollout, history) {
 function renderChart(rollout, history) {
   const start = ms(rollout.started) || Date.now();
   // The engine's clock may run faster than this one (the demo's speed-up): the last event
-  // counts as "now" when it is later.
+  // counts as "now" when it is later, plus the time the current wait has run on that clock.
   const last = history.reduce((m, l) => Math.max(m, ms(l.at) || 0), 0);
-  const now = rollout.ended ? ms(rollout.ended) || last : Math.max(Date.now(), last);
+  const waited = rollout.window ? (rollout.window.elapsed || 0) * 1000 : 0;
+  const now = rollout.ended ? ms(rollout.ended) || last : Math.max(Date.now(), last + waited);
   const end = Math.max(now, last, start + 1000);
   const W = 600, H = 220, L = 40, R = 10, T = 24, B = 30;
   const x = (t) => L + ((t - start) / (end - start)) * (W - L - R);
