@@ -362,6 +362,22 @@ fn the_dashboard_shows_a_canary_live_and_aborts_it_with_the_operators_key() {
     browser.type_into("#api-key", "s3cret");
     browser.click("#key-use");
 
+    // Pause, resume and promote from the page, each with its reason.
+    browser.type_into("#reason", "reading the logs");
+    browser.click("button[data-action=pause]");
+    browser.wait_text("#action-result", 10, "the pause accepted", |t| {
+        t.contains("pause accepted")
+    });
+    browser.wait_text("#detail-phase", 10, "paused", |t| t == "paused");
+    browser.type_into("#reason", "the logs look fine");
+    browser.click("button[data-action=resume]");
+    browser.wait_text("#detail-phase", 10, "running again", |t| t == "running");
+    browser.type_into("#reason", "no need to wait");
+    browser.click("button[data-action=promote]");
+    browser.wait_text("#action-result", 10, "the promote accepted", |t| {
+        t.contains("promote accepted")
+    });
+
     browser.wait_text("#chart-steps", 40, "green at 50%", |t| t.contains("10% → 50%"));
     let current = browser.wait_text("#graph .current", 10, "Bake50", |t| t.contains("Bake50"));
     assert!(current.contains("current"), "{current}");
@@ -379,7 +395,30 @@ fn the_dashboard_shows_a_canary_live_and_aborts_it_with_the_operators_key() {
     browser.wait_text("#graph", 5, "the failure marked", |t| {
         t.contains("✗ Bake50") && t.contains("✗ Aborted")
     });
+    browser.wait_text("#history", 5, "every action with its reason", |t| {
+        t.contains("pause by dashboard-user: reading the logs")
+            && t.contains("resume by dashboard-user: the logs look fine")
+            && t.contains("promote by dashboard-user: no need to wait")
+    });
     browser.wait_text("#rollouts", 5, "aborted in the list", |t| t.contains("aborted"));
+
+    // At a phone's width nothing spills sideways: the table scrolls in its own box.
+    browser.call(
+        "POST",
+        "/window/rect",
+        Some(&json!({"width": 390, "height": 844})),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let overflow = browser.call(
+        "POST",
+        "/execute/sync",
+        Some(&json!({"script": "return [document.documentElement.scrollWidth, window.innerWidth];", "args": []})),
+    );
+    let (page, window) = (overflow[0].as_u64().unwrap(), overflow[1].as_u64().unwrap());
+    assert!(
+        page <= window,
+        "the page is {page} px wide in a {window} px window"
+    );
     assert_eq!(rig.weights(), (100, 0));
 }
 
