@@ -290,7 +290,7 @@ async function poll() {
       notice(refused(list.status, list.body) + " What is shown may be out of date.");
       return;
     }
-    notice(apiKey() ? "" : "Read-only: the daemon shows rollouts without credentials; actions need the API key.");
+    notice(apiKey() ? "" : "Read-only: rollouts are shown without credentials here; actions need the API key.");
     renderList(list.body.rollouts || []);
     const id = selected();
     if (!id) {
