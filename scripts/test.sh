@@ -19,7 +19,13 @@ if [ ! -x /usr/bin/chromedriver ]; then
     exit 1
   fi
   sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  if [ "$(id -u)" -ne 0 ]; then
+    if ! command -v sudo >/dev/null; then
+      echo "test.sh: installing chromium and chromium-driver needs root (or sudo)" >&2
+      exit 1
+    fi
+    sudo="sudo"
+  fi
   echo "test.sh: installing the Debian packages chromium and chromium-driver (once, for the dashboard's browser test)" >&2
   $sudo apt-get update >&2
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver >&2
