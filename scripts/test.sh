@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a fresh machine (Rust + Python 3 only):
-#   1. installs the AWS emulator moto[server] and cfn-lint from PyPI into .venv (once),
+#   1. installs the AWS emulator moto[server] and cfn-lint from PyPI into .venv (once), and the
+#      Debian packages the tests run for real when missing: chromium and chromium-driver (the
+#      dashboard's browser test) and prometheus (the metric analysis test),
 #   2. starts moto on a free loopback port and points the tests at it (CUTOVER_MOTO_URL),
 #   3. runs `cargo test --workspace --features ecs` (extra arguments are passed on),
 #   4. stops every moto_server of the run, its own and those the tests started, whatever
@@ -8,6 +10,32 @@
 # No AWS account or network access beyond the package registries is needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Debian packages the tests run for real, installed when missing (one `apt-get update` first):
+# chromium and chromium-driver (the dashboard's browser test, tests/it/dashboard.rs, drives
+# Chromium through chromedriver) and prometheus (the metric analysis test, tests/it/prometheus.rs).
+apt_packages=()
+[ -x /usr/bin/chromedriver ] || apt_packages+=(chromium chromium-driver)
+command -v prometheus >/dev/null 2>&1 || apt_packages+=(prometheus)
+if [ ${#apt_packages[@]} -gt 0 ]; then
+  if ! command -v apt-get >/dev/null; then
+    echo "test.sh: ${apt_packages[*]} missing and this is not a Debian-like system: install" \
+      "Chromium with chromedriver (/usr/bin/chromium, /usr/bin/chromedriver) and Prometheus" >&2
+    exit 1
+  fi
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    if ! command -v sudo >/dev/null; then
+      echo "test.sh: installing ${apt_packages[*]} needs root (or sudo)" >&2
+      exit 1
+    fi
+    sudo="sudo"
+  fi
+  echo "test.sh: installing the Debian packages ${apt_packages[*]} (once)" >&2
+  $sudo apt-get update >&2
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y "${apt_packages[@]}" >&2
+fi
+export CUTOVER_PROMETHEUS="${CUTOVER_PROMETHEUS:-$(command -v prometheus)}"
 
 # Never let the SDK look for instance metadata or real credentials.
 export AWS_EC2_METADATA_DISABLED=true
@@ -27,18 +55,6 @@ if ! "$VENV/bin/python" -c "import moto, cfnlint.version, sys; sys.exit(moto.__v
 fi
 export CUTOVER_MOTO_SERVER="$PWD/$VENV/bin/moto_server"
 
-# Debian packages the tests run for real: prometheus (the metric analysis tests), installed
-# when missing (apt-get update once first).
-apt_packages=()
-command -v prometheus >/dev/null 2>&1 || apt_packages+=(prometheus)
-if [ ${#apt_packages[@]} -gt 0 ]; then
-  echo "test.sh: installing Debian packages: ${apt_packages[*]}" >&2
-  apt_sudo=""
-  [ "$(id -u)" -eq 0 ] || apt_sudo="sudo"
-  $apt_sudo apt-get update -q >&2
-  DEBIAN_FRONTEND=noninteractive $apt_sudo apt-get install -y -q --no-install-recommends "${apt_packages[@]}" >&2
-fi
-export CUTOVER_PROMETHEUS="${CUTOVER_PROMETHEUS:-$(command -v prometheus)}"
 
 # checkov scans the same templates for security findings (scripts/checkov.sh). It pins boto3 and
 # botocore to versions older than moto's, so it lives in a venv of its own inside .venv.

@@ -59,6 +59,10 @@ pub(crate) struct DemoArgs {
     /// resume (health is still checked while paused).
     #[arg(long, value_enum)]
     scenario: Option<Scenario>,
+    /// Do not serve the dashboard (by default it is served on a free loopback port while the
+    /// demo runs, and its URL printed).
+    #[arg(long)]
+    no_ui: bool,
 }
 
 /// What `--scenario` does to the rollout.
@@ -110,6 +114,15 @@ async fn steer(
     };
     rollouts.act(&rollout.id, action, reason, "demo", false).await?;
     Ok(Some((action, reason.to_owned())))
+}
+
+/// A background task that ends when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 struct Reporter {
@@ -361,6 +374,21 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         ),
         json!({"demo": {"blue": format!("{BLUE}:{http_port}"), "green": format!("{GREEN}:{http_port}"), "dns": dns.to_string(), "speed": speed, "fail_green": fail_green}}),
     );
+    let ops = crate::rollouts_cmd::rollouts_of(&file, "ecs-events", &cx, false).await?;
+    // The dashboard reads the same rollouts; it stops with the demo.
+    let _dashboard = if args.no_ui {
+        None
+    } else {
+        let (listener, addr) = crate::serve::ui::bind_loopback().await?;
+        out.say(
+            &format!("  dashboard: http://{addr}/ui/  (read-only; try --speed 1 to watch it)"),
+            json!({"dashboard": format!("http://{addr}/ui/")}),
+        );
+        Some(AbortOnDrop(tokio::spawn(crate::serve::ui::serve_read_only(
+            listener,
+            ops.clone(),
+        ))))
+    };
     let (b, g) = sample_dns(dns).await;
     out.say(
         &format!("  before  dig www.catsndogs.lol ×{DNS_SAMPLES}: {b} blue, {g} green"),
@@ -421,7 +449,6 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         ),
         json!({"steer": {"file": file_path, "state": data}}),
     );
-    let rollouts = crate::rollouts_cmd::rollouts_of(&file, "ecs-events", &cx, false).await?;
     let mut steering = Steering::default();
     // Three bakes of 60 s at the demo's speed.
     let hold = Duration::from_secs_f64(180.0 / speed);
@@ -435,7 +462,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             () = tokio::time::sleep(Duration::from_millis(if out.tty { 50 } else { 20 })) => {
                 report_history(&executions_dir, &mut progress, dns, &out).await;
                 if let Some(scenario) = args.scenario
-                    && let Some((action, reason)) = steer(scenario, &rollouts, &mut steering, hold).await?
+                    && let Some((action, reason)) = steer(scenario, &ops, &mut steering, hold).await?
                 {
                     out.say(
                         &format!("  {:<7} cutover rollouts {action} … --reason \"{reason}\"", action.as_str()),

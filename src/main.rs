@@ -51,7 +51,8 @@ enum Command {
     /// zone, a recorded green deployment, one rollout 10% → 50% → 100% (or a rollback).
     #[command(
         after_help = "Examples:\n  cutover demo\n  cutover demo --fail-green    # green fails at 50%: rollback, exit status 1\n  \
-        cutover demo --json --speed 60"
+        cutover demo --json --speed 60\n  \
+        cutover demo --speed 1       # slow enough to watch on the dashboard it prints"
     )]
     Demo(demo::DemoArgs),
     /// Check pipeline files; print every problem, exit non-zero if any.
@@ -113,7 +114,8 @@ enum Command {
         --queue-url https://sqs.us-west-2.amazonaws.com/111122223333/ecs-events\n  \
         tail -f events.jsonl | cutover serve pipelines/catsndogs.toml --source stdin\n\n\
         HTTP: POST /events (one event or a JSON array), GET /healthz,\n\
-        GET /metrics (Prometheus).\n\
+        GET /metrics (Prometheus), /rollouts (the rollout operations API);\n\
+        with --ui, the dashboard at /ui/ (it asks for the API key).\n\
         SIGTERM/SIGINT: stop taking events, finish those in flight, exit 0.")]
     Serve(serve::ServeArgs),
     /// Print a least-privilege CloudFormation template deploying a pipeline file to AWS Lambda.

@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use cutover_core::{BuildContext, PipelineFile};
 use cutover_stages::rollouts::Action;
-use cutover_stages::rollouts::ops::Rollouts;
+use cutover_stages::rollouts::ops::{OpsError, Rollouts};
 use cutover_stages::rollouts::view::Rollout;
 use cutover_stages::state_machine::StartStateMachineConfig;
 
@@ -308,8 +308,17 @@ async fn follow(rollouts: &Rollouts, id: &str) -> anyhow::Result<ExitCode> {
         outln!("watching rollout {id}");
     }
     let mut last_line = String::new();
+    // A rollout just started (a retry) has no record until its first state is saved.
+    let appear_by = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let r = rollouts.status(id).await?;
+        let r = match rollouts.status(id).await {
+            Ok(r) => r,
+            Err(OpsError::Unknown(_)) if std::time::Instant::now() < appear_by => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         if tty {
             // Home, clear, draw: the status block in place.
             outln!("\x1b[H\x1b[2J{}", render::live(&r));

@@ -11,6 +11,9 @@
 //!   a body that is not JSON events; error bodies are `{"error":"…"}`.
 //! - `GET /healthz` — 200 `{"status":"ok"}` while serving.
 //! - `GET /metrics` — Prometheus text.
+//! - `/rollouts…` — the rollout operations API ([`rollouts_api`]).
+//! - `GET /ui/…` — the dashboard's files, with `--ui` ([`ui`]); no credentials needed (they
+//!   hold no data: the page asks `/rollouts` for it, with the operator's key).
 //!
 //! Each event runs in a task of its own once it has a permit, so a client that hangs up does
 //! not cut an event off halfway; shutdown waits for those tasks.
@@ -35,7 +38,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::auth::Auth;
-use super::{Handled, Host, Input, metrics, read_event, rollouts_api, stopped};
+use super::{Handled, Host, Input, metrics, read_event, rollouts_api, stopped, ui};
 
 /// How long a client may take to send the request head, and then the body.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -52,6 +55,8 @@ pub(crate) struct Config {
     /// Whether `POST /events` is served (false: only `/healthz` and `/metrics`, next to another
     /// source).
     pub(crate) events: bool,
+    /// Whether the dashboard is served at `/ui/` (`--ui`).
+    pub(crate) ui: bool,
 }
 
 #[derive(Debug)]
@@ -62,7 +67,7 @@ struct Server {
     config: Config,
 }
 
-type Body = Full<Bytes>;
+pub(crate) type Body = Full<Bytes>;
 
 /// Binds the listening socket (before anything is served, so a taken port is reported at once).
 pub(crate) async fn bind(listen: SocketAddr) -> anyhow::Result<TcpListener> {
@@ -145,7 +150,7 @@ async fn connection(
     }
 }
 
-fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+pub(crate) fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
     *response.status_mut() = status;
     response
@@ -154,7 +159,7 @@ fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
     response
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
     json_response(status, &json!({ "error": message.into() }))
 }
 
@@ -170,6 +175,11 @@ impl Server {
                 &[("route", "/rollouts"), ("status", response.status().as_str())],
                 1,
             );
+            return response;
+        }
+        if self.config.ui
+            && let Some(response) = ui::route(&method, &path)
+        {
             return response;
         }
         let (route, response) = match (&method, path.as_str()) {
@@ -263,6 +273,12 @@ impl Server {
             Ok(call) => call,
             Err((status, message)) => return error(status, message),
         };
+        if call.acts() && !rollouts_api::is_json(request.headers()) {
+            return error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send the action as content-type: application/json, {\"reason\": \"…\"}",
+            );
+        }
         let Some(rollouts) = self.host.rollouts() else {
             return error(
                 StatusCode::NOT_FOUND,

@@ -26,6 +26,7 @@ mod metrics;
 mod rollouts_api;
 mod sqs;
 mod stdin;
+pub(crate) mod ui;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -102,6 +103,10 @@ pub(crate) struct ServeArgs {
     /// timeout (ECS 30 s by default, Kubernetes 30 s, systemd 90 s).
     #[arg(long, default_value = "20s", value_parser = cutover_core::duration::parse, value_name = "DURATION")]
     shutdown_timeout: std::time::Duration,
+    /// HTTP: serve the dashboard at `/ui/`: the rollouts, live, with their graph, weights and
+    /// health over time, and the operator's actions (which need the API's credentials).
+    #[arg(long)]
+    ui: bool,
     /// SQS and stdin: also serve `GET /healthz` and `GET /metrics` (no authentication) on this
     /// address until the daemon has stopped.
     #[arg(long, value_name = "ADDR")]
@@ -149,6 +154,9 @@ fn parse_size(text: &str) -> Result<usize, String> {
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if args.source != Source::Sqs && args.queue_url.is_some() {
         anyhow::bail!("--queue-url only applies to --source sqs");
+    }
+    if args.ui && args.source != Source::Http {
+        anyhow::bail!("--ui is served by the http source (--source http)");
     }
     if args.source == Source::Http && args.metrics_listen.is_some() {
         anyhow::bail!(
@@ -206,6 +214,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 max_body: 0,
                 max_requests: 1,
                 events: false,
+                ui: false,
             };
             let listener = http::bind(listen).await?;
             Some(tokio::spawn(http::serve(
@@ -225,6 +234,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 max_body: args.max_body,
                 max_requests: args.max_requests as usize,
                 events: true,
+                ui: args.ui,
             };
             http::serve(host.clone(), http::bind(args.listen).await?, config, shutdown).await
         }

@@ -4,8 +4,14 @@
 //! - `GET /rollouts` (`?all=true`: ended ones too) — `{"rollouts": [ … ]}`
 //! - `GET /rollouts/{id}` — one rollout (`id`: execution name, ARN, unique prefix or part)
 //! - `GET /rollouts/{id}/history` — `{"rollout": …, "history": [ … ]}`
+//! - `GET /rollouts/{id}/definition` — `{"definition": …}`: the state machine it runs (the
+//!   dashboard draws it)
 //! - `POST /rollouts/{id}/{abort|promote|pause|resume|retry}` with `{"reason": "…"}`
-//!   (`"full": true` with promote: straight to 100%) — `{"rollout", "action", "audit"}`
+//!   (`"full": true` with promote: straight to 100%) — `{"rollout", "action", "audit"}`; the
+//!   body must be declared `content-type: application/json` (415 otherwise): an HTML form of
+//!   another site cannot send that type without the browser asking this server first (CORS,
+//!   which it never allows), so a page elsewhere cannot steer a rollout (CSRF); no cookie is
+//!   ever read.
 //!
 //! Errors are `{"error": "…"}`: 404 for an unknown rollout or route, 409 for an action the
 //! rollout's state refuses (ended, not waiting, ambiguous id), 400 for a bad request, 503 when
@@ -22,6 +28,7 @@ pub(crate) enum Call<'a> {
     List { all: bool },
     Status(&'a str),
     History(&'a str),
+    Definition(&'a str),
     Act(&'a str, &'a str),
 }
 
@@ -44,8 +51,9 @@ pub(crate) fn route<'a>(
         }),
         [id] if get => Ok(Call::Status(id)),
         [id, "history"] if get => Ok(Call::History(id)),
+        [id, "definition"] if get => Ok(Call::Definition(id)),
         [id, action] if post => Ok(Call::Act(id, action)),
-        [] | [_] | [_, "history"] => Err((
+        [] | [_] | [_, "history" | "definition"] => Err((
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} {path}: use GET"),
         )),
@@ -60,6 +68,23 @@ pub(crate) fn route<'a>(
             ),
         )),
     })
+}
+
+impl Call<'_> {
+    /// Whether the call changes a rollout (a POST).
+    pub(crate) fn acts(&self) -> bool {
+        matches!(self, Call::Act(..))
+    }
+}
+
+/// Whether a request's body is declared JSON (`application/json`, parameters allowed): what
+/// a rollout action must be sent as (the CSRF defence).
+pub(crate) fn is_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
 }
 
 fn status_of(e: &OpsError) -> StatusCode {
@@ -90,6 +115,10 @@ pub(crate) async fn answer(
             .history(id)
             .await
             .map(|(r, lines)| json!({"rollout": r.to_json(), "history": lines})),
+        Call::Definition(id) => rollouts
+            .resolve(id)
+            .await
+            .map(|_| json!({"definition": rollouts.definition()})),
         Call::Act(id, action) => {
             let request: Value = match serde_json::from_slice(body) {
                 Ok(v @ Value::Object(_)) => v,
@@ -168,6 +197,25 @@ mod tests {
                 .0,
             StatusCode::NOT_FOUND
         );
+        assert_eq!(
+            route(&Method::GET, "/rollouts/cats-2/definition", None),
+            Some(Ok(Call::Definition("cats-2")))
+        );
         assert_eq!(route(&Method::GET, "/events", None), None);
+    }
+
+    #[test]
+    fn only_json_bodies_count_as_json() {
+        let with = |t: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::CONTENT_TYPE, t.parse().unwrap());
+            is_json(&h)
+        };
+        assert!(with("application/json"));
+        assert!(with("Application/JSON; charset=utf-8"));
+        assert!(!with("text/plain"));
+        assert!(!with("application/x-www-form-urlencoded"));
+        assert!(!with("multipart/form-data; boundary=x"));
+        assert!(!is_json(&http::HeaderMap::new()));
     }
 }

@@ -93,7 +93,7 @@ impl Rig {
     }
 
     /// The pipeline file and the green it checks, without a daemon.
-    fn files(bake: u64) -> Rig {
+    pub(crate) fn files(bake: u64) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let green = Green::start();
         std::fs::write(dir.path().join("canary.asl.json"), canary(bake)).unwrap();
@@ -145,6 +145,11 @@ probe = {{ type = "http", url = "http://127.0.0.1:{port}/", timeout = "1s", inte
         let stdin = self.stdin.as_mut().unwrap();
         writeln!(stdin, "{event}").unwrap();
         stdin.flush().unwrap();
+    }
+
+    /// The pipeline file.
+    pub(crate) fn file(&self) -> &Path {
+        &self.file
     }
 
     fn data(&self) -> PathBuf {
@@ -219,7 +224,7 @@ impl Drop for Rig {
 }
 
 /// The ECS event of a task of version `version` of the service starting.
-fn event(version: u32) -> Value {
+pub(crate) fn event(version: u32) -> Value {
     json!({
             "id": format!("event-{version}"),
             "detail-type": "ECS Task State Change",
@@ -247,7 +252,7 @@ fn in_wait(s: &Value, wait: &str) -> bool {
 }
 
 /// Which rollout: the part of the execution name that the deployment's version makes unique.
-fn version(v: u32) -> String {
+pub(crate) fn version(v: u32) -> String {
     format!("cats-{v}")
 }
 
@@ -507,6 +512,20 @@ fn the_daemon_api_lists_shows_and_steers_rollouts_as_its_callers() {
         call("POST", &format!("/rollouts/{id}/pause"), "not json").status,
         400
     );
+    // What an HTML form of another site could send (CSRF): refused, whatever the credentials.
+    for form in ["application/x-www-form-urlencoded", "text/plain"] {
+        let posted = request(
+            &addr,
+            "POST",
+            &format!("/rollouts/{id}/abort"),
+            &[key, ("content-type", form)],
+            b"{\"reason\":\"csrf\"}",
+        );
+        assert_eq!(posted.status, 415, "{form}: {}", posted.body);
+    }
+    assert_eq!(call("GET", "/ui/", "").status, 404, "no dashboard without --ui");
+    let definition = call("GET", &format!("/rollouts/{id}/definition"), "");
+    assert_eq!(definition.json()["definition"]["StartAt"], "Init");
 
     let paused = call(
         "POST",

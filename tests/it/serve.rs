@@ -230,7 +230,7 @@ fn wait_for_line(rx: &Receiver<String>, needle: &str, within: Duration) -> Optio
 #[derive(Debug)]
 pub(crate) struct Response {
     pub(crate) status: u16,
-    headers: String,
+    pub(crate) headers: String,
     pub(crate) body: String,
 }
 

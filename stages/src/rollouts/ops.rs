@@ -102,6 +102,8 @@ pub struct Rollouts {
     engine: Arc<dyn StateMachineEngine>,
     clock: Arc<dyn Clock>,
     steps: Vec<u64>,
+    /// The state machine definition, for those who draw it (the dashboard).
+    definition: Arc<Value>,
 }
 
 impl Rollouts {
@@ -120,7 +122,13 @@ impl Rollouts {
             engine,
             clock,
             steps: steps_of(definition),
+            definition: Arc::new(definition.clone()),
         }
+    }
+
+    /// The state machine definition the rollouts run (Amazon States Language JSON).
+    pub fn definition(&self) -> &Value {
+        &self.definition
     }
 
     /// The store of control records and audit entries.
