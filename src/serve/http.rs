@@ -163,11 +163,36 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response<
     json_response(status, &json!({ "error": message.into() }))
 }
 
+/// Whether the request's `Host` is an IP address or `localhost` (with or without a port), or
+/// absent (HTTP/1.0 clients).
+pub(crate) fn addressed_directly(headers: &http::HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        // [::1]:8080
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
 impl Server {
     async fn route(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let path = request.uri().path().to_owned();
         let method = request.method().clone();
         let query = request.uri().query().map(str::to_owned);
+        let browser_facing = path.starts_with("/rollouts") || path.starts_with("/ui");
+        // Without credentials, what a browser can reach answers only requests addressed to an
+        // IP address or localhost: a web page cannot then reach it by rebinding its own name
+        // to this daemon's address (DNS rebinding).
+        if browser_facing && self.config.auth.is_open() && !addressed_directly(request.headers()) {
+            return error(
+                StatusCode::FORBIDDEN,
+                "without credentials (--no-auth) /rollouts and /ui answer only requests addressed to an \
+                 IP address or localhost; configure --api-key-env or --basic-auth-env to use a host name",
+            );
+        }
         if let Some(call) = rollouts_api::route(&method, &path, query.as_deref()) {
             let response = self.rollouts(call, request).await;
             self.host.pipeline().metrics().add(
@@ -450,6 +475,28 @@ fn split(body: &[u8], origin: &str) -> Result<Vec<Input>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_ip_and_localhost_hosts_are_addressed_directly() {
+        let with = |host: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+            addressed_directly(&h)
+        };
+        for ok in [
+            "127.0.0.1:8080",
+            "localhost",
+            "LOCALHOST:1",
+            "[::1]:8080",
+            "10.0.0.5",
+        ] {
+            assert!(with(ok), "{ok}");
+        }
+        for rebound in ["evil.example:8080", "cutover.internal", "127.0.0.1.nip.io:80"] {
+            assert!(!with(rebound), "{rebound}");
+        }
+        assert!(addressed_directly(&http::HeaderMap::new()));
+    }
 
     fn origins(body: &str) -> Result<Vec<(String, Option<String>)>, String> {
         split(body.as_bytes(), "http:x").map(|v| v.into_iter().map(|i| (i.origin, i.id)).collect())

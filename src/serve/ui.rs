@@ -108,7 +108,16 @@ pub(crate) async fn serve_read_only(listener: TcpListener, rollouts: Rollouts) {
             let rollouts = rollouts.clone();
             async move {
                 let uri = request.uri();
-                let response = read_only(&rollouts, request.method(), uri.path(), uri.query()).await;
+                // No credentials here: answer only requests addressed to the loopback address
+                // itself (a page cannot reach it by rebinding a name of its own).
+                let response = if super::http::addressed_directly(request.headers()) {
+                    read_only(&rollouts, request.method(), uri.path(), uri.query()).await
+                } else {
+                    error(
+                        StatusCode::FORBIDDEN,
+                        "the demo's dashboard answers only requests addressed to 127.0.0.1 or localhost",
+                    )
+                };
                 Ok::<_, Infallible>(response)
             }
         });

@@ -577,3 +577,39 @@ fn the_daemon_api_lists_shows_and_steers_rollouts_as_its_callers() {
         ]
     );
 }
+
+#[test]
+fn without_credentials_the_api_answers_only_requests_addressed_to_an_ip_or_localhost() {
+    use crate::serve::Daemon;
+
+    let rig = Rig::files(60);
+    let daemon = Daemon::start(
+        &[
+            rig.file.to_str().unwrap(),
+            "--pipeline",
+            "ecs-events",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-auth",
+            "--ui",
+        ],
+        &[("CUTOVER_LOG", "warn".into())],
+        Stdio::null(),
+    );
+    let status_for = |host: &str, path: &str| {
+        let mut s = std::net::TcpStream::connect(daemon.addr()).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        raw.split_whitespace().nth(1).unwrap().parse::<u16>().unwrap()
+    };
+    assert_eq!(status_for(daemon.addr(), "/rollouts"), 200);
+    assert_eq!(status_for("localhost:8080", "/ui/"), 200);
+    // A page that rebinds its own name to this address is refused.
+    assert_eq!(status_for("evil.example:8080", "/rollouts"), 403);
+    assert_eq!(status_for("evil.example", "/ui/"), 403);
+}
