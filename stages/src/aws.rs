@@ -56,6 +56,11 @@ where
     }
 }
 
+/// A DynamoDB string attribute.
+pub(crate) fn string_attr(v: &str) -> aws_sdk_dynamodb::types::AttributeValue {
+    aws_sdk_dynamodb::types::AttributeValue::S(v.to_owned())
+}
+
 /// Waits (up to a minute) until a DynamoDB table just created is `ACTIVE`.
 pub(crate) async fn wait_until_active(
     client: &aws_sdk_dynamodb::Client,

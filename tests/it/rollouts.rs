@@ -152,6 +152,14 @@ probe = {{ type = "http", url = "http://127.0.0.1:{port}/", timeout = "1s", inte
         &self.file
     }
 
+    /// Deploys version `version` and waits until its rollout bakes at 10%; its id.
+    pub(crate) fn deploy_and_bake(&mut self, version: u32) -> String {
+        self.deploy(version);
+        let id = self::version(version);
+        self.wait_until(&id, "in Bake10", |s| in_wait(s, "Bake10"));
+        id
+    }
+
     fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -259,9 +267,7 @@ pub(crate) fn version(v: u32) -> String {
 #[test]
 fn abort_during_a_bake_sends_traffic_back_to_blue_and_ends_aborted_with_the_reason() {
     let mut rig = Rig::start(60);
-    rig.deploy(2);
-    let id = version(2);
-    rig.wait_until(&id, "in Bake10", |s| in_wait(s, "Bake10"));
+    let id = rig.deploy_and_bake(2);
     assert_eq!(rig.weights(), (90, 10));
 
     let asked = Instant::now();
@@ -307,9 +313,7 @@ fn abort_during_a_bake_sends_traffic_back_to_blue_and_ends_aborted_with_the_reas
 #[test]
 fn pause_holds_past_a_bake_and_resume_completes() {
     let mut rig = Rig::start(2);
-    rig.deploy(3);
-    let id = version(3);
-    rig.wait_until(&id, "in Bake10", |s| in_wait(s, "Bake10"));
+    let id = rig.deploy_and_bake(3);
     let out = rig.cli("pause", &[&id, "--reason", "reading the logs"]);
     assert!(out.status.success(), "{}", text(&out));
     rig.wait_until(&id, "paused", |s| s["phase"] == "paused");
@@ -337,9 +341,7 @@ fn pause_holds_past_a_bake_and_resume_completes() {
 #[test]
 fn a_sick_green_rolls_back_while_paused() {
     let mut rig = Rig::start(60);
-    rig.deploy(4);
-    let id = version(4);
-    rig.wait_until(&id, "in Bake10", |s| in_wait(s, "Bake10"));
+    let id = rig.deploy_and_bake(4);
     assert!(rig.cli("pause", &[&id, "--reason", "hold"]).status.success());
     rig.wait_until(&id, "paused", |s| s["phase"] == "paused");
     rig.green.sick.store(true, Ordering::SeqCst);
@@ -351,9 +353,7 @@ fn a_sick_green_rolls_back_while_paused() {
 #[test]
 fn promote_ends_the_wait_and_promote_full_goes_to_all_green() {
     let mut rig = Rig::start(60);
-    rig.deploy(5);
-    let id = version(5);
-    rig.wait_until(&id, "in Bake10", |s| in_wait(s, "Bake10"));
+    let id = rig.deploy_and_bake(5);
     let out = rig.cli("promote", &[&id, "--reason", "metrics look good"]);
     assert!(out.status.success(), "{}", text(&out));
     let at50 = rig.wait_until(&id, "in Bake50", |s| in_wait(s, "Bake50"));

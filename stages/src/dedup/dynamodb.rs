@@ -33,7 +33,7 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use cutover_core::{BoxFuture, StageError};
 
 use super::store::{Claim, DedupStore, Record, Status};
-use crate::aws::aws_error;
+use crate::aws::{aws_error, string_attr as s};
 
 /// The partition key attribute.
 pub const KEY_ATTRIBUTE: &str = "pk";
@@ -47,9 +47,6 @@ pub struct DynamoStore {
     table: String,
 }
 
-fn s(v: &str) -> AttributeValue {
-    AttributeValue::S(v.to_owned())
-}
 fn n(v: i64) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }

@@ -21,17 +21,13 @@ use cutover_core::{BoxFuture, StageError};
 use serde_json::{Map, Value};
 
 use super::{AuditEntry, CONTROL_SORT_KEY, Control, RolloutStore, control_key};
-use crate::aws::aws_error;
+use crate::aws::{aws_error, string_attr as s};
 
 /// Control records, service slots and the audit log in a DynamoDB table.
 #[derive(Debug, Clone)]
 pub struct DynamoRolloutStore {
     client: Client,
     table: String,
-}
-
-fn s(v: &str) -> AttributeValue {
-    AttributeValue::S(v.to_owned())
 }
 
 fn key(pk: String, sk: &str) -> HashMap<String, AttributeValue> {
