@@ -63,10 +63,8 @@ impl LocalDnsServer {
     /// Starts serving `store`'s record on `addr` (UDP and TCP; port 0 picks a free one). Call
     /// from within a Tokio runtime. A port already in use is an `AddrInUse` error.
     pub fn start(addr: SocketAddr, store: Arc<WeightStore>) -> io::Result<Arc<Self>> {
-        let udp = std::net::UdpSocket::bind(addr)?;
+        let (udp, tcp) = bind_pair(addr)?;
         let local_addr = udp.local_addr()?;
-        // The same port for TCP, so resolvers falling back after truncation find us.
-        let tcp = std::net::TcpListener::bind(local_addr)?;
         udp.set_nonblocking(true)?;
         tcp.set_nonblocking(true)?;
         let udp = tokio::net::UdpSocket::from_std(udp)?;
@@ -279,6 +277,23 @@ fn rand_id() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A UDP socket and a TCP listener on the same port, so resolvers falling back to TCP after
+/// truncation find us. With port 0 the kernel picks the UDP port, which another process may
+/// already hold for TCP: then another port is tried, a few times.
+fn bind_pair(addr: SocketAddr) -> io::Result<(std::net::UdpSocket, std::net::TcpListener)> {
+    let attempts = if addr.port() == 0 { 16 } else { 1 };
+    let mut last = None;
+    for _ in 0..attempts {
+        let udp = std::net::UdpSocket::bind(addr)?;
+        match std::net::TcpListener::bind(udp.local_addr()?) {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(error) if error.kind() == io::ErrorKind::AddrInUse => last = Some(error),
+            Err(error) => return Err(error),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrInUse)))
 }
 
 #[cfg(test)]
