@@ -1,6 +1,7 @@
 //! Integration tests of the whole system: the `cutover` binary, the shipped pipelines and
 //! fixtures, and every AWS backend against a real emulator (moto server).
 
+mod analysis;
 mod cli;
 mod crash;
 mod dashboard;
@@ -57,4 +58,15 @@ pub(crate) fn execution_records(dir: &std::path::Path) -> Vec<serde_json::Value>
         .iter()
         .map(|r| serde_json::to_value(r).expect("records serialise"))
         .collect()
+}
+
+/// Echoes a child's stderr, each line prefixed `  daemon: `, so a failing test shows it.
+pub(crate) fn echo_stderr(child: &mut std::process::Child) {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().expect("stderr is piped");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("  daemon: {line}");
+        }
+    });
 }

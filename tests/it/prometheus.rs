@@ -13,13 +13,13 @@ use cutover_core::{BuildContext, Event, Outcome, Pipeline, StageConfig};
 use serde_json::Value;
 
 /// A service exposing request counters; `errors_per_mille` of its requests fail.
-struct Service {
-    errors_per_mille: Arc<AtomicU64>,
-    port: u16,
+pub(crate) struct Service {
+    pub(crate) errors_per_mille: Arc<AtomicU64>,
+    pub(crate) port: u16,
 }
 
 impl Service {
-    fn start() -> Service {
+    pub(crate) fn start() -> Service {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let errors_per_mille = Arc::new(AtomicU64::new(0));
@@ -59,9 +59,9 @@ impl Service {
 }
 
 /// A Prometheus server scraping `target` every second, stopped on drop.
-struct Prometheus {
+pub(crate) struct Prometheus {
     child: Child,
-    url: String,
+    pub(crate) url: String,
     _dir: tempfile::TempDir,
 }
 
@@ -77,7 +77,7 @@ fn prometheus_binary() -> String {
 }
 
 impl Prometheus {
-    fn start(target: u16) -> Prometheus {
+    pub(crate) fn start(target: u16) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("prometheus.yml");
         std::fs::write(
@@ -126,7 +126,7 @@ impl Prometheus {
     }
 }
 
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
+pub(crate) fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
     let mut raw = String::new();

@@ -3,7 +3,7 @@
 //! resumes them on their original schedule — after a restart, through a restart loop, and in a
 //! second daemon that takes over when the first stops (a rolling restart).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -43,12 +43,7 @@ impl Daemon {
             writeln!(stdin, "{e}").unwrap();
         }
         stdin.flush().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("  daemon: {line}");
-            }
-        });
+        crate::echo_stderr(&mut child);
         Daemon {
             child,
             stdin: Some(stdin),

@@ -4,7 +4,7 @@
 //! supersedes a running one. Weights are read from the embedded router's file, health comes
 //! from an in-test HTTP server that can be made sick.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Output, Stdio};
@@ -82,12 +82,7 @@ impl Rig {
             .spawn()
             .unwrap();
         rig.stdin = daemon.stdin.take();
-        let stderr = daemon.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("  daemon: {line}");
-            }
-        });
+        crate::echo_stderr(&mut daemon);
         rig.daemon = Some(daemon);
         rig
     }

@@ -461,3 +461,76 @@ async fn a_newer_deployment_of_the_service_supersedes_the_running_rollout() {
         .collect();
     assert_eq!(running, [newer]);
 }
+
+/// A strategy of three weights, pauses and two analyses per step, the second also run in the
+/// background, compiled to States Language and run by moto's Step Functions.
+fn two_analysis_strategy(bake50: &str) -> String {
+    let text = format!(
+        r#"[strategy]
+steps = [
+  {{ set_weight = 10 }}, {{ pause = "2s" }}, {{ analysis = ["health-check", "error-rate"] }},
+  {{ set_weight = 50 }}, {{ pause = "{bake50}" }}, {{ analysis = ["health-check", "error-rate"] }},
+  {{ set_weight = 100 }}, {{ pause = "1s" }}, {{ analysis = ["health-check", "error-rate"] }},
+]
+background = {{ analysis = "error-rate", every = "2s" }}
+
+[strategy.resources]
+analyses = {{ health-check = "arn:aws:lambda:us-east-1:111122223333:function:cutover-health-check", error-rate = "arn:aws:lambda:us-east-1:111122223333:function:cutover-error-rate" }}
+"#
+    );
+    let table: toml::Table = toml::from_str(&text).unwrap();
+    let strategy: cutover_stages::state_machine::strategy::Strategy =
+        table["strategy"].clone().try_into().unwrap();
+    strategy.compile().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn a_strategy_with_two_analyses_and_a_background_one_runs_on_step_functions() {
+    let rig = Rig::with_definition(two_analysis_strategy("3s")).await;
+    let name = "cats-green-8";
+    rig.start(name).await;
+    let (status, _) = rig.ended(name).await;
+    assert_eq!(status, "SUCCEEDED");
+    assert_eq!(rig.bridge.weights(name), vec![10, 50, 100]);
+    assert_eq!(
+        rig.bridge.calls_to(name, "cutover-health-check"),
+        3,
+        "one per step"
+    );
+    let error_rate = rig.bridge.calls_to(name, "cutover-error-rate");
+    assert!(
+        error_rate > 3,
+        "three step analyses and at least one in the background: {error_rate}"
+    );
+    let status = &rig.cli_json("status", &[name])[0];
+    assert_eq!(status["phase"], "succeeded", "{status:#}");
+}
+
+#[tokio::test]
+async fn a_background_analysis_failing_mid_bake_rolls_back_on_step_functions() {
+    let rig = Rig::with_definition(two_analysis_strategy("60s")).await;
+    let name = "cats-green-9";
+    rig.start(name).await;
+    rig.baking(name, "Bake50").await;
+    let before = rig.bridge.calls_to(name, "cutover-error-rate");
+    rig.bridge.make_errors_high(true);
+    let (status, _) = rig.ended(name).await;
+    assert_eq!(status, "FAILED");
+    assert_eq!(rig.bridge.weights(name), vec![10, 50, 0], "back to blue from 50%");
+    assert_eq!(
+        rig.bridge.calls_to(name, "cutover-error-rate"),
+        before + 1,
+        "the next background analysis found it"
+    );
+    let status = &rig.cli_json("status", &[name])[0];
+    assert_eq!(status["phase"], "rolled-back", "{status:#}");
+    assert!(
+        status["cause"].as_str().unwrap().contains("result < 0.01"),
+        "{status:#}"
+    );
+    let entered: Vec<String> = rig.entered(name).await.into_iter().map(|(s, _)| s).collect();
+    assert!(
+        !entered.iter().any(|s| s == "Check50"),
+        "the bake's own check never ran: {entered:?}"
+    );
+}

@@ -14,7 +14,12 @@
 //! - `prometheus` ([`prometheus`]): a PromQL query measured `count` times, each held to a
 //!   condition (`result < 0.01`), with failure and inconclusive limits;
 //! - `webhook` ([`webhook`]): a POST of the rollout context to a team's own gate; 2xx is
-//!   healthy.
+//!   healthy;
+//! - `cloudwatch-alarm` and `cloudwatch-metric` ([`cloudwatch`]): named alarms must not be in
+//!   `ALARM`; `GetMetricData` queries (metric math too) held to a condition.
+//!
+//! The metric probes share one analysis model ([`analysis`]): `count` measurements, each
+//! passed, failed or inconclusive, judged against `failure_limit` and `inconclusive_limit`.
 //!
 //! ```toml
 //! [[pipelines.canary.stages]]
@@ -25,7 +30,9 @@
 //! `url` and `target_group_arn` are templates, so a Task input can name them:
 //! `url = "{endpoint}/health"`.
 
+pub mod analysis;
 pub(crate) mod client;
+pub mod cloudwatch;
 pub mod elbv2;
 pub mod http;
 pub mod prometheus;
@@ -41,6 +48,7 @@ use cutover_core::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use self::cloudwatch::{CloudWatchAlarmProbeConfig, CloudWatchMetricProbeConfig};
 use self::elbv2::Elbv2ProbeConfig;
 use self::http::HttpProbeConfig;
 use self::prometheus::PrometheusProbeConfig;
@@ -75,6 +83,10 @@ pub enum ProbeConfig {
     Prometheus(PrometheusProbeConfig),
     /// A POST of the rollout context; 2xx is healthy.
     Webhook(WebhookProbeConfig),
+    /// CloudWatch alarms that must not be in `ALARM`.
+    CloudwatchAlarm(CloudWatchAlarmProbeConfig),
+    /// CloudWatch `GetMetricData` queries held to a condition.
+    CloudwatchMetric(CloudWatchMetricProbeConfig),
 }
 
 /// The answer of one health check: what the Choice state reads.
@@ -118,6 +130,8 @@ impl StageConfig for HealthCheckConfig {
                 ProbeConfig::Elbv2(c) => Arc::new(c.build(cx).await),
                 ProbeConfig::Prometheus(c) => Arc::new(c.build(cx)?),
                 ProbeConfig::Webhook(c) => Arc::new(c.build(cx)?),
+                ProbeConfig::CloudwatchAlarm(c) => Arc::new(c.build(cx).await?),
+                ProbeConfig::CloudwatchMetric(c) => Arc::new(c.build(cx).await?),
             };
             Ok(Arc::new(HealthCheck::new(probe, self.result_key.clone())) as Arc<dyn Stage>)
         })
@@ -141,10 +155,23 @@ impl StageConfig for HealthCheckConfig {
                 Ok(Deployment::default().timeout(u32::try_from(budget).unwrap_or(900)))
             }
             ProbeConfig::Prometheus(c) => {
-                let per = c.timeout.saturating_add(c.interval).as_secs();
-                let budget = per.saturating_mul(u64::from(c.count)).saturating_add(10);
-                Ok(Deployment::default().timeout(u32::try_from(budget).unwrap_or(900)))
+                Ok(Deployment::default().timeout(task_budget(c.measurements().budget(c.timeout))))
             }
+            ProbeConfig::CloudwatchAlarm(c) => Ok(Deployment::default()
+                .timeout(task_budget(c.measurements().budget(AWS_CALL)))
+                .allow(Statement::new(
+                    ["cloudwatch:DescribeAlarms"],
+                    c.alarm_arns(),
+                    "read the state of the alarms that judge green",
+                ))),
+            ProbeConfig::CloudwatchMetric(c) => Ok(Deployment::default()
+                .timeout(task_budget(c.measurements().budget(AWS_CALL)))
+                .allow(Statement::new(
+                    ["cloudwatch:GetMetricData"],
+                    [json!("*")],
+                    "read the metrics that judge green; GetMetricData supports no resource-level \
+                     permissions, so the resource must be \"*\"",
+                ))),
             ProbeConfig::Webhook(c) => {
                 let per = c.timeout.saturating_add(c.retry_interval).as_secs();
                 let budget = per.saturating_mul(u64::from(c.retries) + 1).saturating_add(10);
@@ -162,9 +189,27 @@ impl StageConfig for HealthCheckConfig {
     fn files(&self) -> Vec<std::path::PathBuf> {
         match &self.probe {
             ProbeConfig::Http(http) => http.ca_file.iter().cloned().collect(),
-            ProbeConfig::Elbv2(_) | ProbeConfig::Prometheus(_) | ProbeConfig::Webhook(_) => Vec::new(),
+            ProbeConfig::Elbv2(_)
+            | ProbeConfig::Prometheus(_)
+            | ProbeConfig::Webhook(_)
+            | ProbeConfig::CloudwatchAlarm(_)
+            | ProbeConfig::CloudwatchMetric(_) => Vec::new(),
         }
     }
+}
+
+analysis::measured_by_fields!(
+    PrometheusProbeConfig,
+    CloudWatchAlarmProbeConfig,
+    CloudWatchMetricProbeConfig,
+);
+
+/// The longest one AWS call of a probe is given (the SDK's own retries included).
+const AWS_CALL: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// A Task timeout in seconds for a check that may take `check`, with 10 s to spare.
+fn task_budget(check: std::time::Duration) -> u32 {
+    u32::try_from(check.as_secs().saturating_add(10)).unwrap_or(900)
 }
 
 impl HealthCheckConfig {
@@ -174,6 +219,8 @@ impl HealthCheckConfig {
             ProbeConfig::Elbv2(c) => c.validate(),
             ProbeConfig::Prometheus(c) => c.validate(),
             ProbeConfig::Webhook(c) => c.validate(),
+            ProbeConfig::CloudwatchAlarm(c) => c.validate(),
+            ProbeConfig::CloudwatchMetric(c) => c.validate(),
         };
         if self.result_key.as_deref() == Some("") {
             errors.push(FieldError::new("result_key", "must not be empty"));
@@ -298,6 +345,39 @@ mod tests {
                 toml::from_str(&format!("type = \"health-check\"\n{text}")).unwrap();
             assert!(format!("{boxed:?}").contains("HealthCheckConfig"));
         }
+    }
+
+    #[test]
+    fn cloudwatch_probes_get_least_privilege_and_a_timeout_covering_every_measurement() {
+        let cx = cutover_core::DeployContext {
+            file: "cutover.toml",
+            base_dir: std::path::Path::new("."),
+            pipeline: "health-check",
+            stage_index: 1,
+            stage_name: "health-check",
+            pipelines: &[],
+        };
+        let alarm: HealthCheckConfig = toml::from_str(
+            "probe = { type = \"cloudwatch-alarm\", alarms = [\"cats-5xx\"], count = 3, interval = \"1m\" }",
+        )
+        .unwrap();
+        let d = alarm.deployment(&cx).unwrap();
+        assert_eq!(d.statements.len(), 1);
+        assert_eq!(d.statements[0].actions, ["cloudwatch:DescribeAlarms"]);
+        let arn = d.statements[0].resources[0]["Fn::Sub"].as_str().unwrap();
+        assert!(arn.ends_with(":alarm:cats-5xx"), "{arn}");
+        assert!(
+            d.timeout_secs >= 3 * 60,
+            "three measurements a minute apart: {}",
+            d.timeout_secs
+        );
+        let metric: HealthCheckConfig = toml::from_str(
+            "probe = { type = \"cloudwatch-metric\", condition = \"result < 1\", queries = [{ id = \"e\", expression = \"1\" }] }",
+        )
+        .unwrap();
+        let d = metric.deployment(&cx).unwrap();
+        assert_eq!(d.statements[0].actions, ["cloudwatch:GetMetricData"]);
+        assert_eq!(d.statements[0].resources, [json!("*")]);
     }
 
     #[test]

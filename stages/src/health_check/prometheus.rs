@@ -19,8 +19,10 @@ use std::time::Duration;
 use cutover_core::{BoxFuture, BuildContext, BuildError, Clock, Event, FieldError, StageError, Template};
 use hyper::{Method, Uri};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
+pub use super::analysis::Condition;
+use super::analysis::{self, Measured};
 use super::http::Tls;
 use super::{HealthProbe, HealthReport, client};
 
@@ -36,10 +38,10 @@ pub struct PrometheusProbeConfig {
     /// `<=`, `>`, `>=`, `==`, `!=`; every sample of a vector).
     pub condition: String,
     /// Measurements per check.
-    #[serde(default = "one")]
+    #[serde(default = "analysis::one")]
     pub count: u32,
     /// Time between measurements.
-    #[serde(default = "default_interval", with = "crate::duration")]
+    #[serde(default = "analysis::default_interval", with = "crate::duration")]
     pub interval: Duration,
     /// Failed measurements tolerated.
     #[serde(default)]
@@ -52,73 +54,8 @@ pub struct PrometheusProbeConfig {
     pub timeout: Duration,
 }
 
-fn one() -> u32 {
-    1
-}
-fn default_interval() -> Duration {
-    Duration::from_secs(10)
-}
 fn default_timeout() -> Duration {
     Duration::from_secs(5)
-}
-
-/// `result OP number`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Condition {
-    op: Op,
-    threshold: f64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Op {
-    Lt,
-    Le,
-    Gt,
-    Ge,
-    Eq,
-    Ne,
-}
-
-impl Condition {
-    /// Reads `result < 0.01`.
-    pub fn parse(text: &str) -> Result<Condition, String> {
-        let hint = "write it as `result OP NUMBER`, OP one of < <= > >= == !=, e.g. `result < 0.01`";
-        let rest = text
-            .trim()
-            .strip_prefix("result")
-            .ok_or_else(|| format!("{text:?}: {hint}"))?
-            .trim_start();
-        let (op, number) = [
-            ("<=", Op::Le),
-            (">=", Op::Ge),
-            ("==", Op::Eq),
-            ("!=", Op::Ne),
-            ("<", Op::Lt),
-            (">", Op::Gt),
-        ]
-        .iter()
-        .find_map(|(s, op)| rest.strip_prefix(s).map(|n| (*op, n.trim())))
-        .ok_or_else(|| format!("{text:?}: {hint}"))?;
-        let threshold = number
-            .parse::<f64>()
-            .ok()
-            .filter(|n| n.is_finite())
-            .ok_or_else(|| format!("{text:?}: {number:?} is not a number; {hint}"))?;
-        Ok(Condition { op, threshold })
-    }
-
-    /// Whether `value` meets it.
-    pub fn holds(&self, value: f64) -> bool {
-        let t = self.threshold;
-        match self.op {
-            Op::Lt => value < t,
-            Op::Le => value <= t,
-            Op::Gt => value > t,
-            Op::Ge => value >= t,
-            Op::Eq => value == t,
-            Op::Ne => value != t,
-        }
-    }
 }
 
 impl PrometheusProbeConfig {
@@ -133,9 +70,7 @@ impl PrometheusProbeConfig {
                 format!("{:?} is not a URL like http://127.0.0.1:9090", self.address),
             ));
         }
-        if self.count == 0 {
-            errors.push(FieldError::new("probe.count", "must be at least 1"));
-        }
+        errors.extend(self.measurements().validate("probe"));
         errors
     }
 
@@ -231,80 +166,24 @@ impl HealthProbe for PrometheusProbe {
                 .render(event)
                 .map_err(|e| StageError::permanent(format!("probe.query: {e}")))?;
             let uri = self.uri(&query).map_err(StageError::permanent)?;
-            let (mut failed, mut inconclusive, mut checks) = (0u32, 0u32, Vec::new());
-            let mut last = String::new();
-            for n in 1..=self.config.count {
-                if n > 1 {
-                    self.clock.sleep(self.config.interval).await;
-                }
-                let check = match self.measure(&uri).await {
-                    Ok(values) => {
-                        let passed = values.iter().all(|v| self.condition.holds(*v));
-                        if !passed {
-                            failed += 1;
-                            last = format!("{values:?}");
-                        }
-                        json!({"measurement": n, "values": values, "passed": passed})
+            let measurements = self.config.measurements();
+            Ok(measurements
+                .run(&self.clock, &self.config.condition, || async {
+                    match self.measure(&uri).await {
+                        Ok(values) => Measured::values(&self.condition, values),
+                        Err(error) => Measured::Inconclusive(error),
                     }
-                    Err(error) => {
-                        inconclusive += 1;
-                        last = error.clone();
-                        json!({"measurement": n, "passed": Value::Null, "error": error})
-                    }
-                };
-                checks.push(check);
-                if failed > self.config.failure_limit || inconclusive > self.config.inconclusive_limit {
-                    break;
-                }
-            }
-            let healthy =
-                failed <= self.config.failure_limit && inconclusive <= self.config.inconclusive_limit;
-            let taken = checks.len();
-            let reason = if healthy {
-                format!(
-                    "{} of {taken} measurements met {} ({} failed, {inconclusive} inconclusive)",
-                    usize::try_from(taken as u32 - failed - inconclusive).unwrap_or(0),
-                    self.config.condition,
-                    failed
-                )
-            } else if failed > self.config.failure_limit {
-                format!(
-                    "{failed} of {taken} measurements failed {} (limit {}): last {last}",
-                    self.config.condition, self.config.failure_limit
-                )
-            } else {
-                format!(
-                    "{inconclusive} of {taken} measurements inconclusive (limit {}): {last}",
-                    self.config.inconclusive_limit
-                )
-            };
-            Ok(HealthReport {
-                healthy,
-                checks,
-                reason,
-            })
+                })
+                .await)
         })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use serde_json::json;
 
-    #[test]
-    fn conditions_parse_and_hold() {
-        let c = Condition::parse("result < 0.01").unwrap();
-        assert!(c.holds(0.0) && !c.holds(0.01));
-        assert!(Condition::parse("result>=0.99").unwrap().holds(0.99));
-        assert!(Condition::parse("result != 0").unwrap().holds(1.0));
-        for bad in ["x < 1", "result ~ 1", "result < lots", "result < inf"] {
-            let e = Condition::parse(bad).unwrap_err();
-            assert!(
-                e.contains("result OP NUMBER") || e.contains("not a number"),
-                "{bad}: {e}"
-            );
-        }
-    }
+    use super::*;
 
     #[test]
     fn answers_give_numbers_or_say_why_not() {

@@ -169,10 +169,16 @@ pub fn steps_of(definition: &Value) -> Vec<u64> {
 
 /// The states worth a line of history: shifts, checks, the rollback and the end states.
 fn is_step(state: &str) -> bool {
-    ["Shift", "Check", "HoldCheck", "Rollback"]
+    ["Shift", "Check", "HoldCheck", "Rollback", "Background-"]
         .iter()
         .any(|p| state.starts_with(p))
         || matches!(state, "Promoted" | "Aborted" | "Unhealthy" | "FailedStep")
+}
+
+/// The states that judge green: a step's analyses (`Check50`, `Check50-error-rate`), the
+/// check while paused, and the background analyses (`Background-error-rate`).
+fn is_check(state: &str) -> bool {
+    state.starts_with("Check") || state == "HoldCheck" || state.starts_with("Background-")
 }
 
 /// The states in which a rollout waits (its window is current), the health checks of a pause
@@ -190,7 +196,7 @@ fn in_window(state: &str) -> bool {
             | "HoldCheck"
             | "HoldHealthy"
             | "HoldReset"
-    )
+    ) || (state.starts_with("Background") && state != "BackgroundStart")
 }
 
 impl Rollout {
@@ -234,7 +240,7 @@ impl Rollout {
                     {
                         r.weights = Some(w);
                     }
-                    if state.starts_with("Check") || state == "HoldCheck" {
+                    if is_check(state) {
                         r.health = output.get("health").cloned();
                     }
                 }
@@ -373,7 +379,7 @@ pub fn history_lines(history: &[Entry], audit: &[AuditEntry]) -> Vec<Line> {
                         });
                     }
                 }
-                if (state.starts_with("Check") || state == "HoldCheck")
+                if is_check(state)
                     && let Some(health) = output.get("health")
                 {
                     let verdict = health.get("State").and_then(Value::as_str).unwrap_or("?");

@@ -18,6 +18,9 @@
 //! analyses = { health-check = "arn:aws:lambda:us-east-1:111122223333:function:cutover-health-check" }
 //! ```
 //!
+//! `background = { analysis = ["error-rate"], every = "1m" }` also runs analyses throughout
+//! every wait, every `every` of wait time, rolling back as soon as one finds green unhealthy.
+//!
 //! `pause = "until-promoted"` waits until an operator promotes (`cutover rollouts promote`). The
 //! compiled machine has the control points of every shipped canary: each pause (and a gate
 //! before each shift, and one at the end) reads the rollout's control record between ticks, so
@@ -45,9 +48,25 @@ pub struct Strategy {
     /// A preset instead of steps: equal steps up to 100%.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub linear: Option<LinearPreset>,
+    /// Analyses that also run in the background, throughout every counted wait (Argo
+    /// Rollouts' background analysis): a failure rolls back at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub background: Option<Background>,
     /// The Task resources the states call.
     #[serde(default)]
     pub resources: Resources,
+}
+
+/// `background = { analysis = ["error-rate"], every = "1m" }`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Background {
+    /// Names of `resources.analyses` run in the background, in order; all must be healthy.
+    pub analysis: OneOrMany,
+    /// How often they run, counted in wait time (a paused wait does not count; its own
+    /// `health_every` check goes on).
+    #[serde(with = "cutover_core::duration")]
+    pub every: Duration,
 }
 
 /// `canary = { percent, bake }`.
@@ -253,6 +272,23 @@ fn pause_seconds(text: &str) -> Result<u64, FieldError> {
         })
 }
 
+/// Every name of `analysis` must be one of `resources.analyses`.
+fn known_analyses(strategy: &Strategy, analysis: &OneOrMany, field: &str) -> Result<(), FieldError> {
+    for name in analysis.names() {
+        if !strategy.resources.analyses.contains_key(name) {
+            let known: Vec<&str> = strategy.resources.analyses.keys().map(String::as_str).collect();
+            return Err(FieldError::new(
+                field,
+                format!(
+                    "analysis {name:?} is not in strategy.resources.analyses (it has: {})",
+                    known.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 struct Compiler<'a> {
     strategy: &'a Strategy,
     steps: Vec<Step>,
@@ -295,25 +331,16 @@ impl<'a> Compiler<'a> {
                 Step::Pause { pause } => {
                     pause_seconds(pause)?;
                 }
-                Step::Analysis { analysis } => {
-                    for name in analysis.names() {
-                        if !strategy.resources.analyses.contains_key(name) {
-                            return Err(FieldError::new(
-                                "strategy.steps",
-                                format!(
-                                    "analysis {name:?} is not in strategy.resources.analyses (it has: {})",
-                                    strategy
-                                        .resources
-                                        .analyses
-                                        .keys()
-                                        .cloned()
-                                        .collect::<Vec<_>>()
-                                        .join(", ")
-                                ),
-                            ));
-                        }
-                    }
-                }
+                Step::Analysis { analysis } => known_analyses(strategy, analysis, "strategy.steps")?,
+            }
+        }
+        if let Some(background) = &strategy.background {
+            known_analyses(strategy, &background.analysis, "strategy.background.analysis")?;
+            if background.every.as_secs() == 0 {
+                return Err(FieldError::new(
+                    "strategy.background.every",
+                    "must be at least 1s (e.g. \"1m\")",
+                ));
             }
         }
         if !matches!(steps.first(), Some(Step::SetWeight { .. })) {
@@ -397,7 +424,18 @@ impl<'a> Compiler<'a> {
             "Default": "DefaultControl",
         }));
         let names = self.names();
-        let first = names[0].clone();
+        let mut first = names[0].clone();
+        if self.strategy.background.is_some() {
+            self.add(
+                "BackgroundStart",
+                json!({
+                    "Type": "Pass",
+                    "Comment": "Start counting wait time towards the first background analysis",
+                    "Result": {"since": 0}, "ResultPath": "$.background", "Next": first,
+                }),
+            );
+            first = "BackgroundStart".to_owned();
+        }
         self.states["Init"]["Choices"][0]["Next"] = json!(first);
         self.add("DefaultControl", json!({
             "Type": "Pass",
@@ -541,11 +579,17 @@ impl<'a> Compiler<'a> {
             "Tick",
             json!({"Type": "Wait", "SecondsPath": "$.control.wait", "Next": "Count"}),
         );
+        let counted = if self.strategy.background.is_some() {
+            "BackgroundCount"
+        } else {
+            "ReadControl"
+        };
         self.add("Count", json!({
             "Type": "Pass",
             "Parameters": {"name.$": "$.bake.name", "seconds.$": "$.bake.seconds", "elapsed.$": "States.MathAdd($.bake.elapsed, $.control.tick)", "held": 0},
-            "ResultPath": "$.bake", "Next": "ReadControl",
+            "ResultPath": "$.bake", "Next": counted,
         }));
+        self.background_loop();
         self.add("Hold", json!({"Type": "Wait", "Comment": "Paused: the wait does not count down", "SecondsPath": "$.control.wait", "Next": "HoldCount"}));
         self.add("HoldCount", json!({
             "Type": "Pass",
@@ -607,6 +651,56 @@ impl<'a> Compiler<'a> {
         self.add(
             "FailedStep",
             json!({"Type": "Fail", "Error": "Canary.StepFailed", "CausePath": "$.error.Cause"}),
+        );
+    }
+
+    /// With `background`: every `every` seconds of counted wait, its analyses run; an
+    /// unhealthy one rolls back.
+    fn background_loop(&mut self) {
+        let Some(background) = self.strategy.background.clone() else {
+            return;
+        };
+        let names = background.analysis.names();
+        let every = background.every.as_secs();
+        self.add(
+            "BackgroundCount",
+            json!({
+                "Type": "Pass",
+                "Parameters": {"since.$": "States.MathAdd($.background.since, $.control.tick)"},
+                "ResultPath": "$.background", "Next": "BackgroundDue",
+            }),
+        );
+        self.add("BackgroundDue", json!({
+            "Type": "Choice",
+            "Comment": format!("The background analyses run every {every} s of wait time"),
+            "Choices": [{"Variable": "$.background.since", "NumericGreaterThanEquals": every, "Next": format!("Background-{}", names[0])}],
+            "Default": "ReadControl",
+        }));
+        for (k, analysis) in names.iter().enumerate() {
+            let after = names
+                .get(k + 1)
+                .map_or_else(|| "BackgroundReset".to_owned(), |n| format!("Background-{n}"));
+            let verdict = format!("BackgroundHealthy-{analysis}");
+            let task = self.check(
+                analysis,
+                &verdict,
+                &format!("Background analysis {analysis} of green during the wait"),
+            );
+            self.add(&format!("Background-{analysis}"), task);
+            self.add(
+                &verdict,
+                json!({
+                    "Type": "Choice",
+                    "Choices": [{"Variable": "$.health.State", "StringEquals": "healthy", "Next": after}],
+                    "Default": "Rollback",
+                }),
+            );
+        }
+        self.add(
+            "BackgroundReset",
+            json!({
+                "Type": "Pass", "Result": {"since": 0}, "ResultPath": "$.background", "Next": "ReadControl",
+            }),
         );
     }
 
@@ -680,6 +774,44 @@ mod tests {
         assert_eq!(def["States"]["Healthy20-smoke"]["Choices"][0]["Next"], "Gate100");
         assert_eq!(def["States"]["Shift100"]["Next"], "Done");
         cutover_asl::Definition::parse(&def.to_string()).unwrap();
+    }
+
+    #[test]
+    fn background_analyses_run_every_so_much_wait_time() {
+        let s = strategy(
+            "[strategy]\nsteps = [{ set_weight = 10 }, { pause = \"10m\" }, { set_weight = 100 }]\n\
+             background = { analysis = [\"health-check\", \"error-rate\"], every = \"1m\" }\n\
+             [strategy.resources]\nanalyses = { health-check = \"arn:h\", error-rate = \"arn:e\" }",
+        );
+        let def = s.compile().unwrap();
+        let states = &def["States"];
+        assert_eq!(states["Init"]["Choices"][0]["Next"], "BackgroundStart");
+        assert_eq!(states["BackgroundStart"]["Next"], "Shift10");
+        assert_eq!(states["Count"]["Next"], "BackgroundCount");
+        assert_eq!(
+            states["BackgroundDue"]["Choices"][0]["NumericGreaterThanEquals"],
+            60
+        );
+        assert_eq!(
+            states["BackgroundDue"]["Choices"][0]["Next"],
+            "Background-health-check"
+        );
+        assert_eq!(states["Background-error-rate"]["Resource"], "arn:e");
+        assert_eq!(
+            states["BackgroundHealthy-health-check"]["Choices"][0]["Next"],
+            "Background-error-rate"
+        );
+        assert_eq!(states["BackgroundHealthy-error-rate"]["Default"], "Rollback");
+        assert_eq!(
+            states["BackgroundHealthy-error-rate"]["Choices"][0]["Next"],
+            "BackgroundReset"
+        );
+        cutover_asl::Definition::parse(&def.to_string()).unwrap();
+        let unknown = strategy(
+            "[strategy]\nsteps = [{ set_weight = 100 }]\nbackground = { analysis = \"latency\", every = \"1m\" }",
+        );
+        let e = unknown.compile().unwrap_err();
+        assert_eq!(e.field, "strategy.background.analysis");
     }
 
     #[test]

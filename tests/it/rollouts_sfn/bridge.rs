@@ -1,4 +1,4 @@
-//! The stand-in for cutover's two Lambda functions: an HTTP server in the test process in
+//! The stand-in for cutover's Lambda functions (traffic shift, health check, error rate): an HTTP server in the test process in
 //! front of moto's own service calls (moto sends them to `localhost:$MOTO_PORT`). It answers
 //! Lambda's Invoke as cutover's functions would — a traffic shift verifies its weights, a health
 //! check says healthy, or unhealthy once the test makes green sick — records each call, and
@@ -22,6 +22,8 @@ struct Call {
     execution: String,
     /// The weight of a traffic shift; `None` for a health check.
     weight: Option<u64>,
+    /// The function called (`cutover-health-check`, `cutover-error-rate`, …).
+    function: String,
 }
 
 /// What the bridge has answered, and how it answers health checks.
@@ -29,6 +31,8 @@ struct Call {
 struct Bridged {
     calls: Mutex<Vec<Call>>,
     sick: AtomicBool,
+    /// The second analysis of a strategy (`cutover-error-rate`) finds green unhealthy.
+    errors_high: AtomicBool,
 }
 
 impl Bridged {
@@ -48,13 +52,27 @@ impl Bridged {
                 json!({"State": "healthy", "reason": "all 3 targets healthy"})
             };
             (None, answer)
+        } else if path.contains("cutover-error-rate") {
+            let answer = if self.errors_high.load(Ordering::SeqCst) {
+                json!({"State": "unhealthy", "reason": "1 of 1 measurements failed result < 0.01: last [0.2]"})
+            } else {
+                json!({"State": "healthy", "reason": "1 of 1 measurements met result < 0.01"})
+            };
+            (None, answer)
         } else {
             return None;
         };
+        // The function's name ends the (URL-encoded) ARN in the path.
+        let function = path
+            .find("cutover-")
+            .map(|at| path[at..].split(['/', '%', ':']).next().unwrap_or_default())
+            .unwrap_or_default()
+            .to_owned();
         self.calls.lock().unwrap().push(Call {
             at: Instant::now(),
             execution,
             weight,
+            function,
         });
         Some(answer)
     }
@@ -103,6 +121,19 @@ impl LambdaBridge {
     /// From now on, health checks say green is unhealthy (`true`) or healthy.
     pub(super) fn make_sick(&self, sick: bool) {
         self.bridged.sick.store(sick, Ordering::SeqCst);
+    }
+
+    /// From now on, the error-rate analysis says green is unhealthy (`true`) or healthy.
+    pub(super) fn make_errors_high(&self, high: bool) {
+        self.bridged.errors_high.store(high, Ordering::SeqCst);
+    }
+
+    /// How many times `execution` called the function `function`.
+    pub(super) fn calls_to(&self, execution: &str, function: &str) -> usize {
+        self.calls(execution)
+            .iter()
+            .filter(|c| c.function == function)
+            .count()
     }
 
     fn calls(&self, execution: &str) -> Vec<Call> {

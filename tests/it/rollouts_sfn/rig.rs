@@ -45,6 +45,18 @@ pub(super) struct Rig {
 impl Rig {
     /// The rig, with bakes of `bake` seconds instead of 60.
     pub(super) async fn new(bake: u64) -> Rig {
+        let shipped = std::fs::read_to_string(crate::repo("pipelines/canary.asl.json")).unwrap();
+        assert_eq!(
+            shipped.matches("\"seconds\": 60").count(),
+            3,
+            "the shipped canary bakes three times 60 s: Bake10, Bake50, Bake100"
+        );
+        Rig::with_definition(shipped.replace("\"seconds\": 60", &format!("\"seconds\": {bake}"))).await
+    }
+
+    /// The rig running the States Language `definition` (Lambda resources named
+    /// `cutover-traffic-shift`, `cutover-health-check`, `cutover-error-rate`).
+    pub(super) async fn with_definition(definition: String) -> Rig {
         let (bridge, moto) = LambdaBridge::start();
         let status = moto.control(
             "/moto-api/config",
@@ -59,13 +71,6 @@ impl Rig {
             .expect("the rollouts table");
         let store = DynamoRolloutStore::new(ddb, TABLE);
 
-        let shipped = std::fs::read_to_string(crate::repo("pipelines/canary.asl.json")).unwrap();
-        assert_eq!(
-            shipped.matches("\"seconds\": 60").count(),
-            3,
-            "the shipped canary bakes three times 60 s: Bake10, Bake50, Bake100"
-        );
-        let definition = shipped.replace("\"seconds\": 60", &format!("\"seconds\": {bake}"));
         std::fs::write(dir.path().join("canary.asl.json"), &definition).unwrap();
         let sfn = aws_sdk_sfn::Client::new(setup.aws_config().await);
         let machine = sfn
