@@ -117,14 +117,6 @@ async fn steer(
 }
 
 /// A background task that ends when this is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 struct Reporter {
     json: bool,
     tty: bool,
@@ -384,10 +376,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             &format!("  dashboard: http://{addr}/ui/  (read-only; try --speed 1 to watch it)"),
             json!({"dashboard": format!("http://{addr}/ui/")}),
         );
-        Some(AbortOnDrop(tokio::spawn(crate::serve::ui::serve_read_only(
-            listener,
-            ops.clone(),
-        ))))
+        Some(crate::serve::AbortOnDrop(tokio::spawn(
+            crate::serve::ui::serve_read_only(listener, ops.clone()),
+        )))
     };
     let (b, g) = sample_dns(dns).await;
     out.say(

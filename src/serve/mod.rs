@@ -202,6 +202,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }) {
         host.rollouts = Some(crate::rollouts_cmd::rollouts_of(&file, &name, &cx, true).await?);
     }
+    // Rollout notifications (`notify` of the start-state-machine stage): watchers that stop
+    // with the daemon.
+    let _notifiers = notifiers(&file, &name, &cx, host.rollouts.as_ref())?;
     let host = Arc::new(host);
     let shutdown = on_signal()?;
     let mut signalled = shutdown.clone();
@@ -741,4 +744,41 @@ mod tests {
         assert_eq!(backoff(2, ms(100), ms(1000)), ms(400));
         assert_eq!(backoff(30, ms(100), ms(1000)), ms(1000));
     }
+}
+
+/// A background task that is stopped when this is dropped.
+#[derive(Debug)]
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One running watcher per `notify` entry of the pipeline's start-state-machine stage.
+fn notifiers(
+    file: &cutover_core::PipelineFile,
+    pipeline: &str,
+    cx: &cutover_core::BuildContext,
+    rollouts: Option<&cutover_stages::rollouts::ops::Rollouts>,
+) -> anyhow::Result<Vec<AbortOnDrop>> {
+    let Some(rollouts) = rollouts else {
+        return Ok(Vec::new());
+    };
+    let spec = file.pick(Some(pipeline))?;
+    let Some(stage) = spec.stages.iter().find_map(|s| {
+        s.config
+            .as_any()
+            .downcast_ref::<cutover_stages::state_machine::StartStateMachineConfig>()
+    }) else {
+        return Ok(Vec::new());
+    };
+    let mut running = Vec::new();
+    for (i, notify) in stage.notify.iter().enumerate() {
+        let notifier = notify.notifier(i, rollouts.clone(), cx)?;
+        tracing::info!(url = %notify.url, "cutover serve: notifying rollout events");
+        running.push(AbortOnDrop(tokio::spawn(notifier.run())));
+    }
+    Ok(running)
 }

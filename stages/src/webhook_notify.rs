@@ -95,28 +95,22 @@ pub struct WebhookNotifyConfig {
 fn default_on() -> Vec<On> {
     vec![On::Passed, On::Failed]
 }
-fn default_retries() -> u32 {
+pub(crate) fn default_retries() -> u32 {
     3
 }
-fn default_interval() -> Duration {
+pub(crate) fn default_interval() -> Duration {
     Duration::from_secs(2)
 }
-fn default_timeout() -> Duration {
+pub(crate) fn default_timeout() -> Duration {
     Duration::from_secs(10)
 }
-fn default_dead_letter() -> PathBuf {
+pub(crate) fn default_dead_letter() -> PathBuf {
     PathBuf::from("notifications-dead-letter.jsonl")
 }
 
 impl WebhookNotifyConfig {
     fn errors(&self) -> Vec<FieldError> {
-        match self.url.parse::<Uri>() {
-            Ok(u) if u.host().is_some() && matches!(u.scheme_str(), Some("http" | "https")) => Vec::new(),
-            _ => vec![FieldError::new(
-                "url",
-                format!("{:?} is not an http:// or https:// URL", self.url),
-            )],
-        }
+        webhook_url("url", &self.url).err().into_iter().collect()
     }
 }
 
@@ -127,17 +121,13 @@ impl StageConfig for WebhookNotifyConfig {
             if let Some(e) = self.errors().into_iter().next() {
                 return Err(BuildError::Field(e));
             }
-            let uri: Uri = self
-                .url
-                .parse()
-                .map_err(|e| BuildError::field("url", format!("{e}")))?;
+            let uri = webhook_url("url", &self.url).map_err(BuildError::Field)?;
+            let attempts = (self.retries, self.retry_interval, self.timeout);
             Ok(Arc::new(WebhookNotify {
                 sender: Arc::new(Sender {
-                    uri,
                     config: self.clone(),
-                    tls: Tls::new(None),
                     clock: cx.clock(),
-                    dead_letter: cx.data_path(&self.dead_letter),
+                    webhook: Webhook::new(uri, cx.clock(), attempts, cx.data_path(&self.dead_letter)),
                 }),
                 background: cx.background().clone(),
             }) as Arc<dyn Stage>)
@@ -156,14 +146,57 @@ pub struct WebhookNotify {
     background: Background,
 }
 
-/// What delivers notifications.
+/// What delivers notifications: the payload of an outcome, over [`Webhook`].
 #[derive(Debug)]
 struct Sender {
-    uri: Uri,
     config: WebhookNotifyConfig,
+    clock: Arc<dyn Clock>,
+    webhook: Webhook,
+}
+
+/// A webhook notifications are POSTed to: tried again on no answer, a 5xx or a 429; kept in a
+/// dead-letter file when still undelivered. Shared by `webhook-notify` and the rollout
+/// notifications of `start-state-machine` (`notify`).
+#[derive(Debug)]
+pub(crate) struct Webhook {
+    uri: Uri,
     tls: Tls,
     clock: Arc<dyn Clock>,
+    retries: u32,
+    retry_interval: Duration,
+    timeout: Duration,
     dead_letter: PathBuf,
+}
+
+/// `url` as an http(s) URL, or the field error naming `field`.
+pub(crate) fn webhook_url(field: &str, url: &str) -> Result<Uri, FieldError> {
+    match url.parse::<Uri>() {
+        Ok(u) if u.host().is_some() && matches!(u.scheme_str(), Some("http" | "https")) => Ok(u),
+        _ => Err(FieldError::new(
+            field,
+            format!("{url:?} is not an http:// or https:// URL"),
+        )),
+    }
+}
+
+impl Webhook {
+    /// A webhook at `uri`, its attempts timed by `clock`, undelivered payloads to `dead_letter`.
+    pub(crate) fn new(
+        uri: Uri,
+        clock: Arc<dyn Clock>,
+        (retries, retry_interval, timeout): (u32, Duration, Duration),
+        dead_letter: PathBuf,
+    ) -> Webhook {
+        Webhook {
+            uri,
+            tls: Tls::new(None),
+            clock,
+            retries,
+            retry_interval,
+            timeout,
+            dead_letter,
+        }
+    }
 }
 
 impl Sender {
@@ -199,22 +232,24 @@ impl Sender {
             }),
         }
     }
+}
 
+impl Webhook {
     /// Delivers `payload`, trying again as configured; keeps it in the dead-letter file when it
     /// cannot be delivered.
-    async fn deliver(&self, payload: Value) {
+    pub(crate) async fn deliver(&self, payload: Value) {
         let body = serde_json::to_vec(&payload).unwrap_or_default();
         let mut last = String::new();
-        for attempt in 0..=self.config.retries {
+        for attempt in 0..=self.retries {
             if attempt > 0 {
-                self.clock.sleep(self.config.retry_interval).await;
+                self.clock.sleep(self.retry_interval).await;
             }
             match client::send(
                 &self.tls,
                 Method::POST,
                 &self.uri,
                 Some(body.clone()),
-                self.config.timeout,
+                self.timeout,
             )
             .await
             {
@@ -268,7 +303,7 @@ impl Stage for WebhookNotify {
                 let payload = self.sender.payload(&observed, &outcome);
                 let sender = self.sender.clone();
                 self.background
-                    .spawn(async move { sender.deliver(payload).await });
+                    .spawn(async move { sender.webhook.deliver(payload).await });
             }
             outcome
         })

@@ -70,7 +70,12 @@ impl Rig {
     /// A daemon reading events from stdin, on a fresh data directory whose canary bakes
     /// `bake` seconds per step.
     pub(crate) fn start(bake: u64) -> Rig {
-        let mut rig = Rig::files(bake);
+        Rig::start_with(bake, "")
+    }
+
+    /// [`Rig::start`], with `extra` (TOML fields) added to the start-state-machine stage.
+    pub(crate) fn start_with(bake: u64, extra: &str) -> Rig {
+        let mut rig = Rig::files_with(bake, extra);
         let mut daemon = cutover()
             .arg("serve")
             .arg(&rig.file)
@@ -89,6 +94,10 @@ impl Rig {
 
     /// The pipeline file and the green it checks, without a daemon.
     pub(crate) fn files(bake: u64) -> Rig {
+        Rig::files_with(bake, "")
+    }
+
+    fn files_with(bake: u64, extra: &str) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let green = Green::start();
         std::fs::write(dir.path().join("canary.asl.json"), canary(bake)).unwrap();
@@ -109,6 +118,7 @@ store = {{ type = "local", path = "dedup.sqlite" }}
 type = "start-state-machine"
 control = {{ health_every = "2s" }}
 engine = {{ type = "local", definition = "canary.asl.json", resources = {{ "arn:aws:lambda:us-east-1:111122223333:function:cutover-traffic-shift" = "traffic-shift", "arn:aws:lambda:us-east-1:111122223333:function:cutover-health-check" = "health-check" }} }}
+{extra}
 
 [pipelines.traffic-shift]
 [[pipelines.traffic-shift.stages]]
@@ -607,4 +617,79 @@ fn without_credentials_the_api_answers_only_requests_addressed_to_an_ip_or_local
     // A page that rebinds its own name to this address is refused.
     assert_eq!(status_for("evil.example:8080", "/rollouts"), 403);
     assert_eq!(status_for("evil.example", "/ui/"), 403);
+}
+
+/// A webhook receiver: answers 200 to every POST and hands over each body as JSON.
+fn webhook_receiver() -> (String, std::sync::mpsc::Receiver<Value>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut data = Vec::new();
+            let mut buf = [0u8; 4096];
+            // The head, then as many body bytes as Content-Length says.
+            let body = loop {
+                let Ok(n) = stream.read(&mut buf) else { break None };
+                if n == 0 {
+                    break None;
+                }
+                data.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&data).into_owned();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length: usize = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if data.len() >= end + 4 + length {
+                        break Some(data[end + 4..end + 4 + length].to_vec());
+                    }
+                }
+            };
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+            if let Some(body) = body {
+                let _ = tx.send(serde_json::from_slice(&body).unwrap_or(Value::Null));
+            }
+        }
+    });
+    (url, rx)
+}
+
+#[test]
+fn the_daemon_notifies_what_a_rollout_does_started_steps_the_operator_and_the_abort() {
+    let (url, received) = webhook_receiver();
+    let mut rig = Rig::start_with(
+        60,
+        &format!("notify = [{{ url = \"{url}\", every = \"200ms\" }}]"),
+    );
+    let id = rig.deploy_and_bake(2);
+    let out = rig.cli("abort", &[&id, "--reason", "checkout errors"]);
+    assert!(out.status.success(), "{}", text(&out));
+    rig.wait_until(&id, "aborted", |s| s["phase"] == "aborted");
+
+    let mut events = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !events.iter().any(|e: &Value| e["event"] == "aborted") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let got = received
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no `aborted` notification: {events:#?}"));
+        events.push(got);
+    }
+    let names: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(names, ["started", "step", "operator", "aborted"], "{events:#?}");
+    let rollout = events[0]["rollout"].as_str().unwrap();
+    assert!(rollout.contains(&id), "{events:#?}");
+    assert!(events.iter().all(|e| e["rollout"] == rollout), "{events:#?}");
+    assert_eq!(events[1]["detail"]["green"], 10);
+    assert_eq!(events[2]["detail"]["action"], "abort");
+    assert_eq!(events[2]["detail"]["reason"], "checkout errors");
+    assert_eq!(events[3]["phase"], "aborted");
+    // Nothing is told twice.
+    assert!(received.recv_timeout(Duration::from_secs(1)).is_err());
 }

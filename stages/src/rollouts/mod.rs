@@ -14,6 +14,7 @@
 
 mod dynamodb;
 mod files;
+pub mod notify;
 pub mod ops;
 pub mod view;
 

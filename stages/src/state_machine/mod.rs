@@ -85,6 +85,10 @@ pub struct StartStateMachineConfig {
     /// input gets a `control` block the canary's waits read.
     #[serde(default)]
     pub control: ControlConfig,
+    /// Webhooks told what each rollout does (started, a step, a failed analysis, an operator
+    /// action, the end); sent by the daemon watching the rollouts (`cutover serve`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<crate::rollouts::notify::RolloutNotifyConfig>,
 }
 
 /// Which engine runs the state machine.
@@ -283,6 +287,41 @@ impl StageConfig for StartStateMachineConfig {
     }
 
     fn validate(&self, cx: &ValidateContext<'_>) -> Vec<FieldError> {
+        let mut errors = self.engine_errors(cx);
+        for (i, notify) in self.notify.iter().enumerate() {
+            errors.extend(notify.validate(i));
+        }
+        errors
+    }
+
+    fn deployment(&self, cx: &DeployContext<'_>) -> Result<Deployment, FieldError> {
+        deploy::deployment(&self.engine, &self.control, cx)
+    }
+
+    fn files(&self) -> Vec<PathBuf> {
+        let (definition, resources) = match &self.engine {
+            EngineConfig::StepFunctions {
+                definition,
+                resources,
+                ..
+            } => (definition.clone(), resources),
+            EngineConfig::Local {
+                definition,
+                resources,
+                ..
+            } => (Some(definition.clone()), resources),
+        };
+        let inline = resources.values().flat_map(|r| match r {
+            Resource::Stage(stage) => stage.files(),
+            Resource::Pipeline(_) => Vec::new(),
+        });
+        definition.into_iter().chain(inline).collect()
+    }
+}
+
+impl StartStateMachineConfig {
+    /// The problems of the engine and its definition.
+    fn engine_errors(&self, cx: &ValidateContext<'_>) -> Vec<FieldError> {
         match &self.engine {
             EngineConfig::StepFunctions {
                 state_machine_arn,
@@ -326,32 +365,6 @@ impl StageConfig for StartStateMachineConfig {
         }
     }
 
-    fn deployment(&self, cx: &DeployContext<'_>) -> Result<Deployment, FieldError> {
-        deploy::deployment(&self.engine, &self.control, cx)
-    }
-
-    fn files(&self) -> Vec<PathBuf> {
-        let (definition, resources) = match &self.engine {
-            EngineConfig::StepFunctions {
-                definition,
-                resources,
-                ..
-            } => (definition.clone(), resources),
-            EngineConfig::Local {
-                definition,
-                resources,
-                ..
-            } => (Some(definition.clone()), resources),
-        };
-        let inline = resources.values().flat_map(|r| match r {
-            Resource::Stage(stage) => stage.files(),
-            Resource::Pipeline(_) => Vec::new(),
-        });
-        definition.into_iter().chain(inline).collect()
-    }
-}
-
-impl StartStateMachineConfig {
     /// Whether the state machine reads its control record (its definition has the
     /// `ReadControl` resource): only then can it be steered, and superseded. `false` when the
     /// definition is not known here (Step Functions given by ARN only).
