@@ -23,6 +23,7 @@ pub mod deploy;
 pub mod duration;
 pub mod error;
 pub mod event;
+pub mod fs;
 pub mod metrics;
 pub mod outcome;
 pub mod path;

@@ -10,7 +10,7 @@
 //! second run redrives only duplicates, which `dedup` drops.
 
 use std::fs::File;
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::path::Path;
 
 use anyhow::Context as _;
@@ -109,31 +109,14 @@ fn rewrite(path: &Path, snapshot: &Snapshot, kept: &[&[u8]]) -> anyhow::Result<(
             path.display()
         );
     };
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temporary = dir.join(format!(".{name}.redrive-{}", std::process::id()));
-    let written = (|| -> std::io::Result<()> {
-        let mut out = File::create(&temporary)?;
-        for line in kept {
-            out.write_all(line)?;
-            out.write_all(b"\n")?;
-        }
-        out.write_all(appended)?;
-        out.sync_all()?;
-        std::fs::rename(&temporary, path)?;
-        // The rename itself must survive a crash.
-        File::open(dir)?.sync_all()
-    })();
-    if let Err(error) = written {
-        let _ = std::fs::remove_file(&temporary);
-        return Err(error).with_context(|| format!("rewriting {}", path.display()));
+    let mut replacement = Vec::with_capacity(now.len());
+    for line in kept {
+        replacement.extend_from_slice(line);
+        replacement.push(b'\n');
     }
+    replacement.extend_from_slice(appended);
+    cutover_core::fs::write_atomically(path, &replacement)
+        .with_context(|| format!("rewriting {}", path.display()))?;
     // Dropping `file` releases the lock; a daemon waiting for it reopens the new file.
     drop(file);
     Ok(())
@@ -141,6 +124,8 @@ fn rewrite(path: &Path, snapshot: &Snapshot, kept: &[&[u8]]) -> anyhow::Result<(
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write as _;
+
     use super::*;
 
     #[test]

@@ -66,7 +66,7 @@ impl FileRolloutStore {
     /// Replaces the control record of `rollout` (synchronously).
     pub fn write_control(&self, rollout: &str, control: &Control) -> Result<(), StageError> {
         let path = self.control_path(rollout);
-        write_atomically(&path, &serde_json::to_vec_pretty(control).unwrap_or_default())
+        cutover_core::fs::write_atomically(&path, &serde_json::to_vec_pretty(control).unwrap_or_default())
             .map_err(|e| io_error("write", &path, e))
     }
 
@@ -110,7 +110,7 @@ impl FileRolloutStore {
                 Err(e) => return Err(e),
             };
             let previous = slots.insert(service.to_owned(), rollout.to_owned());
-            write_atomically(
+            cutover_core::fs::write_atomically(
                 &path,
                 &serde_json::to_vec_pretty(&slots).map_err(io::Error::other)?,
             )?;
@@ -118,18 +118,6 @@ impl FileRolloutStore {
         };
         swap().map_err(|e| io_error("update", &path, e))
     }
-}
-
-/// Writes `bytes` to a file beside `path`, then renames it over `path`.
-fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension(format!("tmp{}-{}", std::process::id(), super::action_id(0)));
-    let mut file = File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_data()?;
-    fs::rename(&tmp, path)
 }
 
 impl RolloutStore for FileRolloutStore {

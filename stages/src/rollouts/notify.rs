@@ -276,15 +276,8 @@ impl Notifier {
     }
 
     fn save(&self, seen: &Seen) {
-        let write = || -> std::io::Result<()> {
-            if let Some(dir) = self.seen_path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let tmp = self.seen_path.with_extension("json.tmp");
-            std::fs::write(&tmp, serde_json::to_vec(seen).map_err(std::io::Error::other)?)?;
-            std::fs::rename(&tmp, &self.seen_path)
-        };
-        if let Err(e) = write() {
+        let bytes = serde_json::to_vec(seen).unwrap_or_default();
+        if let Err(e) = cutover_core::fs::write_atomically(&self.seen_path, &bytes) {
             tracing::warn!(path = %self.seen_path.display(), error = %e, "rollout notifications: cannot record what was sent");
         }
     }

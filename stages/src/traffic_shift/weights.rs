@@ -116,11 +116,8 @@ impl WeightStore {
             green: weights.green,
             change,
         };
-        let tmp = self
-            .path
-            .with_extension(format!("json.tmp{}", std::process::id()));
-        fs::write(&tmp, serde_json::to_vec_pretty(&file).map_err(io::Error::other)?)?;
-        fs::rename(&tmp, &self.path)?;
+        let bytes = serde_json::to_vec_pretty(&file).map_err(io::Error::other)?;
+        cutover_core::fs::write_atomically(&self.path, &bytes)?;
         state.weights = weights;
         state.change = change;
         Ok(change)
