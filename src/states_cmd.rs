@@ -61,13 +61,19 @@ pub(crate) enum StatesCommand {
     },
 }
 
+/// A definition file: States Language JSON, or a canary strategy (`.toml`), compiled.
 fn load(path: &Path) -> anyhow::Result<Definition> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        cutover_stages::state_machine::strategy::definition_text(path).map_err(|e| anyhow::anyhow!(e))?;
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("state-machine");
-    let name = name.trim_end_matches(".json").trim_end_matches(".asl");
+    let name = name
+        .trim_end_matches(".json")
+        .trim_end_matches(".toml")
+        .trim_end_matches(".strategy")
+        .trim_end_matches(".asl");
     Definition::parse(&text)
         .map(|d| d.with_name(name))
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))

@@ -235,4 +235,15 @@ fn strategy_render_prints_the_shipped_canary_and_names_bad_steps() {
         said.contains("strategy.steps") && said.contains("set_weight 10 after 50"),
         "{said}"
     );
+
+    // `cutover states graph` and `validate` read a strategy file as the machine it compiles to.
+    let out = cutover()
+        .args(["states", "graph", "pipelines/canary.strategy.toml"])
+        .output()
+        .unwrap();
+    let graph = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && graph.contains("Shift50 (Task)"), "{graph}");
+    let out = cutover().args(["states", "validate"]).arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("set_weight 10 after 50"));
 }
