@@ -7,7 +7,10 @@
 //! embedded engine runs the canary of `pipelines/canary.strategy.toml` (10% → 50% → 100%, health checks between),
 //! and the demo shows each weight step with DNS answers sampled from the zone, each health
 //! check, and the end. `--fail-green` makes green answer 500 once it has 50% of the traffic, so
-//! the state machine rolls back to 100% blue.
+//! the state machine rolls back to 100% blue. With a `prometheus` binary on the machine, green's
+//! error rate is judged too ([`metrics`]); `--scenario errors` shows what only that sees.
+
+mod metrics;
 
 use std::convert::Infallible;
 use std::io::IsTerminal;
@@ -63,6 +66,13 @@ pub(crate) struct DemoArgs {
     /// demo runs, and its URL printed).
     #[arg(long)]
     no_ui: bool,
+    /// The Prometheus server binary that judges green's error rate (default: `prometheus` on
+    /// PATH; without one, green is judged by the HTTP probe only).
+    #[arg(long, value_name = "PATH")]
+    prometheus: Option<PathBuf>,
+    /// Judge green by the HTTP probe only, even with Prometheus on the machine.
+    #[arg(long, conflicts_with = "prometheus")]
+    no_prometheus: bool,
 }
 
 /// What `--scenario` does to the rollout.
@@ -72,6 +82,9 @@ pub(crate) enum Scenario {
     Abort,
     /// Pause it while it bakes at 10%, then resume.
     Pause,
+    /// From 50%, green fails its users' checkouts while its health page stays fine: only the
+    /// error-rate analysis (Prometheus) sees it, mid-bake, and rolls back.
+    Errors,
 }
 
 /// Where the scenario is.
@@ -144,11 +157,13 @@ fn free_port() -> anyhow::Result<u16> {
     bail!("no loopback port free on both 127.0.0.1 and 127.0.0.2")
 }
 
-/// A tiny web service: the cats page, or a 500 while `sick()` says so.
+/// A tiny web service: the cats page, or a 500 while `sick(path)` says so; with `counters`,
+/// it counts its answers and serves them at `/metrics`.
 async fn serve_page(
     addr: SocketAddr,
     page: &'static str,
-    sick: impl Fn() -> bool + Send + Sync + 'static,
+    sick: impl Fn(&str) -> bool + Send + Sync + 'static,
+    counters: Option<Arc<metrics::Counters>>,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -156,19 +171,25 @@ async fn serve_page(
     let sick = Arc::new(sick);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let sick = sick.clone();
-            let service = hyper::service::service_fn(move |_req| {
-                let sick = sick();
+            let (sick, counters) = (sick.clone(), counters.clone());
+            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let path = req.uri().path().to_owned();
+                let answer = match &counters {
+                    Some(c) if path == "/metrics" => (200, "text/plain; version=0.0.4", c.exposition()),
+                    _ if sick(&path) => (500, "text/html", "cats v3 is sick\n".to_owned()),
+                    _ => (200, "text/html", page.to_owned()),
+                };
+                if let Some(c) = &counters
+                    && path != "/metrics"
+                {
+                    c.count(answer.0);
+                }
                 async move {
-                    let (status, body) = if sick {
-                        (500, "cats v3 is sick\n")
-                    } else {
-                        (200, page)
-                    };
+                    let (status, content_type, body) = answer;
                     let response = hyper::Response::builder()
                         .status(status)
-                        .header("content-type", "text/html")
-                        .body(Full::new(Bytes::from_static(body.as_bytes())));
+                        .header("content-type", content_type)
+                        .body(Full::new(Bytes::from(body)));
                     Ok::<_, Infallible>(response.unwrap_or_default())
                 }
             });
@@ -255,6 +276,14 @@ async fn report_history(dir: &Path, progress: &mut Progress, dns: SocketAddr, ou
                     json!({"step": "health", "state": state, "reason": reason}),
                 );
             }
+            EventKind::TaskSucceeded { resource, output } if resource == metrics::ERROR_RATE => {
+                let state = output["State"].as_str().unwrap_or("?");
+                let reason = output["reason"].as_str().unwrap_or("");
+                out.say(
+                    &format!("  metric  green's error rate: {state}: {reason}"),
+                    json!({"step": "metric", "state": state, "reason": reason}),
+                );
+            }
             // A wait of the canary starts (its ticks are not news).
             EventKind::StateExited { name, output }
                 if output["bake"]["name"] == name.as_str()
@@ -296,8 +325,38 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     };
     let pipelines_dir = root.join("pipelines");
     std::fs::create_dir_all(&pipelines_dir)?;
-    std::fs::write(pipelines_dir.join("catsndogs.toml"), PIPELINE)?;
-    std::fs::write(pipelines_dir.join("canary.strategy.toml"), STRATEGY)?;
+    let prometheus_bin = if args.no_prometheus {
+        None
+    } else {
+        metrics::find_prometheus(args.prometheus.as_deref())
+    };
+    if args.scenario == Some(Scenario::Errors) && prometheus_bin.is_none() {
+        bail!(
+            "--scenario errors needs a Prometheus server to judge green's error rate: install the \
+             Debian package prometheus, or give its binary with --prometheus PATH"
+        );
+    }
+    let prometheus_port = match prometheus_bin {
+        Some(_) => Some(free_port()?),
+        None => None,
+    };
+    match prometheus_port {
+        Some(port) => {
+            let address = format!("http://127.0.0.1:{port}");
+            std::fs::write(
+                pipelines_dir.join("catsndogs.toml"),
+                metrics::pipeline(PIPELINE, &address)?,
+            )?;
+            std::fs::write(
+                pipelines_dir.join("canary.strategy.toml"),
+                metrics::strategy(STRATEGY)?,
+            )?;
+        }
+        None => {
+            std::fs::write(pipelines_dir.join("catsndogs.toml"), PIPELINE)?;
+            std::fs::write(pipelines_dir.join("canary.strategy.toml"), STRATEGY)?;
+        }
+    }
     let data = root.join("state");
 
     let http_port = free_port()?;
@@ -339,17 +398,34 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let weights_path = data.join(format!("traffic/{}.json", spec.record));
     let weights = WeightStore::open(spec, &weights_path)?;
     let fail_green = args.fail_green;
+    let failing_checkouts = args.scenario == Some(Scenario::Errors);
     let green_weights = weights.clone();
-    serve_page(SocketAddr::from((BLUE, http_port)), "<h1>cats v2</h1>\n", || {
-        false
-    })
+    serve_page(
+        SocketAddr::from((BLUE, http_port)),
+        "<h1>cats v2</h1>\n",
+        |_| false,
+        None,
+    )
     .await?;
+    let green_counters = prometheus_port.map(|_| Arc::new(metrics::Counters::default()));
     serve_page(
         SocketAddr::from((GREEN, http_port)),
         "<h1>cats v3</h1>\n",
-        move || fail_green && green_weights.weights().green >= 50,
+        move |path| {
+            let at_half = green_weights.weights().green >= 50;
+            at_half && (fail_green || (failing_checkouts && path == "/checkout"))
+        },
+        green_counters,
     )
     .await?;
+    let prometheus = match (&prometheus_bin, prometheus_port) {
+        (Some(bin), Some(port)) => Some(
+            metrics::Prometheus::start(bin, SocketAddr::from((GREEN, http_port)), port)
+                .await
+                .context("the demo's Prometheus (run with --no-prometheus to judge green by HTTP only)")?,
+        ),
+        _ => None,
+    };
 
     let speed = args.speed;
     let clock = EngineClock(Arc::new(cutover_asl::ScaledClock::new(speed)));
@@ -366,6 +442,25 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         ),
         json!({"demo": {"blue": format!("{BLUE}:{http_port}"), "green": format!("{GREEN}:{http_port}"), "dns": dns.to_string(), "speed": speed, "fail_green": fail_green}}),
     );
+    match &prometheus {
+        Some(prometheus) => out.say(
+            &format!(
+                "  metric analysis: Prometheus {} scrapes green's /metrics; users request /checkout \
+                 (50/s, split as the router's weights); green's error rate is judged after each step and every 20 s of a bake",
+                prometheus.url
+            ),
+            json!({"metrics": {"prometheus": prometheus.url}}),
+        ),
+        None => out.say(
+            "  metric analysis: no Prometheus on this machine (Debian package prometheus, or \
+             --prometheus PATH): green is judged by the HTTP probe only",
+            json!({"metrics": Value::Null}),
+        ),
+    }
+    // Users: traffic that follows the DNS weights, so green's error rate means something.
+    let _users = prometheus
+        .as_ref()
+        .map(|_| metrics::start_users(weights.clone(), http_port));
     let ops = crate::rollouts_cmd::rollouts_of(&file, "ecs-events", &cx, false).await?;
     // The dashboard reads the same rollouts; it stops with the demo.
     let _dashboard = if args.no_ui {

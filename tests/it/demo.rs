@@ -4,9 +4,15 @@ use serde_json::Value;
 
 use crate::cutover;
 
+/// `cutover demo --json` judged by the HTTP probe only (deterministic on a loaded machine).
 fn demo(args: &[&str]) -> (i32, Vec<Value>) {
+    demo_with(&["--speed", "120", "--no-prometheus"], args)
+}
+
+fn demo_with(base: &[&str], args: &[&str]) -> (i32, Vec<Value>) {
     let out = cutover()
-        .args(["demo", "--json", "--speed", "120"])
+        .args(["demo", "--json", "--no-ui"])
+        .args(base)
         .args(args)
         .output()
         .unwrap();
@@ -125,4 +131,36 @@ fn the_pause_scenario_holds_then_resumes_and_promotes() {
     );
     // Green was checked while paused, besides the three checks after the shifts.
     assert!(steps(&lines, "health").len() > 3, "{lines:?}");
+}
+
+#[test]
+fn the_errors_scenario_is_seen_by_the_metric_analysis_only_and_rolled_back() {
+    let prometheus = crate::prometheus::prometheus_binary();
+    let (code, lines) = demo_with(
+        &["--speed", "30", "--prometheus", &prometheus],
+        &["--scenario", "errors"],
+    );
+    assert_eq!(code, 1, "rolled back: {lines:#?}");
+    assert!(
+        lines.iter().any(|l| l["metrics"]["prometheus"].is_string()),
+        "a real Prometheus judged it: {lines:#?}"
+    );
+    let summary = &lines.last().unwrap()["summary"];
+    assert_eq!(
+        summary["weights"],
+        serde_json::json!([[90, 10], [50, 50], [100, 0]])
+    );
+    // Green's health page stayed fine: every HTTP probe passed; the error rate failed.
+    let health = steps(&lines, "health");
+    assert!(health.iter().all(|h| h["state"] == "healthy"), "{health:#?}");
+    let metric = steps(&lines, "metric");
+    let failed = metric.last().unwrap();
+    assert_eq!(failed["state"], "unhealthy", "{metric:#?}");
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("failed result < 0.05"),
+        "{failed}"
+    );
 }

@@ -72,7 +72,7 @@ impl Drop for Prometheus {
     }
 }
 
-fn prometheus_binary() -> String {
+pub(crate) fn prometheus_binary() -> String {
     std::env::var("CUTOVER_PROMETHEUS").unwrap_or_else(|_| "prometheus".into())
 }
 

@@ -242,7 +242,10 @@ fn strategy_render_prints_the_shipped_canary_and_names_bad_steps() {
         .output()
         .unwrap();
     let graph = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && graph.contains("Shift50 (Task)"), "{graph}");
+    assert!(
+        out.status.success() && graph.contains("Shift50 (Task)"),
+        "{graph}"
+    );
     let out = cutover().args(["states", "validate"]).arg(&bad).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("set_weight 10 after 50"));
