@@ -25,6 +25,7 @@
 //! `url` and `target_group_arn` are templates, so a Task input can name them:
 //! `url = "{endpoint}/health"`.
 
+pub mod analysis;
 pub(crate) mod client;
 pub mod elbv2;
 pub mod http;

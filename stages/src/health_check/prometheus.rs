@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::http::Tls;
+use super::analysis::{Limits, Measurement, Tally, Verdict};
 use super::{HealthProbe, HealthReport, client};
 
 /// Configuration of `probe = { type = "prometheus", … }`.
@@ -122,6 +123,14 @@ impl Condition {
 }
 
 impl PrometheusProbeConfig {
+    fn limits(&self) -> Limits {
+        Limits {
+            count: self.count,
+            failure_limit: self.failure_limit,
+            inconclusive_limit: self.inconclusive_limit,
+        }
+    }
+
     pub(super) fn validate(&self) -> Vec<FieldError> {
         let mut errors = Vec::new();
         if let Err(e) = Condition::parse(&self.condition) {
@@ -231,52 +240,37 @@ impl HealthProbe for PrometheusProbe {
                 .render(event)
                 .map_err(|e| StageError::permanent(format!("probe.query: {e}")))?;
             let uri = self.uri(&query).map_err(StageError::permanent)?;
-            let (mut failed, mut inconclusive, mut checks) = (0u32, 0u32, Vec::new());
-            let mut last = String::new();
+            let limits = self.config.limits();
+            let (mut tally, mut checks) = (Tally::default(), Vec::new());
             for n in 1..=self.config.count {
                 if n > 1 {
                     self.clock.sleep(self.config.interval).await;
                 }
-                let check = match self.measure(&uri).await {
+                let (measurement, check) = match self.measure(&uri).await {
                     Ok(values) => {
                         let passed = values.iter().all(|v| self.condition.holds(*v));
-                        if !passed {
-                            failed += 1;
-                            last = format!("{values:?}");
-                        }
-                        json!({"measurement": n, "values": values, "passed": passed})
+                        let m = if passed {
+                            Measurement::Passed
+                        } else {
+                            Measurement::Failed(format!("{values:?}"))
+                        };
+                        (m, json!({"measurement": n, "values": values, "passed": passed}))
                     }
                     Err(error) => {
-                        inconclusive += 1;
-                        last = error.clone();
-                        json!({"measurement": n, "passed": Value::Null, "error": error})
+                        let check = json!({"measurement": n, "passed": Value::Null, "error": error});
+                        (Measurement::Inconclusive(error), check)
                     }
                 };
+                tally.record(&measurement);
                 checks.push(check);
-                if failed > self.config.failure_limit || inconclusive > self.config.inconclusive_limit {
+                if tally.exceeded(&limits) {
                     break;
                 }
             }
-            let healthy =
-                failed <= self.config.failure_limit && inconclusive <= self.config.inconclusive_limit;
-            let taken = checks.len();
-            let reason = if healthy {
-                format!(
-                    "{} of {taken} measurements met {} ({} failed, {inconclusive} inconclusive)",
-                    usize::try_from(taken as u32 - failed - inconclusive).unwrap_or(0),
-                    self.config.condition,
-                    failed
-                )
-            } else if failed > self.config.failure_limit {
-                format!(
-                    "{failed} of {taken} measurements failed {} (limit {}): last {last}",
-                    self.config.condition, self.config.failure_limit
-                )
-            } else {
-                format!(
-                    "{inconclusive} of {taken} measurements inconclusive (limit {}): {last}",
-                    self.config.inconclusive_limit
-                )
+            let (healthy, reason) = match tally.verdict(&limits, &self.config.condition) {
+                Verdict::Healthy(r) => (true, r),
+                Verdict::Unhealthy(r) => (false, r),
+                Verdict::Collecting => (false, format!("only {} of {} measurements taken", tally.taken(), limits.count)),
             };
             Ok(HealthReport {
                 healthy,
