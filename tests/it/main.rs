@@ -7,6 +7,7 @@ mod dashboard;
 mod dedup;
 mod demo;
 mod dlq;
+mod ecs_hook;
 mod faults;
 #[cfg(feature = "ecs")]
 mod filter_ecs;

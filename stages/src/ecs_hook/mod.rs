@@ -18,8 +18,8 @@
 //! healthy), failed (unhealthy, or a stage dropped the event) or inconclusive (a retryable
 //! failure). The [`Tally`] of one hook execution is kept between invocations in a
 //! [`HookStore`] — files in the data directory ([`files`]) or a DynamoDB table
-//! ([`dynamodb`]) — under a key of the service deployment, the stage and ECS's execution id,
-//! which also travels in the returned `hookDetails`. Writes are conditional on the version
+//! ([`dynamodb`]) — under a key of the service deployment, the stage, ECS's execution id and
+//! green's production weight (returned in `hookDetails.cutover.key`). Writes are conditional on the version
 //! read, so two overlapping invocations count one measurement; once a verdict is stored, every
 //! later call of that hook execution gets the same answer; a hook still collecting after
 //! `timeout` fails; records expire (`expires_at`, DynamoDB's TTL attribute) a day after that.
@@ -240,25 +240,21 @@ fn epoch_ms(clock: &dyn Clock) -> u64 {
         .unwrap_or(0)
 }
 
-/// The store key of a hook execution: the key an earlier answer returned in `hookDetails`, else
-/// the service deployment, the stage and ECS's execution id.
+/// The store key of a hook execution: the service deployment, the stage, ECS's execution id,
+/// and green's production weight — `PRODUCTION_TRAFFIC_SHIFT` is invoked at every step of a
+/// canary or linear deployment, and each step is judged afresh.
 fn key_of(request: &HookRequest) -> String {
-    if let Some(k) = request
-        .hook_details
-        .as_ref()
-        .and_then(|d| d.pointer("/cutover/key"))
-        .and_then(Value::as_str)
-    {
-        return k.to_owned();
-    }
-    let deployment = request.resource_arn.clone().unwrap_or_else(|| {
-        format!(
-            "{}|{}",
-            request.execution_details.service_arn, request.execution_details.target_service_revision_arn
-        )
-    });
+    let details = &request.execution_details;
+    let deployment = request
+        .resource_arn
+        .clone()
+        .unwrap_or_else(|| format!("{}|{}", details.service_arn, details.target_service_revision_arn));
+    let weight = details
+        .production_traffic_weights
+        .get(&details.target_service_revision_arn)
+        .map_or_else(|| "-".to_owned(), Value::to_string);
     format!(
-        "{deployment}#{}#{}",
+        "{deployment}#{}#{}#{weight}",
         request.lifecycle_stage,
         request.execution_id.as_deref().unwrap_or("-")
     )
@@ -378,7 +374,7 @@ impl StageJudge {
                 }
             }
             if next.verdict.is_none() {
-                next.verdict = match next.tally.verdict(&self.limits(), "the pipeline") {
+                next.verdict = match next.tally.verdict(&self.limits(), &format!("pipeline {:?}", self.pipeline_name)) {
                     Verdict::Healthy(reason) => Some(Final {
                         status: HookStatus::Succeeded,
                         reason,
