@@ -15,6 +15,7 @@ mod fixtures;
 mod health;
 pub(crate) mod lambda;
 mod moto;
+mod observed_split;
 mod prometheus;
 mod readme;
 mod registry;

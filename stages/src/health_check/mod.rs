@@ -14,7 +14,13 @@
 //! - `prometheus` ([`prometheus`]): a PromQL query measured `count` times, each held to a
 //!   condition (`result < 0.01`), with failure and inconclusive limits;
 //! - `webhook` ([`webhook`]): a POST of the rollout context to a team's own gate; 2xx is
-//!   healthy.
+//!   healthy;
+//! - `observed-split` ([`observed_split`]): the share of traffic green actually receives over
+//!   a window, held to the weight set.
+//!
+//! `probes = { observed-split = { … } }` names further probes a Task picks with its input's
+//! `probe` field (the shipped canary's observed-split gate asks for `"observed-split"`); without
+//! one, `probe` answers.
 //!
 //! ```toml
 //! [[pipelines.canary.stages]]
@@ -29,11 +35,14 @@ pub mod analysis;
 pub(crate) mod client;
 pub mod elbv2;
 pub mod http;
+pub mod observed_split;
 pub mod prometheus;
 pub mod webhook;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use cutover_core::{
     BoxFuture, BuildContext, BuildError, Event, FieldError, Next, Outcome, Stage, StageConfig, StageError,
@@ -44,6 +53,7 @@ use serde_json::{Value, json};
 
 use self::elbv2::Elbv2ProbeConfig;
 use self::http::HttpProbeConfig;
+use self::observed_split::ObservedSplitProbeConfig;
 use self::prometheus::PrometheusProbeConfig;
 use self::webhook::WebhookProbeConfig;
 
@@ -59,6 +69,9 @@ pub struct HealthCheckConfig {
     /// How health is judged: `{ type = "http", url = "…" }` or
     /// `{ type = "elbv2", target_group_arn = "…" }`.
     pub probe: ProbeConfig,
+    /// Further probes by name, picked by a Task input's `probe` field (`"observed-split"`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub probes: BTreeMap<String, ProbeConfig>,
     /// Put the result under this key of the context instead of merging it at the top level.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_key: Option<String>,
@@ -76,6 +89,59 @@ pub enum ProbeConfig {
     Prometheus(PrometheusProbeConfig),
     /// A POST of the rollout context; 2xx is healthy.
     Webhook(WebhookProbeConfig),
+    /// The traffic split actually observed, held to the weight set.
+    ObservedSplit(ObservedSplitProbeConfig),
+}
+
+impl ProbeConfig {
+    async fn build(&self, cx: &BuildContext) -> Result<Arc<dyn HealthProbe>, BuildError> {
+        Ok(match self {
+            ProbeConfig::Http(c) => Arc::new(c.build(cx)?),
+            ProbeConfig::Elbv2(c) => Arc::new(c.build(cx).await),
+            ProbeConfig::Prometheus(c) => Arc::new(c.build(cx)?),
+            ProbeConfig::Webhook(c) => Arc::new(c.build(cx)?),
+            ProbeConfig::ObservedSplit(c) => Arc::new(c.build()?),
+        })
+    }
+
+    fn validate(&self) -> Vec<FieldError> {
+        match self {
+            ProbeConfig::Http(c) => c.validate(),
+            ProbeConfig::Elbv2(c) => c.validate(),
+            ProbeConfig::Prometheus(c) => c.validate(),
+            ProbeConfig::Webhook(c) => c.validate(),
+            ProbeConfig::ObservedSplit(c) => c.validate(),
+        }
+    }
+
+    fn deployment(&self) -> Result<cutover_core::Deployment, FieldError> {
+        use cutover_core::{Deployment, Statement};
+        let budget = |per: Duration, times: u64| {
+            let secs = per.as_secs().saturating_mul(times).saturating_add(10);
+            Deployment::default().timeout(u32::try_from(secs).unwrap_or(900))
+        };
+        match self {
+            ProbeConfig::Http(c) => Ok(budget(c.timeout.saturating_add(c.interval), u64::from(c.max_checks))),
+            ProbeConfig::Prometheus(c) => Ok(budget(c.timeout.saturating_add(c.interval), u64::from(c.count))),
+            ProbeConfig::Webhook(c) => Ok(budget(c.timeout.saturating_add(c.retry_interval), u64::from(c.retries) + 1)),
+            ProbeConfig::ObservedSplit(c) => match &c.source {
+                observed_split::SplitSourceConfig::Dns { .. } => Err(FieldError::new(
+                    "probe.source",
+                    "the dns source counts the answers of the embedded DNS server in the same process, which a \
+                     Lambda function does not run: use source = { type = \"prometheus\", … } on AWS",
+                )),
+                observed_split::SplitSourceConfig::Prometheus { timeout, .. } => {
+                    Ok(budget(c.window.saturating_add(*timeout).saturating_add(*timeout), u64::from(c.count)))
+                }
+            },
+            ProbeConfig::Elbv2(_) => Ok(Deployment::default().allow(Statement::new(
+                ["elasticloadbalancing:DescribeTargetHealth"],
+                [json!("*")],
+                "read the health of green's targets; DescribeTargetHealth supports no resource-level \
+                 permissions, so the resource must be \"*\"",
+            ))),
+        }
+    }
 }
 
 /// The answer of one health check: what the Choice state reads.
@@ -114,13 +180,12 @@ impl StageConfig for HealthCheckConfig {
             if let Some(e) = self.own_errors().into_iter().next() {
                 return Err(BuildError::Field(e));
             }
-            let probe: Arc<dyn HealthProbe> = match &self.probe {
-                ProbeConfig::Http(c) => Arc::new(c.build(cx)?),
-                ProbeConfig::Elbv2(c) => Arc::new(c.build(cx).await),
-                ProbeConfig::Prometheus(c) => Arc::new(c.build(cx)?),
-                ProbeConfig::Webhook(c) => Arc::new(c.build(cx)?),
-            };
-            Ok(Arc::new(HealthCheck::new(probe, self.result_key.clone())) as Arc<dyn Stage>)
+            let probe = self.probe.build(cx).await?;
+            let mut named = BTreeMap::new();
+            for (name, p) in &self.probes {
+                named.insert(name.clone(), p.build(cx).await?);
+            }
+            Ok(Arc::new(HealthCheck::new(probe, self.result_key.clone()).with_probes(named)) as Arc<dyn Stage>)
         })
     }
 
@@ -132,50 +197,36 @@ impl StageConfig for HealthCheckConfig {
         &self,
         _cx: &cutover_core::DeployContext<'_>,
     ) -> Result<cutover_core::Deployment, FieldError> {
-        use cutover_core::{Deployment, Statement};
-        match &self.probe {
-            ProbeConfig::Http(c) => {
-                let per_check = c.timeout.saturating_add(c.interval).as_secs();
-                let budget = per_check
-                    .saturating_mul(u64::from(c.max_checks))
-                    .saturating_add(10);
-                Ok(Deployment::default().timeout(u32::try_from(budget).unwrap_or(900)))
-            }
-            ProbeConfig::Prometheus(c) => {
-                let per = c.timeout.saturating_add(c.interval).as_secs();
-                let budget = per.saturating_mul(u64::from(c.count)).saturating_add(10);
-                Ok(Deployment::default().timeout(u32::try_from(budget).unwrap_or(900)))
-            }
-            ProbeConfig::Webhook(c) => {
-                let per = c.timeout.saturating_add(c.retry_interval).as_secs();
-                let budget = per.saturating_mul(u64::from(c.retries) + 1).saturating_add(10);
-                Ok(Deployment::default().timeout(u32::try_from(budget).unwrap_or(900)))
-            }
-            ProbeConfig::Elbv2(_) => Ok(Deployment::default().allow(Statement::new(
-                ["elasticloadbalancing:DescribeTargetHealth"],
-                [json!("*")],
-                "read the health of green's targets; DescribeTargetHealth supports no resource-level \
-                 permissions, so the resource must be \"*\"",
-            ))),
+        let mut deployment = self.probe.deployment()?;
+        for (name, p) in &self.probes {
+            let d = p.deployment().map_err(|e| {
+                FieldError::new(e.field.replacen("probe", &format!("probes.{name}"), 1), e.message)
+            })?;
+            deployment.timeout_secs = deployment.timeout_secs.max(d.timeout_secs);
+            deployment.statements.extend(d.statements);
         }
+        Ok(deployment)
     }
 
     fn files(&self) -> Vec<std::path::PathBuf> {
         match &self.probe {
             ProbeConfig::Http(http) => http.ca_file.iter().cloned().collect(),
-            ProbeConfig::Elbv2(_) | ProbeConfig::Prometheus(_) | ProbeConfig::Webhook(_) => Vec::new(),
+            ProbeConfig::Elbv2(_)
+            | ProbeConfig::Prometheus(_)
+            | ProbeConfig::Webhook(_)
+            | ProbeConfig::ObservedSplit(_) => Vec::new(),
         }
     }
 }
 
 impl HealthCheckConfig {
     fn own_errors(&self) -> Vec<FieldError> {
-        let mut errors = match &self.probe {
-            ProbeConfig::Http(c) => c.validate(),
-            ProbeConfig::Elbv2(c) => c.validate(),
-            ProbeConfig::Prometheus(c) => c.validate(),
-            ProbeConfig::Webhook(c) => c.validate(),
-        };
+        let mut errors = self.probe.validate();
+        for (name, p) in &self.probes {
+            errors.extend(p.validate().into_iter().map(|e| {
+                FieldError::new(e.field.replacen("probe", &format!("probes.{name}"), 1), e.message)
+            }));
+        }
         if self.result_key.as_deref() == Some("") {
             errors.push(FieldError::new("result_key", "must not be empty"));
         }
@@ -187,20 +238,51 @@ impl HealthCheckConfig {
 #[derive(Debug)]
 pub struct HealthCheck {
     probe: Arc<dyn HealthProbe>,
+    probes: BTreeMap<String, Arc<dyn HealthProbe>>,
     result_key: Option<String>,
 }
 
 impl HealthCheck {
     /// A stage asking `probe`.
     pub fn new(probe: Arc<dyn HealthProbe>, result_key: Option<String>) -> Self {
-        Self { probe, result_key }
+        Self {
+            probe,
+            probes: BTreeMap::new(),
+            result_key,
+        }
+    }
+
+    /// Also `probes`, picked by name by an input's `probe` field.
+    pub fn with_probes(mut self, probes: BTreeMap<String, Arc<dyn HealthProbe>>) -> Self {
+        self.probes = probes;
+        self
+    }
+
+    /// The probe an event asks for: its `probe` field names one of `probes`; else `probe`.
+    fn probe_for(&self, event: &Event) -> Result<&Arc<dyn HealthProbe>, StageError> {
+        let asked = event.json().ok().and_then(|v| v.get("probe")).and_then(Value::as_str);
+        match asked {
+            None => Ok(&self.probe),
+            Some(name) => self.probes.get(name).ok_or_else(|| {
+                StageError::permanent(format!(
+                    "the input asks for probe {name:?}, which this health-check stage does not have: add \
+                     probes.{name} = {{ type = \"{name}\", … }} to it (it has: {})",
+                    self.probes.keys().cloned().collect::<Vec<_>>().join(", ")
+                ))
+                .with_kind("HealthCheck.UnknownProbe")
+            }),
+        }
     }
 }
 
 impl Stage for HealthCheck {
     fn process<'a>(&'a self, mut event: Event, next: Next<'a>) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            match self.probe.check(&event).await {
+            let probe = match self.probe_for(&event) {
+                Ok(p) => p.clone(),
+                Err(e) => return Outcome::failed(e),
+            };
+            match probe.check(&event).await {
                 Ok(report) => {
                     tracing::info!(healthy = report.healthy, reason = %report.reason, "health checked");
                     event.add_result(self.result_key.as_deref(), report.to_json());

@@ -207,28 +207,35 @@ fn numbers(answer: &Value) -> Result<Vec<f64>, String> {
     }
 }
 
-impl PrometheusProbe {
-    fn uri(&self, query: &str) -> Result<Uri, String> {
-        let mut encoded = String::new();
-        for b in query.bytes() {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                encoded.push(char::from(b));
-            } else {
-                encoded.push_str(&format!("%{b:02X}"));
-            }
+/// The URL of the instant query `query` on the Prometheus at `address`.
+fn query_uri(address: &str, query: &str) -> Result<Uri, String> {
+    let mut encoded = String::new();
+    for b in query.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            encoded.push(char::from(b));
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
         }
-        let base = self.config.address.trim_end_matches('/');
-        format!("{base}/api/v1/query?query={encoded}")
-            .parse()
-            .map_err(|e| format!("the query URL: {e}"))
     }
+    let base = address.trim_end_matches('/');
+    format!("{base}/api/v1/query?query={encoded}")
+        .parse()
+        .map_err(|e| format!("the query URL: {e}"))
+}
 
-    async fn measure(&self, uri: &Uri) -> Result<Vec<f64>, String> {
-        let (status, body) = client::send(&self.tls, Method::GET, uri, None, self.config.timeout).await?;
-        let answer: Value = serde_json::from_slice(&body)
-            .map_err(|e| format!("HTTP {status}: not a Prometheus answer: {e}"))?;
-        numbers(&answer)
-    }
+/// One instant query: the numbers of its answer, or why there are none. Shared with the
+/// `observed-split` probe's Prometheus source.
+pub(super) async fn instant_query(
+    tls: &Tls,
+    address: &str,
+    query: &str,
+    timeout: Duration,
+) -> Result<Vec<f64>, String> {
+    let uri = query_uri(address, query)?;
+    let (status, body) = client::send(tls, Method::GET, &uri, None, timeout).await?;
+    let answer: Value =
+        serde_json::from_slice(&body).map_err(|e| format!("HTTP {status}: not a Prometheus answer: {e}"))?;
+    numbers(&answer)
 }
 
 impl HealthProbe for PrometheusProbe {
@@ -239,14 +246,15 @@ impl HealthProbe for PrometheusProbe {
                 .query
                 .render(event)
                 .map_err(|e| StageError::permanent(format!("probe.query: {e}")))?;
-            let uri = self.uri(&query).map_err(StageError::permanent)?;
+            query_uri(&self.config.address, &query).map_err(StageError::permanent)?;
             let limits = self.config.limits();
             let (mut tally, mut checks) = (Tally::default(), Vec::new());
             for n in 1..=self.config.count {
                 if n > 1 {
                     self.clock.sleep(self.config.interval).await;
                 }
-                let (measurement, check) = match self.measure(&uri).await {
+                let answer = instant_query(&self.tls, &self.config.address, &query, self.config.timeout).await;
+                let (measurement, check) = match answer {
                     Ok(values) => {
                         let passed = values.iter().all(|v| self.condition.holds(*v));
                         let m = if passed {
