@@ -5,8 +5,9 @@
 //! recorded ECS trace of a green deployment (3 tasks, duplicates, noise from other services and
 //! clusters) through the shipped pipeline `pipelines/catsndogs.toml`: one rollout starts, the
 //! embedded engine runs the canary of `pipelines/canary.strategy.toml` (10% → 50% → 100%, health checks between),
-//! and the demo shows each weight step with DNS answers sampled from the zone, each health
-//! check, and the end. `--fail-green` makes green answer 500 once it has 50% of the traffic, so
+//! and the demo shows each weight step with DNS answers sampled from the zone, the split its
+//! clients actually observed beside the weight set (the canary's observed-split gate, on in the
+//! demo), each health check, and the end. `--fail-green` makes green answer 500 once it has 50% of the traffic, so
 //! the state machine rolls back to 100% blue.
 
 use std::convert::Infallible;
@@ -214,6 +215,9 @@ fn executions(dir: &Path) -> Vec<ExecutionRecord> {
 #[derive(Default)]
 struct Progress {
     seen: usize,
+    /// Held by the demo's 100-lookup samples, so they are consecutive answers (which follow the
+    /// weights exactly) while the clients keep looking the name up around them.
+    lookups: Arc<tokio::sync::Mutex<()>>,
     /// Ended by an operator's abort.
     aborted: bool,
     weights: Vec<[u64; 2]>,
@@ -242,10 +246,29 @@ async fn report_history(dir: &Path, progress: &mut Progress, dns: SocketAddr, ou
                     output["green"].as_u64().unwrap_or(0),
                 );
                 progress.weights.push([b, g]);
-                let (db, dg) = sample_dns(dns).await;
+                let (db, dg) = {
+                    let _alone = progress.lookups.lock().await;
+                    sample_dns(dns).await
+                };
                 out.say(
                     &format!("  shift   blue {b:>3}% / green {g:>3}%   dig www.catsndogs.lol ×{DNS_SAMPLES}: {db} blue, {dg} green"),
                     json!({"step": "shift", "blue": b, "green": g, "dns": {"blue": db, "green": dg}}),
+                );
+            }
+            EventKind::TaskSucceeded { resource, output }
+                if resource.ends_with("cutover-health-check") && output["checks"][0].get("set").is_some() =>
+            {
+                let check = &output["checks"][0];
+                let state = output["State"].as_str().unwrap_or("?");
+                let answers = check["blue"].as_f64().unwrap_or(0.0) + check["green"].as_f64().unwrap_or(0.0);
+                let observed = check["observed"].as_f64();
+                out.say(
+                    &format!(
+                        "  observe set green {:>3}% → observed {} of {answers} DNS answers: {state}",
+                        check["set"],
+                        observed.map_or("—".to_owned(), |o| format!("{o:.1}%")),
+                    ),
+                    json!({"step": "observe", "set": check["set"], "observed": observed, "answers": answers, "state": state, "reason": output["reason"]}),
                 );
             }
             EventKind::TaskSucceeded { resource, output } if resource.ends_with("cutover-health-check") => {
@@ -323,6 +346,12 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .with_var(
             "CUTOVER_PIPELINES__HEALTH_CHECK__STAGES__1__PROBE__URL",
             format!("http://{GREEN}:{http_port}/"),
+        )
+        // Before each bake the canary checks that green actually receives the weight set,
+        // counting the answers the zone gives the demo's clients.
+        .with_var(
+            "CUTOVER_PIPELINES__ECS_EVENTS__STAGES__START_STATE_MACHINE__CONTROL__OBSERVE_SPLIT",
+            "true",
         )
         // Each 1 s tick of a wait costs a few milliseconds of bookkeeping, which the demo's
         // speed-up multiplies: it ticks every 5 s of its time instead.
@@ -454,6 +483,20 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let hold = Duration::from_secs_f64(180.0 / speed);
     let executions_dir = data.join("executions");
     let mut progress = Progress::default();
+    // The clients of www.catsndogs.lol: a lookup every 2 ms, whose answers the canary's
+    // observed-split gate counts.
+    let _clients = {
+        let lookups = progress.lookups.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            loop {
+                {
+                    let _turn = lookups.lock().await;
+                    let _ = query_address(dns, "www.catsndogs.lol").await;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }))
+    };
     let drained = cx.background().drain();
     tokio::pin!(drained);
     loop {
