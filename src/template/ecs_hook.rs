@@ -97,18 +97,26 @@ mod tests {
         let allowed = &role["Policies"][0]["PolicyDocument"]["Statement"];
         assert_eq!(allowed.as_array().unwrap().len(), 1, "{allowed}");
         assert_eq!(allowed[0]["Action"], json!(["lambda:InvokeFunction"]));
-        assert_eq!(allowed[0]["Resource"], json!([{"Fn::GetAtt": ["JudgeTestFunction", "Arn"]}]));
+        assert_eq!(
+            allowed[0]["Resource"],
+            json!([{"Fn::GetAtt": ["JudgeTestFunction", "Arn"]}])
+        );
         let env = &r["JudgeProdFunction"]["Properties"]["Environment"]["Variables"];
         assert_eq!(
             env["CUTOVER_PIPELINES__JUDGE_PROD__ECS_HOOK__STORE"]["Fn::Sub"],
             "{\"type\": \"dynamodb\", \"table\": \"${EcsHookTable}\"}"
         );
-        let entry = t["Outputs"]["JudgeTestEcsLifecycleHook"]["Value"]["Fn::Sub"].as_str().unwrap();
+        let entry = t["Outputs"]["JudgeTestEcsLifecycleHook"]["Value"]["Fn::Sub"]
+            .as_str()
+            .unwrap();
         assert!(
             entry.contains("${JudgeTestFunction.Arn}") && entry.contains("[\"POST_TEST_TRAFFIC_SHIFT\"]"),
             "{entry}"
         );
         let policy = serde_json::to_string(&r["JudgeTestRole"]).unwrap();
-        assert!(policy.contains("dynamodb:PutItem") && policy.contains("EcsHookTable"), "{policy}");
+        assert!(
+            policy.contains("dynamodb:PutItem") && policy.contains("EcsHookTable"),
+            "{policy}"
+        );
     }
 }

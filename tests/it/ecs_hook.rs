@@ -74,7 +74,10 @@ impl Green {
     fn env(&self) -> Vec<(&'static str, String)> {
         let url = format!("http://127.0.0.1:{}/", self.port);
         vec![
-            ("CUTOVER_PIPELINES__GREEN_STARTED__STAGES__1__PROBE__URL", url.clone()),
+            (
+                "CUTOVER_PIPELINES__GREEN_STARTED__STAGES__1__PROBE__URL",
+                url.clone(),
+            ),
             ("CUTOVER_PIPELINES__TEST_TRAFFIC__STAGES__1__PROBE__URL", url),
             (
                 "CUTOVER_PIPELINES__PRODUCTION_TRAFFIC__STAGES__1__PROBE__ADDRESS",
@@ -123,7 +126,10 @@ fn drive_stages(
                 break;
             }
         }
-        let done = answers.last().map(|a| a.body["hookStatus"] == "SUCCEEDED").unwrap_or(false);
+        let done = answers
+            .last()
+            .map(|a| a.body["hookStatus"] == "SUCCEEDED")
+            .unwrap_or(false);
         out.push((payload["lifecycleStage"].as_str().unwrap().to_owned(), answers));
         if !done {
             break;
@@ -187,7 +193,11 @@ fn a_full_ecs_native_deployment_is_judged_stage_by_stage() {
             ("POST_SCALE_UP".to_owned(), vec!["SUCCEEDED".to_owned()]),
             (
                 "POST_TEST_TRAFFIC_SHIFT".to_owned(),
-                vec!["IN_PROGRESS+30s".into(), "IN_PROGRESS+30s".into(), "SUCCEEDED".into()]
+                vec![
+                    "IN_PROGRESS+30s".into(),
+                    "IN_PROGRESS+30s".into(),
+                    "SUCCEEDED".into()
+                ]
             ),
             (
                 "PRODUCTION_TRAFFIC_SHIFT".to_owned(),
@@ -210,7 +220,10 @@ fn a_full_ecs_native_deployment_is_judged_stage_by_stage() {
     green.sick.store(true, Ordering::SeqCst);
     let mut child = start(&api, data.path(), &green.env());
     calls += 1;
-    api.push(&format!("h{calls}"), fixture("ecs-hooks/2-post-test-traffic-shift.json"));
+    api.push(
+        &format!("h{calls}"),
+        fixture("ecs-hooks/2-post-test-traffic-shift.json"),
+    );
     let again = answer_to(&api, calls);
     child.kill().unwrap();
     child.wait().unwrap();
@@ -283,12 +296,27 @@ fn hook_state_in_dynamodb_is_shared_and_written_once_per_version() {
             expires_at,
         };
         assert!(store.put(&record(1, 100), 10).await.unwrap());
-        assert!(!store.put(&record(1, 100), 10).await.unwrap(), "a second first write loses");
+        assert!(
+            !store.put(&record(1, 100), 10).await.unwrap(),
+            "a second first write loses"
+        );
         assert!(store.put(&record(2, 100), 10).await.unwrap());
-        assert!(!store.put(&record(2, 100), 10).await.unwrap(), "an overlapping write loses");
-        assert_eq!(store.get(&record(0, 0).key, 10).await.unwrap().unwrap().version, 2);
-        assert!(store.get(&record(0, 0).key, 100).await.unwrap().is_none(), "expired");
-        assert!(store.put(&record(1, 300), 200).await.unwrap(), "an expired record is replaced");
+        assert!(
+            !store.put(&record(2, 100), 10).await.unwrap(),
+            "an overlapping write loses"
+        );
+        assert_eq!(
+            store.get(&record(0, 0).key, 10).await.unwrap().unwrap().version,
+            2
+        );
+        assert!(
+            store.get(&record(0, 0).key, 100).await.unwrap().is_none(),
+            "expired"
+        );
+        assert!(
+            store.put(&record(1, 300), 200).await.unwrap(),
+            "an expired record is replaced"
+        );
     });
 
     // The shipped file with its test-traffic hook on that table, in two sandboxes in turn.
@@ -311,6 +339,45 @@ fn hook_state_in_dynamodb_is_shared_and_written_once_per_version() {
         child.kill().unwrap();
         child.wait().unwrap();
     }
-    let statuses: Vec<&str> = answers.iter().map(|a| a["hookStatus"].as_str().unwrap_or("?")).collect();
-    assert_eq!(statuses, ["IN_PROGRESS", "IN_PROGRESS", "SUCCEEDED"], "{answers:?}");
+    let statuses: Vec<&str> = answers
+        .iter()
+        .map(|a| a["hookStatus"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        statuses,
+        ["IN_PROGRESS", "IN_PROGRESS", "SUCCEEDED"],
+        "{answers:?}"
+    );
+}
+
+#[test]
+fn validate_names_every_ecs_hook_problem_with_its_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hooks.toml");
+    std::fs::write(
+        &file,
+        "[pipelines.a]\necs_hook = { stages = [\"POST_TEST_TRAFIC_SHIFT\"], count = 0 }\n\
+         [[pipelines.a.stages]]\ntype = \"notify\"\nfile = \"x.jsonl\"\n\
+         [pipelines.b]\necs_hook = { stages = [\"PRE_SCALE_UP\"], callback_delay = \"1500ms\" }\n\
+         [[pipelines.b.stages]]\ntype = \"notify\"\nfile = \"x.jsonl\"\n\
+         [pipelines.c]\necs_hook = { stages = [\"POST_SCALE_UP\"], store = { type = \"dynamodb\" } }\n\
+         [[pipelines.c.stages]]\ntype = \"notify\"\nfile = \"x.jsonl\"\n\
+         [pipelines.d]\necs_hook = { stages = [\"POST_SCALE_UP\"] }\n\
+         [[pipelines.d.stages]]\ntype = \"notify\"\nfile = \"x.jsonl\"\n\
+         [pipelines.e]\necs_hook = { stages = [\"POST_SCALE_UP\"] }\n\
+         [[pipelines.e.stages]]\ntype = \"notify\"\nfile = \"x.jsonl\"\n",
+    )
+    .unwrap();
+    let out = crate::cutover().arg("validate").arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    for expected in [
+        "pipeline \"a\", field \"ecs_hook.stages[0]\": \"POST_TEST_TRAFIC_SHIFT\" is not an ECS lifecycle stage",
+        "pipeline \"a\", field \"ecs_hook.count\": must be at least 1",
+        "pipeline \"b\", field \"ecs_hook.callback_delay\": whole seconds",
+        "pipeline \"c\", field \"ecs_hook.store\": missing field `table`",
+        "pipeline \"e\", field \"ecs_hook.stages\": POST_SCALE_UP is already answered by pipeline \"d\"",
+    ] {
+        assert!(stderr.contains(expected), "{expected:?} not in:\n{stderr}");
+    }
 }

@@ -278,7 +278,11 @@ pub(crate) fn spawn_with(
         .env("CUTOVER_CLOCK", "virtual")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(std::process::Stdio::piped())
-        .stderr(if std::env::var_os("DEBUG_LAMBDA").is_some() { std::process::Stdio::inherit() } else { std::process::Stdio::null() })
+        .stderr(if std::env::var_os("DEBUG_LAMBDA").is_some() {
+            std::process::Stdio::inherit()
+        } else {
+            std::process::Stdio::null()
+        })
         .spawn()
         .unwrap()
 }

@@ -32,7 +32,8 @@ fn green_page() -> u16 {
                     break;
                 }
             }
-            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\ncats v3");
+            let _ =
+                conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\ncats v3");
         }
     });
     port
@@ -63,8 +64,14 @@ async fn deploy(extra: &[(&str, &str)]) -> Run {
     let data = tempfile::tempdir().unwrap();
     let dns = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
     let mut loader = Loader::new()
-        .with_var("CUTOVER_PIPELINES__TRAFFIC_SHIFT__STAGES__1__ROUTER__LISTEN", dns.to_string())
-        .with_var("CUTOVER_PIPELINES__TRAFFIC_SHIFT__STAGES__1__ROUTER__SERVE", "true")
+        .with_var(
+            "CUTOVER_PIPELINES__TRAFFIC_SHIFT__STAGES__1__ROUTER__LISTEN",
+            dns.to_string(),
+        )
+        .with_var(
+            "CUTOVER_PIPELINES__TRAFFIC_SHIFT__STAGES__1__ROUTER__SERVE",
+            "true",
+        )
         .with_var(
             "CUTOVER_PIPELINES__HEALTH_CHECK__STAGES__1__PROBE__URL",
             format!("http://127.0.0.1:{}/", green_page()),
@@ -109,7 +116,10 @@ async fn deploy(extra: &[(&str, &str)]) -> Run {
     stop.store(true, Ordering::SeqCst);
     clients.await.unwrap();
 
-    let records = FileStore::new(data.path().join("executions")).unwrap().list().unwrap();
+    let records = FileStore::new(data.path().join("executions"))
+        .unwrap()
+        .list()
+        .unwrap();
     let [record] = records.as_slice() else {
         panic!("one rollout: {}", records.len())
     };
@@ -130,7 +140,7 @@ async fn deploy(extra: &[(&str, &str)]) -> Run {
         }
     }
     Run {
-        status: record.status.clone(),
+        status: record.status,
         error,
         cause,
         entered,
@@ -143,8 +153,18 @@ async fn deploy(extra: &[(&str, &str)]) -> Run {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gate_passes_a_split_that_follows_the_weights_and_holds_one_that_lags() {
     let agree = deploy(&[]).await;
-    assert_eq!(agree.status, ExecutionStatus::Succeeded, "{:?} {:?}", agree.error, agree.cause);
-    let gates: Vec<&String> = agree.entered.iter().filter(|s| s.starts_with("ObserveSplit")).collect();
+    assert_eq!(
+        agree.status,
+        ExecutionStatus::Succeeded,
+        "{:?} {:?}",
+        agree.error,
+        agree.cause
+    );
+    let gates: Vec<&String> = agree
+        .entered
+        .iter()
+        .filter(|s| s.starts_with("ObserveSplit"))
+        .collect();
     assert_eq!(gates, ["ObserveSplit10", "ObserveSplit50", "ObserveSplit100"]);
     for (observed, set) in agree.observed.iter().zip([10, 50, 100]) {
         assert_eq!(observed["State"], "healthy", "{observed}");
@@ -156,7 +176,11 @@ async fn the_gate_passes_a_split_that_follows_the_weights_and_holds_one_that_lag
     assert!(agree.answers > 0);
 
     // The DNS answers lag the weights by an hour: green is set to 10% but receives nothing.
-    let lag = deploy(&[("CUTOVER_PIPELINES__TRAFFIC_SHIFT__STAGES__1__ROUTER__ANSWER_LAG", "1h")]).await;
+    let lag = deploy(&[(
+        "CUTOVER_PIPELINES__TRAFFIC_SHIFT__STAGES__1__ROUTER__ANSWER_LAG",
+        "1h",
+    )])
+    .await;
     assert_eq!(lag.status, ExecutionStatus::Failed);
     assert_eq!(lag.error.as_deref(), Some("Canary.SplitNotObserved"));
     let cause = lag.cause.unwrap_or_default();

@@ -558,7 +558,10 @@ async fn the_ecs_native_hook_functions_deploy_with_their_table_and_the_role_ecs_
         .await
         .unwrap();
     assert_eq!(
-        described.table().and_then(|t| t.key_schema().first()).map(|k| k.attribute_name()),
+        described
+            .table()
+            .and_then(|t| t.key_schema().first())
+            .map(|k| k.attribute_name()),
         Some("pk")
     );
     // The role ECS assumes may invoke that function and nothing else.
@@ -573,17 +576,37 @@ async fn the_ecs_native_hook_functions_deploy_with_their_table_and_the_role_ecs_
         .send()
         .await
         .unwrap();
-    let trust = role.role().map(|r| r.assume_role_policy_document().unwrap_or("")).unwrap_or("");
+    let trust = role
+        .role()
+        .map(|r| r.assume_role_policy_document().unwrap_or(""))
+        .unwrap_or("");
     assert!(policy_json(trust).contains("ecs.amazonaws.com"), "{trust}");
     // The function's own role reads and writes the hook table.
     let function_role = stack.physical("TestTrafficRole");
     let own = stack.policy(&function_role, "cutover-test-traffic").await;
-    assert!(statement(&own, "dynamodb:PutItem").to_string().contains("dynamodb"), "{own}");
+    assert!(
+        statement(&own, "dynamodb:PutItem")
+            .to_string()
+            .contains("dynamodb"),
+        "{own}"
+    );
     // The output is the lifecycleHooks entry, ARNs resolved.
     let entry: Value = serde_json::from_str(&stack.output("TestTrafficEcsLifecycleHook")).unwrap();
-    assert_eq!(entry["lifecycleStages"], serde_json::json!(["POST_TEST_TRAFFIC_SHIFT"]));
-    assert!(entry["hookTargetArn"].as_str().unwrap().starts_with("arn:aws:lambda:"), "{entry}");
-    assert!(entry["roleArn"].as_str().unwrap().starts_with("arn:aws:iam::"), "{entry}");
+    assert_eq!(
+        entry["lifecycleStages"],
+        serde_json::json!(["POST_TEST_TRAFFIC_SHIFT"])
+    );
+    assert!(
+        entry["hookTargetArn"]
+            .as_str()
+            .unwrap()
+            .starts_with("arn:aws:lambda:"),
+        "{entry}"
+    );
+    assert!(
+        entry["roleArn"].as_str().unwrap().starts_with("arn:aws:iam::"),
+        "{entry}"
+    );
     let production: Value = serde_json::from_str(&stack.output("ProductionTrafficEcsLifecycleHook")).unwrap();
     assert_eq!(
         production["lifecycleStages"],

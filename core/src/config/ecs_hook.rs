@@ -102,14 +102,20 @@ impl EcsHookSpec {
         if self.stages.is_empty() {
             out.push((
                 "stages".to_owned(),
-                format!("name at least one lifecycle stage: {}", LIFECYCLE_STAGES.join(", ")),
+                format!(
+                    "name at least one lifecycle stage: {}",
+                    LIFECYCLE_STAGES.join(", ")
+                ),
             ));
         }
         for (i, s) in self.stages.iter().enumerate() {
             if !LIFECYCLE_STAGES.contains(&s.as_str()) {
                 out.push((
                     format!("stages[{i}]"),
-                    format!("{s:?} is not an ECS lifecycle stage; expected one of: {}", LIFECYCLE_STAGES.join(", ")),
+                    format!(
+                        "{s:?} is not an ECS lifecycle stage; expected one of: {}",
+                        LIFECYCLE_STAGES.join(", ")
+                    ),
                 ));
             }
         }

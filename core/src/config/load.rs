@@ -240,20 +240,28 @@ fn ecs_hook(name: &str, value: Value, problems: &mut Problems<'_>) -> Option<Ecs
         Ok(spec) => {
             let found = spec.problems();
             for (field, message) in &found {
-                problems.at(Some(name), None, Some(&format!("ecs_hook.{field}")), message.clone());
+                problems.at(
+                    Some(name),
+                    None,
+                    Some(&format!("ecs_hook.{field}")),
+                    message.clone(),
+                );
             }
             found.is_empty().then_some(spec)
         }
         Err(e) => {
-            let path = e.path().to_string();
-            let field = if path == "." {
-                "ecs_hook".to_owned()
-            } else {
-                format!("ecs_hook.{path}")
-            };
+            let field = field_below("ecs_hook", &e);
             problems.at(Some(name), None, Some(&field), e.into_inner().to_string());
             None
         }
+    }
+}
+
+/// The field a `serde_path_to_error` error names, below the table `prefix`.
+pub(super) fn field_below<E>(prefix: &str, e: &serde_path_to_error::Error<E>) -> String {
+    match e.path().to_string() {
+        path if path == "." => prefix.to_owned(),
+        path => format!("{prefix}.{path}"),
     }
 }
 
@@ -267,7 +275,9 @@ fn one_pipeline_per_hook_stage(pipelines: &[PipelineSpec], problems: &mut Proble
                     Some(&p.name),
                     None,
                     Some("ecs_hook.stages"),
-                    format!("{stage} is already answered by pipeline {first:?}: one pipeline per lifecycle stage"),
+                    format!(
+                        "{stage} is already answered by pipeline {first:?}: one pipeline per lifecycle stage"
+                    ),
                 );
             }
         }

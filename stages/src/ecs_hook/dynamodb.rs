@@ -98,7 +98,11 @@ impl HookStore for DynamoHookStore {
                 ("expires_at".to_owned(), n(record.expires_at)),
                 ("record".to_owned(), s(&json)),
             ]);
-            let mut put = self.client.put_item().table_name(&self.table).set_item(Some(item));
+            let mut put = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item));
             put = if record.version <= 1 {
                 put.condition_expression("attribute_not_exists(pk) OR expires_at <= :now")
                     .expression_attribute_values(":now", n(now_s))

@@ -19,7 +19,8 @@ pub struct FileHookStore {
 }
 
 fn io_error(what: &str, path: &Path, e: io::Error) -> StageError {
-    StageError::retryable(format!("ECS hook store: cannot {what} {}: {e}", path.display())).with_kind("EcsHook.Store")
+    StageError::retryable(format!("ECS hook store: cannot {what} {}: {e}", path.display()))
+        .with_kind("EcsHook.Store")
 }
 
 impl FileHookStore {
@@ -46,7 +47,9 @@ impl FileHookStore {
     }
 
     fn sweep(&self, now_s: u64) {
-        let Ok(entries) = fs::read_dir(&self.dir) else { return };
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().is_some_and(|e| e == "json") && matches!(Self::read(&path, now_s), Ok(None)) {
@@ -115,8 +118,14 @@ mod tests {
         let store = FileHookStore::new(dir.path().join("hooks"));
         assert!(store.get("k", 10).await.unwrap().is_none());
         assert!(store.put(&record("k", 1, 100), 10).await.unwrap());
-        assert!(!store.put(&record("k", 1, 100), 10).await.unwrap(), "version 1 again loses");
-        assert!(!store.put(&record("k", 3, 100), 10).await.unwrap(), "a skipped version loses");
+        assert!(
+            !store.put(&record("k", 1, 100), 10).await.unwrap(),
+            "version 1 again loses"
+        );
+        assert!(
+            !store.put(&record("k", 3, 100), 10).await.unwrap(),
+            "a skipped version loses"
+        );
         assert!(store.put(&record("k", 2, 100), 10).await.unwrap());
         assert_eq!(store.get("k", 10).await.unwrap().unwrap().version, 2);
         // Past its expiry the record is absent, and a new hook execution starts over.

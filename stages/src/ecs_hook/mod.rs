@@ -184,7 +184,9 @@ impl EcsHooks {
             let Some(hook) = &spec.ecs_hook else { continue };
             let pipeline = file.build(&spec.name, cx).await?;
             let store: Arc<dyn HookStore> = match &hook.store {
-                HookStoreSpec::Local { path } => Arc::new(files::FileHookStore::new(cx.data_dir().join(path))),
+                HookStoreSpec::Local { path } => {
+                    Arc::new(files::FileHookStore::new(cx.data_dir().join(path)))
+                }
                 HookStoreSpec::Dynamodb { table } => Arc::new(dynamodb::DynamoHookStore::new(
                     aws_sdk_dynamodb::Client::new(cx.aws_config().await),
                     table.clone(),
@@ -216,7 +218,8 @@ impl EcsHooks {
     /// (retryable).
     pub async fn answer(&self, payload: Value) -> Result<HookResponse, StageError> {
         let request: HookRequest = serde_json::from_value(payload.clone()).map_err(|e| {
-            StageError::permanent(format!("not an ECS lifecycle hook request: {e}")).with_kind("EcsHook.BadRequest")
+            StageError::permanent(format!("not an ECS lifecycle hook request: {e}"))
+                .with_kind("EcsHook.BadRequest")
         })?;
         let Some(judge) = self.judges.get(&request.lifecycle_stage) else {
             let reason = format!(
@@ -295,8 +298,12 @@ fn respond(
 /// failure).
 fn measurement(outcome: Outcome) -> Result<Measurement, String> {
     match outcome {
-        Outcome::Passed { context } => Ok(unhealthy_reason(&context).map_or(Measurement::Passed, Measurement::Failed)),
-        Outcome::Dropped { stage, reason } => Ok(Measurement::Failed(format!("dropped by {stage}: {reason}"))),
+        Outcome::Passed { context } => {
+            Ok(unhealthy_reason(&context).map_or(Measurement::Passed, Measurement::Failed))
+        }
+        Outcome::Dropped { stage, reason } => {
+            Ok(Measurement::Failed(format!("dropped by {stage}: {reason}")))
+        }
         Outcome::Failed { stage, error } if error.retryable => {
             Ok(Measurement::Inconclusive(format!("{stage}: {}", error.message)))
         }
@@ -308,8 +315,12 @@ fn measurement(outcome: Outcome) -> Result<Measurement, String> {
 /// under one key (a `result_key`).
 fn unhealthy_reason(context: &Map<String, Value>) -> Option<String> {
     let of = |m: &Map<String, Value>| {
-        (m.get("State").and_then(Value::as_str) == Some("unhealthy"))
-            .then(|| m.get("reason").and_then(Value::as_str).unwrap_or("unhealthy").to_owned())
+        (m.get("State").and_then(Value::as_str) == Some("unhealthy")).then(|| {
+            m.get("reason")
+                .and_then(Value::as_str)
+                .unwrap_or("unhealthy")
+                .to_owned()
+        })
     };
     of(context).or_else(|| context.values().filter_map(Value::as_object).find_map(of))
 }
@@ -323,7 +334,12 @@ impl StageJudge {
         }
     }
 
-    async fn answer(&self, request: &HookRequest, payload: Value, clock: &dyn Clock) -> Result<HookResponse, StageError> {
+    async fn answer(
+        &self,
+        request: &HookRequest,
+        payload: Value,
+        clock: &dyn Clock,
+    ) -> Result<HookResponse, StageError> {
         let now_ms = epoch_ms(clock);
         let now_s = now_ms / 1000;
         let key = key_of(request);
@@ -354,7 +370,11 @@ impl StageJudge {
                     self.spec.timeout.as_secs(),
                     record.tally.taken(),
                     self.spec.count,
-                    if record.tally.last.is_empty() { "still collecting" } else { &record.tally.last }
+                    if record.tally.last.is_empty() {
+                        "still collecting"
+                    } else {
+                        &record.tally.last
+                    }
                 ),
             });
         } else {
@@ -374,7 +394,10 @@ impl StageJudge {
                 }
             }
             if next.verdict.is_none() {
-                next.verdict = match next.tally.verdict(&self.limits(), &format!("pipeline {:?}", self.pipeline_name)) {
+                next.verdict = match next
+                    .tally
+                    .verdict(&self.limits(), &format!("pipeline {:?}", self.pipeline_name))
+                {
                     Verdict::Healthy(reason) => Some(Final {
                         status: HookStatus::Succeeded,
                         reason,

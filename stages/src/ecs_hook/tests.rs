@@ -28,7 +28,10 @@ fn healthy(yes: bool) -> Outcome {
 
 fn hooks(spec: &str, script: Vec<Outcome>, dir: &std::path::Path, clock: Arc<ManualClock>) -> EcsHooks {
     let spec: EcsHookSpec = toml::from_str(spec).unwrap();
-    let pipeline = Pipeline::from_stages("judge", vec![("health-check".into(), Arc::new(Scripted(Mutex::new(script))) as _)]);
+    let pipeline = Pipeline::from_stages(
+        "judge",
+        vec![("health-check".into(), Arc::new(Scripted(Mutex::new(script))) as _)],
+    );
     let judge = Arc::new(StageJudge {
         pipeline_name: "judge".into(),
         spec: spec.clone(),
@@ -65,7 +68,9 @@ fn requests_parse_keep_unknown_fields_and_round_trip() {
     let mut v = request("POST_TEST_TRAFFIC_SHIFT", Some(json!({"team": "cats"})));
     v["newField"] = json!(1);
     assert!(is_hook_request(&v));
-    assert!(!is_hook_request(&json!({"source": "aws.ecs", "detail-type": "x"})));
+    assert!(!is_hook_request(
+        &json!({"source": "aws.ecs", "detail-type": "x"})
+    ));
     let r: HookRequest = serde_json::from_value(v.clone()).unwrap();
     assert_eq!(r.lifecycle_stage, "POST_TEST_TRAFFIC_SHIFT");
     assert_eq!(serde_json::to_value(&r).unwrap(), v);
@@ -93,9 +98,16 @@ async fn collects_in_progress_then_succeeds_and_repeats_the_verdict() {
     let mut details = Some(json!({"team": "cats"}));
     let mut statuses = Vec::new();
     for _ in 0..3 {
-        let a = h.answer(request("POST_TEST_TRAFFIC_SHIFT", details.clone())).await.unwrap();
+        let a = h
+            .answer(request("POST_TEST_TRAFFIC_SHIFT", details.clone()))
+            .await
+            .unwrap();
         statuses.push((a.hook_status, a.call_back_delay));
-        assert_eq!(a.hook_details.as_ref().unwrap()["team"], "cats", "the configured details are kept");
+        assert_eq!(
+            a.hook_details.as_ref().unwrap()["team"],
+            "cats",
+            "the configured details are kept"
+        );
         details = a.hook_details;
         clock.advance(Duration::from_secs(20));
     }
@@ -112,7 +124,10 @@ async fn collects_in_progress_then_succeeds_and_repeats_the_verdict() {
     assert_eq!(d["cutover"]["failed"], 1);
     // Asked again (a retried invocation): the same verdict, and the pipeline is not run again
     // (its script is empty: running it would panic).
-    let again = h.answer(request("POST_TEST_TRAFFIC_SHIFT", Some(d))).await.unwrap();
+    let again = h
+        .answer(request("POST_TEST_TRAFFIC_SHIFT", Some(d)))
+        .await
+        .unwrap();
     assert_eq!(again.hook_status, HookStatus::Succeeded);
 }
 
@@ -140,7 +155,12 @@ async fn fails_with_the_reason_on_unhealthy_on_a_permanent_failure_and_on_timeou
     );
     let a = h.answer(request("POST_SCALE_UP", None)).await.unwrap();
     assert_eq!(a.hook_status, HookStatus::Failed);
-    assert!(a.hook_details.unwrap()["reason"].as_str().unwrap().contains("no such target group"));
+    assert!(
+        a.hook_details.unwrap()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no such target group")
+    );
 
     // Still collecting when the hook's time is up: FAILED, saying so.
     let dir = tempfile::tempdir().unwrap();
@@ -156,7 +176,10 @@ async fn fails_with_the_reason_on_unhealthy_on_a_permanent_failure_and_on_timeou
     let a = h.answer(request("POST_SCALE_UP", a.hook_details)).await.unwrap();
     assert_eq!(a.hook_status, HookStatus::Failed);
     let reason = a.hook_details.unwrap()["reason"].as_str().unwrap().to_owned();
-    assert!(reason.contains("no verdict within 60s (1 of 5") && reason.contains("connection refused"), "{reason}");
+    assert!(
+        reason.contains("no verdict within 60s (1 of 5") && reason.contains("connection refused"),
+        "{reason}"
+    );
 }
 
 #[tokio::test]
@@ -167,7 +190,10 @@ async fn an_unanswered_stage_and_a_bad_payload_are_named() {
     let a = h.answer(request("PRE_SCALE_UP", None)).await.unwrap();
     assert_eq!(a.hook_status, HookStatus::Failed);
     let reason = a.hook_details.unwrap()["reason"].as_str().unwrap().to_owned();
-    assert!(reason.contains("no pipeline answers PRE_SCALE_UP") && reason.contains("POST_SCALE_UP"), "{reason}");
+    assert!(
+        reason.contains("no pipeline answers PRE_SCALE_UP") && reason.contains("POST_SCALE_UP"),
+        "{reason}"
+    );
     let e = h
         .answer(json!({"executionDetails": {}, "lifecycleStage": "POST_SCALE_UP"}))
         .await

@@ -118,6 +118,29 @@ impl Tally {
             self.passed, self.failed, self.inconclusive
         ))
     }
+
+    /// The health report of a finished check: healthy only on a [`Verdict::Healthy`] (a check
+    /// that stopped short of `count` is unhealthy, saying so).
+    pub fn report(
+        &self,
+        limits: &Limits,
+        condition: &str,
+        checks: Vec<serde_json::Value>,
+    ) -> super::HealthReport {
+        let (healthy, reason) = match self.verdict(limits, condition) {
+            Verdict::Healthy(r) => (true, r),
+            Verdict::Unhealthy(r) => (false, r),
+            Verdict::Collecting => (
+                false,
+                format!("only {} of {} measurements taken", self.taken(), limits.count),
+            ),
+        };
+        super::HealthReport {
+            healthy,
+            checks,
+            reason,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -153,7 +176,10 @@ mod tests {
         let Verdict::Unhealthy(reason) = t.verdict(&LIMITS, "c") else {
             panic!("{t:?}")
         };
-        assert!(reason.contains("1 of 1 measurements inconclusive (limit 0): no samples"), "{reason}");
+        assert!(
+            reason.contains("1 of 1 measurements inconclusive (limit 0): no samples"),
+            "{reason}"
+        );
         let mut t = Tally::default();
         t.record(&Measurement::Failed("0.3".into()));
         t.record(&Measurement::Failed("0.5".into()));

@@ -59,7 +59,7 @@ use self::webhook::WebhookProbeConfig;
 
 cutover_core::register_stage!(
     "health-check",
-    "Probes green (HTTP with thresholds, or ELBv2 target health) and adds State = healthy | unhealthy for a Choice state."
+    "Probes green (HTTP, ELBv2 target health, Prometheus, a webhook, or the traffic split actually observed) and adds State = healthy | unhealthy for a Choice state."
 );
 
 /// Configuration of the `health-check` stage.
@@ -121,18 +121,27 @@ impl ProbeConfig {
             Deployment::default().timeout(u32::try_from(secs).unwrap_or(900))
         };
         match self {
-            ProbeConfig::Http(c) => Ok(budget(c.timeout.saturating_add(c.interval), u64::from(c.max_checks))),
-            ProbeConfig::Prometheus(c) => Ok(budget(c.timeout.saturating_add(c.interval), u64::from(c.count))),
-            ProbeConfig::Webhook(c) => Ok(budget(c.timeout.saturating_add(c.retry_interval), u64::from(c.retries) + 1)),
+            ProbeConfig::Http(c) => Ok(budget(
+                c.timeout.saturating_add(c.interval),
+                u64::from(c.max_checks),
+            )),
+            ProbeConfig::Prometheus(c) => {
+                Ok(budget(c.timeout.saturating_add(c.interval), u64::from(c.count)))
+            }
+            ProbeConfig::Webhook(c) => Ok(budget(
+                c.timeout.saturating_add(c.retry_interval),
+                u64::from(c.retries) + 1,
+            )),
             ProbeConfig::ObservedSplit(c) => match &c.source {
                 observed_split::SplitSourceConfig::Dns { .. } => Err(FieldError::new(
                     "probe.source",
                     "the dns source counts the answers of the embedded DNS server in the same process, which a \
                      Lambda function does not run: use source = { type = \"prometheus\", … } on AWS",
                 )),
-                observed_split::SplitSourceConfig::Prometheus { timeout, .. } => {
-                    Ok(budget(c.window.saturating_add(*timeout).saturating_add(*timeout), u64::from(c.count)))
-                }
+                observed_split::SplitSourceConfig::Prometheus { timeout, .. } => Ok(budget(
+                    c.window.saturating_add(*timeout).saturating_add(*timeout),
+                    u64::from(c.count),
+                )),
             },
             ProbeConfig::Elbv2(_) => Ok(Deployment::default().allow(Statement::new(
                 ["elasticloadbalancing:DescribeTargetHealth"],
@@ -185,7 +194,10 @@ impl StageConfig for HealthCheckConfig {
             for (name, p) in &self.probes {
                 named.insert(name.clone(), p.build(cx).await?);
             }
-            Ok(Arc::new(HealthCheck::new(probe, self.result_key.clone()).with_probes(named)) as Arc<dyn Stage>)
+            Ok(
+                Arc::new(HealthCheck::new(probe, self.result_key.clone()).with_probes(named))
+                    as Arc<dyn Stage>,
+            )
         })
     }
 
@@ -260,7 +272,11 @@ impl HealthCheck {
 
     /// The probe an event asks for: its `probe` field names one of `probes`; else `probe`.
     fn probe_for(&self, event: &Event) -> Result<&Arc<dyn HealthProbe>, StageError> {
-        let asked = event.json().ok().and_then(|v| v.get("probe")).and_then(Value::as_str);
+        let asked = event
+            .json()
+            .ok()
+            .and_then(|v| v.get("probe"))
+            .and_then(Value::as_str);
         match asked {
             None => Ok(&self.probe),
             Some(name) => self.probes.get(name).ok_or_else(|| {
@@ -354,12 +370,66 @@ mod tests {
         assert!(out.is_retryable());
     }
 
+    #[tokio::test]
+    async fn an_input_picks_a_named_probe_and_an_unknown_one_is_named() {
+        let healthy = |reason: &str| {
+            Arc::new(Fixed(Ok(HealthReport {
+                healthy: true,
+                checks: vec![],
+                reason: reason.into(),
+            }))) as Arc<dyn HealthProbe>
+        };
+        let stage = HealthCheck::new(healthy("default"), None)
+            .with_probes(BTreeMap::from([("observed-split".to_owned(), healthy("split"))]));
+        let reason = |input: Value| {
+            let stage = &stage;
+            async move {
+                match stage.process(Event::from_value(input), Next::end()).await {
+                    Outcome::Passed { context } => Ok(context["reason"].clone()),
+                    Outcome::Failed { error, .. } => Err(error.message),
+                    other => panic!("{other}"),
+                }
+            }
+        };
+        assert_eq!(reason(json!({"weight": 10})).await, Ok(json!("default")));
+        assert_eq!(
+            reason(json!({"weight": 10, "probe": "observed-split"})).await,
+            Ok(json!("split"))
+        );
+        let e = reason(json!({"probe": "latency"})).await.unwrap_err();
+        assert!(
+            e.contains("probes.latency") && e.contains("it has: observed-split"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_embedded_only_named_probe_is_refused_for_lambda_naming_it() {
+        let cfg: HealthCheckConfig = toml::from_str(
+            "probe = { type = \"http\", url = \"http://g/\" }\n\
+             probes = { observed-split = { type = \"observed-split\", source = { type = \"dns\", record = \"www.catsndogs.lol\" } } }",
+        )
+        .unwrap();
+        let cx = cutover_core::DeployContext {
+            file: "x.toml",
+            base_dir: std::path::Path::new("."),
+            pipeline: "health-check",
+            stage_index: 1,
+            stage_name: "health-check",
+            pipelines: &[],
+        };
+        let e = cfg.deployment(&cx).unwrap_err();
+        assert_eq!(e.field, "probes.observed-split.source");
+        assert!(e.message.contains("type = \"prometheus\""), "{}", e.message);
+    }
+
     #[test]
     fn every_config_round_trips_through_toml() {
         for text in [
             "probe = { type = \"http\", url = \"http://127.0.0.2:8080/health\" }",
             "result_key = \"health\"\nprobe = { type = \"http\", url = \"{endpoint}/health\", expect_status = \"200,204,300-302\", body_contains = \"ok\", timeout = \"500ms\", interval = \"1s\", healthy_threshold = 2, unhealthy_threshold = 3, max_checks = 5 }",
             "probe = { type = \"elbv2\", target_group_arn = \"arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/green/0123456789abcdef\", min_healthy_percent = 50 }",
+            "probe = { type = \"http\", url = \"http://g/\" }\nprobes = { observed-split = { type = \"observed-split\", source = { type = \"dns\", record = \"www.catsndogs.lol\" }, window = \"2s\", tolerance = 3.0 } }",
         ] {
             let cfg: HealthCheckConfig = toml::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"));
             assert!(

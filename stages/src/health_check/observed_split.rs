@@ -26,7 +26,7 @@ use cutover_core::{BoxFuture, BuildError, Event, FieldError, StageError, Templat
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::analysis::{Limits, Measurement, Tally, Verdict};
+use super::analysis::{Limits, Measurement, Tally};
 use super::http::Tls;
 use super::{HealthProbe, HealthReport, prometheus};
 use crate::traffic_shift::dns::served_store;
@@ -293,7 +293,9 @@ impl HealthProbe for ObservedSplitProbe {
                 .parse::<u8>()
                 .ok()
                 .filter(|w| *w <= 100)
-                .ok_or_else(|| StageError::permanent(format!("probe.weight: {text:?} is not a weight 0–100")))?;
+                .ok_or_else(|| {
+                    StageError::permanent(format!("probe.weight: {text:?} is not a weight 0–100"))
+                })?;
             let limits = Limits {
                 count: c.count,
                 failure_limit: c.failure_limit,
@@ -306,7 +308,8 @@ impl HealthProbe for ObservedSplitProbe {
                     Ok(split) => judge(*split, weight, c.tolerance, c.min_samples),
                     Err(why) => Measurement::Inconclusive(why.clone()),
                 };
-                let mut check = json!({"measurement": n, "set": weight, "passed": matches!(m, Measurement::Passed)});
+                let mut check =
+                    json!({"measurement": n, "set": weight, "passed": matches!(m, Measurement::Passed)});
                 if let Ok(split) = observed {
                     let total = split.blue + split.green;
                     check["blue"] = json!(split.blue);
@@ -328,16 +331,7 @@ impl HealthProbe for ObservedSplitProbe {
                 0 | 100 => format!("the split {}/{weight} exactly", 100 - weight),
                 w => format!("green within ±{} of {w}%", c.tolerance),
             };
-            let (healthy, reason) = match tally.verdict(&limits, &condition) {
-                Verdict::Healthy(r) => (true, r),
-                Verdict::Unhealthy(r) => (false, r),
-                Verdict::Collecting => (false, format!("only {} of {} windows observed", tally.taken(), c.count)),
-            };
-            Ok(HealthReport {
-                healthy,
-                checks,
-                reason,
-            })
+            Ok(tally.report(&limits, &condition, checks))
         })
     }
 }
@@ -351,11 +345,21 @@ mod tests {
         let split = |blue, green| Split { blue, green };
         assert_eq!(judge(split(90.0, 10.0), 10, 5.0, 20), Measurement::Passed);
         assert_eq!(judge(split(86.0, 14.0), 10, 5.0, 20), Measurement::Passed);
-        assert!(matches!(judge(split(100.0, 0.0), 10, 5.0, 20), Measurement::Failed(w) if w.contains("0 of 100 requests (0.0%) with weight 10%")));
+        assert!(
+            matches!(judge(split(100.0, 0.0), 10, 5.0, 20), Measurement::Failed(w) if w.contains("0 of 100 requests (0.0%) with weight 10%"))
+        );
         assert_eq!(judge(split(100.0, 0.0), 0, 5.0, 20), Measurement::Passed);
-        assert!(matches!(judge(split(99.0, 1.0), 0, 5.0, 20), Measurement::Failed(_)), "weight 0: green gets nothing");
-        assert!(matches!(judge(split(1.0, 99.0), 100, 5.0, 20), Measurement::Failed(_)), "weight 100: blue gets nothing");
-        assert!(matches!(judge(split(5.0, 5.0), 50, 5.0, 20), Measurement::Inconclusive(w) if w.contains("min_samples")));
+        assert!(
+            matches!(judge(split(99.0, 1.0), 0, 5.0, 20), Measurement::Failed(_)),
+            "weight 0: green gets nothing"
+        );
+        assert!(
+            matches!(judge(split(1.0, 99.0), 100, 5.0, 20), Measurement::Failed(_)),
+            "weight 100: blue gets nothing"
+        );
+        assert!(
+            matches!(judge(split(5.0, 5.0), 50, 5.0, 20), Measurement::Inconclusive(w) if w.contains("min_samples"))
+        );
     }
 
     #[test]
@@ -364,7 +368,10 @@ mod tests {
         let c: super::super::ProbeConfig = toml::from_str(text).unwrap();
         let again = toml::to_string(&c).unwrap();
         let back: super::super::ProbeConfig = toml::from_str(&again).unwrap();
-        assert_eq!(serde_json::to_value(&c).unwrap(), serde_json::to_value(&back).unwrap());
+        assert_eq!(
+            serde_json::to_value(&c).unwrap(),
+            serde_json::to_value(&back).unwrap()
+        );
         let bad: ObservedSplitProbeConfig =
             toml::from_str("source = { type = \"dns\", record = \"\" }\ntolerance = 80.0").unwrap();
         let fields: Vec<String> = bad.validate().into_iter().map(|e| e.field).collect();

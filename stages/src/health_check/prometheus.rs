@@ -21,8 +21,8 @@ use hyper::{Method, Uri};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::analysis::{Limits, Measurement, Tally};
 use super::http::Tls;
-use super::analysis::{Limits, Measurement, Tally, Verdict};
 use super::{HealthProbe, HealthReport, client};
 
 /// Configuration of `probe = { type = "prometheus", … }`.
@@ -253,7 +253,8 @@ impl HealthProbe for PrometheusProbe {
                 if n > 1 {
                     self.clock.sleep(self.config.interval).await;
                 }
-                let answer = instant_query(&self.tls, &self.config.address, &query, self.config.timeout).await;
+                let answer =
+                    instant_query(&self.tls, &self.config.address, &query, self.config.timeout).await;
                 let (measurement, check) = match answer {
                     Ok(values) => {
                         let passed = values.iter().all(|v| self.condition.holds(*v));
@@ -275,16 +276,7 @@ impl HealthProbe for PrometheusProbe {
                     break;
                 }
             }
-            let (healthy, reason) = match tally.verdict(&limits, &self.config.condition) {
-                Verdict::Healthy(r) => (true, r),
-                Verdict::Unhealthy(r) => (false, r),
-                Verdict::Collecting => (false, format!("only {} of {} measurements taken", tally.taken(), limits.count)),
-            };
-            Ok(HealthReport {
-                healthy,
-                checks,
-                reason,
-            })
+            Ok(tally.report(&limits, &self.config.condition, checks))
         })
     }
 }

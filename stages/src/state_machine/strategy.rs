@@ -379,11 +379,14 @@ impl<'a> Compiler<'a> {
             "Parameters": {"weight.$": "$.traffic.green", "execution.$": "$$.Execution.Name", "probe": "observed-split"},
             "ResultPath": "$.observed", "Retry": retry(), "Catch": catch(), "Next": verdict,
         }));
-        self.add(&verdict, json!({
-            "Type": "Choice",
-            "Choices": [{"Variable": "$.observed.State", "StringEquals": "healthy", "Next": next}],
-            "Default": "Rollback",
-        }));
+        self.add(
+            &verdict,
+            json!({
+                "Type": "Choice",
+                "Choices": [{"Variable": "$.observed.State", "StringEquals": "healthy", "Next": next}],
+                "Default": "Rollback",
+            }),
+        );
     }
 
     /// A wait: its window, counted down by the shared control loop.
@@ -629,18 +632,21 @@ impl<'a> Compiler<'a> {
             "Retry": [{"ErrorEquals": ["States.ALL"], "IntervalSeconds": 2, "MaxAttempts": 5, "BackoffRate": 2.0}],
             "Next": "WhyRolledBack",
         }));
-        self.add("WhyRolledBack", json!({
-            "Type": "Choice",
-            "Choices": [
-                {"And": action("abort"), "Next": "Aborted"},
-                {"Variable": "$.error", "IsPresent": true, "Next": "FailedStep"},
-                {"And": [
-                    {"Variable": "$.observed.State", "IsPresent": true},
-                    {"Variable": "$.observed.State", "StringEquals": "unhealthy"}
-                ], "Next": "SplitNotObserved"}
-            ],
-            "Default": "Unhealthy",
-        }));
+        self.add(
+            "WhyRolledBack",
+            json!({
+                "Type": "Choice",
+                "Choices": [
+                    {"And": action("abort"), "Next": "Aborted"},
+                    {"Variable": "$.error", "IsPresent": true, "Next": "FailedStep"},
+                    {"And": [
+                        {"Variable": "$.observed.State", "IsPresent": true},
+                        {"Variable": "$.observed.State", "StringEquals": "unhealthy"}
+                    ], "Next": "SplitNotObserved"}
+                ],
+                "Default": "Unhealthy",
+            }),
+        );
         self.add(
             "SplitNotObserved",
             json!({"Type": "Fail", "Comment": "Green did not receive the weight set", "Error": "Canary.SplitNotObserved", "CausePath": "$.observed.reason"}),
@@ -709,9 +715,15 @@ mod tests {
         let canary = strategy("[strategy]\ncanary = { percent = 5, bake = \"10m\" }");
         let def = canary.compile().unwrap();
         assert_eq!(def["States"]["Shift5"]["Next"], "Observe5");
-        assert_eq!(def["States"]["Observe5"]["Default"], "Bake5", "no observe: straight to the bake");
+        assert_eq!(
+            def["States"]["Observe5"]["Default"], "Bake5",
+            "no observe: straight to the bake"
+        );
         assert_eq!(def["States"]["Observe5"]["Choices"][0]["Next"], "ObserveSplit5");
-        assert_eq!(def["States"]["ObserveSplit5"]["Parameters"]["probe"], "observed-split");
+        assert_eq!(
+            def["States"]["ObserveSplit5"]["Parameters"]["probe"],
+            "observed-split"
+        );
         assert_eq!(def["States"]["Observed5"]["Choices"][0]["Next"], "Bake5");
         assert_eq!(def["States"]["Observed5"]["Default"], "Rollback");
         assert_eq!(def["States"]["Healthy5"]["Choices"][0]["Next"], "Gate100");

@@ -164,9 +164,7 @@ fn served() -> &'static Mutex<Vec<Weak<WeightStore>>> {
 /// the `observed-split` health probe compares with the weights set.
 pub fn served_store(record: &str) -> Option<Arc<WeightStore>> {
     let record = super::local::normalise(record);
-    let mut served = served()
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut served = served().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     served.retain(|s| s.strong_count() > 0);
     served
         .iter()

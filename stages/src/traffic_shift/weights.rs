@@ -151,8 +151,10 @@ impl WeightStore {
     /// land late do to real traffic, for demos and for testing a gate that checks the split
     /// actually observed (`router.answer_lag`).
     pub fn set_answer_lag(&self, lag: Duration) {
-        self.answer_lag_ms
-            .store(u64::try_from(lag.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.answer_lag_ms.store(
+            u64::try_from(lag.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// Sets the weights, writing the file atomically; returns the change number.
@@ -316,6 +318,31 @@ mod tests {
             b.set(Weights::green(green)).unwrap();
             assert_eq!(a.weights(), Weights::green(green));
         }
+    }
+
+    #[test]
+    fn answers_lag_a_change_by_the_answer_lag_and_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.json");
+        let router = WeightStore::open(spec(), &path).unwrap();
+        router.set_answer_lag(Duration::from_secs(3600));
+        router.set(Weights::green(10)).unwrap();
+        // A server in another process reads the lag from the file: still all blue for an hour.
+        let server = WeightStore::open(spec(), &path).unwrap();
+        assert_eq!(server.weights(), Weights::green(10));
+        assert_eq!(server.answered_weights(), Weights::green(0));
+        for _ in 0..100 {
+            server.pick();
+        }
+        assert_eq!(server.answer_counts(), AnswerCounts { blue: 100, green: 0 });
+        // Without a lag, the next change is answered at once.
+        router.set_answer_lag(Duration::ZERO);
+        router.set(Weights::green(50)).unwrap();
+        assert_eq!(server.answered_weights(), Weights::green(50));
+        for _ in 0..100 {
+            server.pick();
+        }
+        assert_eq!(server.answer_counts(), AnswerCounts { blue: 150, green: 50 });
     }
 
     #[test]
