@@ -119,10 +119,16 @@ impl LambdaHandler {
                     .into(),
             });
         };
+        let started = Instant::now();
+        let stage = payload["lifecycleStage"].as_str().unwrap_or("?").to_owned();
         let answer = hooks.answer(payload).await;
         self.context.background().drain().await;
         match answer {
-            Ok(response) => Ok(serde_json::to_value(response).unwrap_or(Value::Null)),
+            Ok(response) => {
+                let response = serde_json::to_value(response).unwrap_or(Value::Null);
+                emit_hook_emf(&stage, &response, started.elapsed().as_secs_f64() * 1000.0);
+                Ok(response)
+            }
             Err(error) => {
                 tracing::warn!(error = %error.message, retryable = error.retryable, "ECS lifecycle hook failed");
                 Err(Diagnostic {
@@ -197,6 +203,39 @@ fn emit_emf(pipeline: &str, outcome: &Outcome, latency_ms: f64) {
         "Duplicates": duplicate,
         "ExecutionsStarted": started,
         "Rollbacks": rollbacks,
+        "Latency": latency_ms,
+    });
+    println!("{line}");
+}
+
+/// One CloudWatch Embedded Metric Format line per ECS lifecycle hook invocation: its answer
+/// (`HookSucceeded`, `HookFailed`, `HookInProgress`) by `Pipeline` and `LifecycleStage`.
+fn emit_hook_emf(stage: &str, response: &Value, latency_ms: f64) {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let status = response["hookStatus"].as_str().unwrap_or("");
+    let count = |s: &str| u8::from(status == s);
+    let line = json!({
+        "_aws": {
+            "Timestamp": ms,
+            "CloudWatchMetrics": [{
+                "Namespace": "cutover",
+                "Dimensions": [["Pipeline"], ["Pipeline", "LifecycleStage"]],
+                "Metrics": [
+                    {"Name": "HookSucceeded", "Unit": "Count"},
+                    {"Name": "HookFailed", "Unit": "Count"},
+                    {"Name": "HookInProgress", "Unit": "Count"},
+                    {"Name": "Latency", "Unit": "Milliseconds"}
+                ]
+            }]
+        },
+        "Pipeline": response.pointer("/hookDetails/cutover/pipeline").and_then(Value::as_str).unwrap_or("none"),
+        "LifecycleStage": stage,
+        "HookSucceeded": count("SUCCEEDED"),
+        "HookFailed": count("FAILED"),
+        "HookInProgress": count("IN_PROGRESS"),
         "Latency": latency_ms,
     });
     println!("{line}");

@@ -226,7 +226,26 @@ fn a_full_ecs_native_deployment_is_judged_stage_by_stage() {
     );
     let again = answer_to(&api, calls);
     child.kill().unwrap();
-    child.wait().unwrap();
+    // One EMF line for the invocation: its answer by pipeline and lifecycle stage.
+    let out = child.wait_with_output().unwrap();
+    let emf: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("_aws").is_some())
+        .collect();
+    assert_eq!(emf.len(), 1, "{emf:?}");
+    assert_eq!(
+        (
+            &emf[0]["Pipeline"],
+            &emf[0]["LifecycleStage"],
+            &emf[0]["HookSucceeded"]
+        ),
+        (
+            &json!("test-traffic"),
+            &json!("POST_TEST_TRAFFIC_SHIFT"),
+            &json!(1)
+        )
+    );
     assert_eq!(again.body["hookStatus"], "SUCCEEDED", "{:?}", again.body);
     assert_eq!(again.body["hookDetails"]["cutover"]["measurements"], 3);
     assert!(
