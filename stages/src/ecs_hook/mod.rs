@@ -213,9 +213,9 @@ impl EcsHooks {
         self.judges.keys().map(String::as_str).collect()
     }
 
-    /// Answers one invocation. `Err` when the payload is not a lifecycle hook request (the
-    /// function fails, which ECS treats as a failed hook) or the store cannot be reached
-    /// (retryable).
+    /// Answers one invocation. `Err` when the payload is not a lifecycle hook request or the
+    /// store refuses permanently (the function fails, which ECS treats as a failed hook); a
+    /// store that is throttled or unreachable answers `IN_PROGRESS`, to be asked again.
     pub async fn answer(&self, payload: Value) -> Result<HookResponse, StageError> {
         let request: HookRequest = serde_json::from_value(payload.clone()).map_err(|e| {
             StageError::permanent(format!("not an ECS lifecycle hook request: {e}"))
@@ -231,7 +231,26 @@ impl EcsHooks {
             tracing::warn!(stage = %request.lifecycle_stage, "{reason}");
             return Ok(respond(&request, HookStatus::Failed, None, &reason, None));
         };
-        judge.answer(&request, payload, self.clock.as_ref()).await
+        match judge.answer(&request, payload, self.clock.as_ref()).await {
+            // A throttled or unreachable store must not roll a deployment back (a function
+            // error does): ask ECS to call again; the hook's own timeout still bounds it.
+            Err(e) if e.retryable => {
+                tracing::warn!(error = %e.message, "ECS hook store unavailable: IN_PROGRESS");
+                let reason = format!(
+                    "the hook's state could not be read or written, asking again: {}",
+                    e.message
+                );
+                let delay = judge.spec.callback_delay.as_secs();
+                Ok(respond(
+                    &request,
+                    HookStatus::InProgress,
+                    Some(delay),
+                    &reason,
+                    None,
+                ))
+            }
+            other => other,
+        }
     }
 }
 

@@ -200,3 +200,51 @@ async fn an_unanswered_stage_and_a_bad_payload_are_named() {
         .unwrap_err();
     assert!(e.message.contains("serviceArn"), "{}", e.message);
 }
+
+/// A store that cannot be reached.
+#[derive(Debug)]
+struct Unreachable;
+
+impl HookStore for Unreachable {
+    fn get<'a>(
+        &'a self,
+        _key: &'a str,
+        _now_s: u64,
+    ) -> BoxFuture<'a, Result<Option<HookRecord>, StageError>> {
+        Box::pin(std::future::ready(Err(StageError::retryable(
+            "dynamodb:GetItem: timed out",
+        ))))
+    }
+    fn put<'a>(&'a self, _record: &'a HookRecord, _now_s: u64) -> BoxFuture<'a, Result<bool, StageError>> {
+        Box::pin(std::future::ready(Err(StageError::retryable(
+            "dynamodb:PutItem: timed out",
+        ))))
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_store_asks_to_be_called_again_rather_than_rolling_back() {
+    let spec: EcsHookSpec = toml::from_str("stages = [\"POST_SCALE_UP\"]\ncallback_delay = \"10s\"").unwrap();
+    let judge = Arc::new(StageJudge {
+        pipeline_name: "judge".into(),
+        spec,
+        pipeline: Pipeline::from_stages("judge", vec![]),
+        store: Arc::new(Unreachable),
+    });
+    let h = EcsHooks {
+        judges: BTreeMap::from([("POST_SCALE_UP".to_owned(), judge)]),
+        clock: Arc::new(ManualClock::new(SystemTime::now())),
+    };
+    let a = h.answer(request("POST_SCALE_UP", None)).await.unwrap();
+    assert_eq!(
+        (a.hook_status, a.call_back_delay),
+        (HookStatus::InProgress, Some(10))
+    );
+    assert!(
+        a.hook_details.unwrap()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("timed out"),
+        "the reason says why"
+    );
+}
