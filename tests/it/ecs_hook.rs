@@ -25,6 +25,8 @@ struct Green {
     sick: Arc<AtomicBool>,
     /// Green's 5xx ratio, in thousandths.
     errors_permille: Arc<AtomicU64>,
+    /// Requests blue still received in the last minute.
+    blue_requests: Arc<AtomicU64>,
 }
 
 impl Green {
@@ -33,7 +35,8 @@ impl Green {
         let port = listener.local_addr().unwrap().port();
         let sick = Arc::new(AtomicBool::new(false));
         let errors_permille = Arc::new(AtomicU64::new(2));
-        let (s, e) = (sick.clone(), errors_permille.clone());
+        let blue_requests = Arc::new(AtomicU64::new(0));
+        let (s, e, b) = (sick.clone(), errors_permille.clone(), blue_requests.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
@@ -46,7 +49,17 @@ impl Green {
                         break;
                     }
                 }
-                let (status, body) = if line.contains("/api/v1/query") {
+                let (status, body) = if line.contains("/api/v1/query") && line.contains("increase") {
+                    // The observed split: requests per version over the last minute.
+                    let n = if line.contains("green") {
+                        600
+                    } else {
+                        b.load(Ordering::SeqCst)
+                    };
+                    let answer = json!({"status": "success", "data": {"resultType": "vector",
+                        "result": [{"metric": {}, "value": [1.0, n.to_string()]}]}});
+                    ("200 OK", answer.to_string())
+                } else if line.contains("/api/v1/query") {
                     let ratio = e.load(Ordering::SeqCst) as f64 / 1000.0;
                     let answer = json!({"status": "success", "data": {"resultType": "vector",
                         "result": [{"metric": {}, "value": [1.0, ratio.to_string()]}]}});
@@ -67,6 +80,7 @@ impl Green {
             port,
             sick,
             errors_permille,
+            blue_requests,
         }
     }
 
@@ -82,6 +96,19 @@ impl Green {
             (
                 "CUTOVER_PIPELINES__PRODUCTION_TRAFFIC__STAGES__1__PROBE__ADDRESS",
                 format!("http://127.0.0.1:{}", self.port),
+            ),
+            (
+                "CUTOVER_PIPELINES__TRAFFIC_LANDED__STAGES__1__PROBE__ADDRESS",
+                format!("http://127.0.0.1:{}", self.port),
+            ),
+            (
+                "CUTOVER_PIPELINES__TRAFFIC_LANDED__STAGES__2__PROBE__SOURCE__ADDRESS",
+                format!("http://127.0.0.1:{}", self.port),
+            ),
+            // One second per observed window is real time; a tenth is enough here.
+            (
+                "CUTOVER_PIPELINES__TRAFFIC_LANDED__STAGES__2__PROBE__WINDOW",
+                "100ms".to_owned(),
             ),
         ]
     }
@@ -399,4 +426,23 @@ fn validate_names_every_ecs_hook_problem_with_its_field() {
     ] {
         assert!(stderr.contains(expected), "{expected:?} not in:\n{stderr}");
     }
+}
+
+#[test]
+fn blue_still_receiving_requests_fails_the_last_hook_before_it_is_scaled_down() {
+    let green = Green::start();
+    green.blue_requests.store(3, Ordering::SeqCst);
+    let data = tempfile::tempdir().unwrap();
+    let api = RuntimeApi::start(vec![]);
+    let mut calls = 0;
+    let mut child = start(&api, data.path(), &green.env());
+    let seen = drive(&api, 4, &mut calls);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(statuses(&seen[0]), ["FAILED"], "{seen:?}");
+    let reason = seen[0].1[0].body["hookDetails"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("green received 600 of 603 requests") && reason.contains("with weight 100%"),
+        "{reason}"
+    );
 }

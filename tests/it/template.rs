@@ -610,6 +610,11 @@ async fn the_ecs_native_hook_functions_deploy_with_their_table_and_the_role_ecs_
     let production: Value = serde_json::from_str(&stack.output("ProductionTrafficEcsLifecycleHook")).unwrap();
     assert_eq!(
         production["lifecycleStages"],
-        serde_json::json!(["PRODUCTION_TRAFFIC_SHIFT", "POST_PRODUCTION_TRAFFIC_SHIFT"])
+        serde_json::json!(["PRODUCTION_TRAFFIC_SHIFT"])
+    );
+    let landed: Value = serde_json::from_str(&stack.output("TrafficLandedEcsLifecycleHook")).unwrap();
+    assert_eq!(
+        landed["lifecycleStages"],
+        serde_json::json!(["POST_PRODUCTION_TRAFFIC_SHIFT"])
     );
 }
