@@ -417,6 +417,15 @@ fn validate_names_every_ecs_hook_problem_with_its_field() {
     let out = crate::cutover().arg("validate").arg(&file).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
+    let shipped = crate::cutover()
+        .args(["validate", "pipelines/catsndogs-ecs-native.toml"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8(shipped.stdout).unwrap();
+    assert!(
+        said.contains("test-traffic (1 stage; ECS hook at POST_TEST_TRAFFIC_SHIFT)"),
+        "validate names the stages each pipeline answers: {said}"
+    );
     for expected in [
         "pipeline \"a\", field \"ecs_hook.stages[0]\": \"POST_TEST_TRAFIC_SHIFT\" is not an ECS lifecycle stage",
         "pipeline \"a\", field \"ecs_hook.count\": must be at least 1",
