@@ -290,8 +290,11 @@ fn respond(
     reason: &str,
     record: Option<&HookRecord>,
 ) -> HookResponse {
+    // Configured `hookDetails` may arrive as an object or, as CloudFormation declares them, as
+    // the text of one.
     let mut details = match &request.hook_details {
         Some(Value::Object(m)) => m.clone(),
+        Some(Value::String(text)) => serde_json::from_str(text).unwrap_or_default(),
         _ => Map::new(),
     };
     details.insert("reason".into(), json!(reason));

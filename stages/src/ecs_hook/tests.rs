@@ -71,6 +71,14 @@ fn requests_parse_keep_unknown_fields_and_round_trip() {
     assert!(!is_hook_request(
         &json!({"source": "aws.ecs", "detail-type": "x"})
     ));
+    let text = request("POST_SCALE_UP", Some(json!("{\"team\": \"dogs\"}")));
+    let r: HookRequest = serde_json::from_value(text).unwrap();
+    let answer = respond(&r, HookStatus::Succeeded, None, "ok", None);
+    assert_eq!(
+        answer.hook_details.unwrap()["team"],
+        "dogs",
+        "hookDetails given as JSON text"
+    );
     let r: HookRequest = serde_json::from_value(v.clone()).unwrap();
     assert_eq!(r.lifecycle_stage, "POST_TEST_TRAFFIC_SHIFT");
     assert_eq!(serde_json::to_value(&r).unwrap(), v);
