@@ -5,8 +5,9 @@
 //! recorded ECS trace of a green deployment (3 tasks, duplicates, noise from other services and
 //! clusters) through the shipped pipeline `pipelines/catsndogs.toml`: one rollout starts, the
 //! embedded engine runs the canary of `pipelines/canary.strategy.toml` (10% → 50% → 100%, health checks between),
-//! and the demo shows each weight step with DNS answers sampled from the zone, each health
-//! check, and the end. `--fail-green` makes green answer 500 once it has 50% of the traffic, so
+//! and the demo shows each weight step with DNS answers sampled from the zone, the split its
+//! clients actually observed beside the weight set (the canary's observed-split gate, on in the
+//! demo), each health check, and the end. `--fail-green` makes green answer 500 once it has 50% of the traffic, so
 //! the state machine rolls back to 100% blue. With a `prometheus` binary on the machine, green's
 //! error rate is judged too ([`metrics`]); `--scenario errors` shows what only that sees.
 
@@ -227,6 +228,9 @@ fn executions(dir: &Path) -> Vec<ExecutionRecord> {
 #[derive(Default)]
 struct Progress {
     seen: usize,
+    /// Held by the demo's 100-lookup samples, so they are consecutive answers (which follow the
+    /// weights exactly) while the clients keep looking the name up around them.
+    lookups: Arc<tokio::sync::Mutex<()>>,
     /// Ended by an operator's abort.
     aborted: bool,
     weights: Vec<[u64; 2]>,
@@ -255,10 +259,29 @@ async fn report_history(dir: &Path, progress: &mut Progress, dns: SocketAddr, ou
                     output["green"].as_u64().unwrap_or(0),
                 );
                 progress.weights.push([b, g]);
-                let (db, dg) = sample_dns(dns).await;
+                let (db, dg) = {
+                    let _alone = progress.lookups.lock().await;
+                    sample_dns(dns).await
+                };
                 out.say(
                     &format!("  shift   blue {b:>3}% / green {g:>3}%   dig www.catsndogs.lol ×{DNS_SAMPLES}: {db} blue, {dg} green"),
                     json!({"step": "shift", "blue": b, "green": g, "dns": {"blue": db, "green": dg}}),
+                );
+            }
+            EventKind::TaskSucceeded { resource, output }
+                if resource.ends_with("cutover-health-check") && output["checks"][0].get("set").is_some() =>
+            {
+                let check = &output["checks"][0];
+                let state = output["State"].as_str().unwrap_or("?");
+                let answers = check["blue"].as_f64().unwrap_or(0.0) + check["green"].as_f64().unwrap_or(0.0);
+                let observed = check["observed"].as_f64();
+                out.say(
+                    &format!(
+                        "  observe set green {:>3}% → observed {} of {answers} DNS answers: {state}",
+                        check["set"],
+                        observed.map_or("—".to_owned(), |o| format!("{o:.1}%")),
+                    ),
+                    json!({"step": "observe", "set": check["set"], "observed": observed, "answers": answers, "state": state, "reason": output["reason"]}),
                 );
             }
             EventKind::TaskSucceeded { resource, output } if resource.ends_with("cutover-health-check") => {
@@ -375,6 +398,12 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             "CUTOVER_PIPELINES__HEALTH_CHECK__STAGES__1__PROBE__URL",
             format!("http://{GREEN}:{http_port}/"),
         )
+        // Before each bake the canary checks that green actually receives the weight set,
+        // counting the answers the zone gives the demo's clients.
+        .with_var(
+            "CUTOVER_PIPELINES__ECS_EVENTS__STAGES__START_STATE_MACHINE__CONTROL__OBSERVE_SPLIT",
+            "true",
+        )
         // Each 1 s tick of a wait costs a few milliseconds of bookkeeping, which the demo's
         // speed-up multiplies: it ticks every 5 s of its time instead.
         .with_var(
@@ -445,8 +474,8 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     match &prometheus {
         Some(prometheus) => out.say(
             &format!(
-                "  metric analysis: Prometheus {} scrapes green's /metrics; users request /checkout \
-                 (50/s, split as the router's weights); green's error rate is judged after each step and every 20 s of a bake",
+                "  metric analysis: Prometheus {} scrapes green's /metrics; its clients (which look \
+                 the zone up) check out at the address they get; green's error rate is judged after each step and every 20 s of a bake",
                 prometheus.url
             ),
             json!({"metrics": {"prometheus": prometheus.url}}),
@@ -457,10 +486,6 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             json!({"metrics": Value::Null}),
         ),
     }
-    // Users: traffic that follows the DNS weights, so green's error rate means something.
-    let _users = prometheus
-        .as_ref()
-        .map(|_| metrics::start_users(weights.clone(), http_port));
     let ops = crate::rollouts_cmd::rollouts_of(&file, "ecs-events", &cx, false).await?;
     // The dashboard reads the same rollouts; it stops with the demo.
     let _dashboard = if args.no_ui {
@@ -540,6 +565,28 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let hold = Duration::from_secs_f64(180.0 / speed);
     let executions_dir = data.join("executions");
     let mut progress = Progress::default();
+    // The clients of www.catsndogs.lol: a lookup every 2 ms, whose answers the canary's
+    // observed-split gate counts; with Prometheus, every tenth also checks out at the address
+    // it got, so green's error rate follows the traffic it really receives.
+    let _clients = {
+        let lookups = progress.lookups.clone();
+        let checkout = prometheus.is_some();
+        crate::serve::AbortOnDrop(tokio::spawn(async move {
+            for n in 0u64.. {
+                let answer = {
+                    let _turn = lookups.lock().await;
+                    query_address(dns, "www.catsndogs.lol").await
+                };
+                if checkout
+                    && n % 10 == 0
+                    && let Ok(Some(ip)) = answer
+                {
+                    tokio::spawn(metrics::get_status(SocketAddr::new(ip, http_port), "/checkout"));
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }))
+    };
     let drained = cx.background().drain();
     tokio::pin!(drained);
     loop {

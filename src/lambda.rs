@@ -5,13 +5,17 @@
 //! file's), `CUTOVER_PIPELINES__…` override values. Everything expensive — the AWS
 //! configuration, clients, compiled patterns — is built once at init, not per invoke.
 //!
-//! Two kinds of payloads arrive:
+//! Three kinds of payloads arrive:
 //! - **EventBridge events** (`source` and `detail-type` present): a passed or dropped event is
 //!   a successful invocation (the response says which); a failure is an error, so Lambda's
 //!   retries and the function's on-failure destination keep the event.
 //! - **Step Functions Task input** (anything else): the passed context is the Task's output; a
 //!   drop or failure is an error whose type is the stage's error kind (`TrafficShift.NotInSync`),
 //!   so the state machine's `Retry`/`Catch` can match it.
+//!
+//! - **ECS lifecycle hook invocations** (`executionDetails` and `lifecycleStage` present): the
+//!   pipeline whose `ecs_hook.stages` names the stage judges it; the response is ECS's
+//!   `{hookStatus, callBackDelay, hookDetails}` ([`cutover_stages::ecs_hook`]).
 //!
 //! Errors carry `Cutover.Retryable` / `Cutover.Failed` when the stage named no kind. Logs are
 //! JSON (`tracing`); after every invoke one CloudWatch Embedded Metric Format line goes to
@@ -32,6 +36,8 @@ use cutover_core::{BoxFuture, BuildContext, Event, Outcome, Pipeline};
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use serde_json::{Value, json};
 
+use cutover_stages::ecs_hook::{EcsHooks, is_hook_request};
+
 use crate::{HostError, Hosted};
 
 /// The default name of the bundled pipeline file.
@@ -42,12 +48,23 @@ pub const BUNDLED_CONFIG: &str = "cutover.toml";
 pub struct LambdaHandler {
     pipeline: Pipeline,
     context: BuildContext,
+    hooks: Option<EcsHooks>,
 }
 
 impl LambdaHandler {
     /// Hosts a built pipeline (pipelines built in code, with your own stages, welcome).
     pub fn new(pipeline: Pipeline, context: BuildContext) -> Self {
-        Self { pipeline, context }
+        Self {
+            pipeline,
+            context,
+            hooks: None,
+        }
+    }
+
+    /// Also answers ECS lifecycle hook invocations with `hooks`.
+    pub fn with_hooks(mut self, hooks: Option<EcsHooks>) -> Self {
+        self.hooks = hooks;
+        self
     }
 
     /// Loads the pipeline `CUTOVER_CONFIG` / `CUTOVER_PIPELINE` name.
@@ -61,12 +78,19 @@ impl LambdaHandler {
                     .unwrap_or_else(|| PathBuf::from(BUNDLED_CONFIG))
             });
         let name = std::env::var("CUTOVER_PIPELINE").ok().filter(|n| !n.is_empty());
-        let Hosted { pipeline, context } = crate::load(&config, name.as_deref()).await?;
-        Ok(Self::new(pipeline, context))
+        let Hosted {
+            pipeline,
+            context,
+            hooks,
+        } = crate::load(&config, name.as_deref()).await?;
+        Ok(Self::new(pipeline, context).with_hooks(hooks))
     }
 
     /// Runs one payload; `Ok` is the function's response.
     pub async fn handle(&self, payload: Value) -> Result<Value, Diagnostic> {
+        if is_hook_request(&payload) {
+            return self.answer_hook(payload).await;
+        }
         let started = Instant::now();
         let eventbridge = payload.get("detail-type").is_some() && payload.get("source").is_some();
         let outcome = self.pipeline.run(Event::from_value(payload)).await;
@@ -79,6 +103,40 @@ impl LambdaHandler {
             started.elapsed().as_secs_f64() * 1000.0,
         );
         respond(outcome, eventbridge)
+    }
+}
+
+impl LambdaHandler {
+    /// An ECS lifecycle hook invocation: the `hookStatus` answer, or an error (which ECS takes
+    /// as a failed hook) when the payload is malformed, no pipeline has `ecs_hook`, or the
+    /// hook store cannot be reached.
+    async fn answer_hook(&self, payload: Value) -> Result<Value, Diagnostic> {
+        let Some(hooks) = &self.hooks else {
+            return Err(Diagnostic {
+                error_type: "EcsHook.NotConfigured".into(),
+                error_message: "an ECS lifecycle hook invocation, but no pipeline of this file has \
+                                `ecs_hook = { stages = [...] }`"
+                    .into(),
+            });
+        };
+        let started = Instant::now();
+        let stage = payload["lifecycleStage"].as_str().unwrap_or("?").to_owned();
+        let answer = hooks.answer(payload).await;
+        self.context.background().drain().await;
+        match answer {
+            Ok(response) => {
+                let response = serde_json::to_value(response).unwrap_or(Value::Null);
+                emit_hook_emf(&stage, &response, started.elapsed().as_secs_f64() * 1000.0);
+                Ok(response)
+            }
+            Err(error) => {
+                tracing::warn!(error = %error.message, retryable = error.retryable, "ECS lifecycle hook failed");
+                Err(Diagnostic {
+                    error_type: error.error_name().to_owned(),
+                    error_message: error.message,
+                })
+            }
+        }
     }
 }
 
@@ -145,6 +203,39 @@ fn emit_emf(pipeline: &str, outcome: &Outcome, latency_ms: f64) {
         "Duplicates": duplicate,
         "ExecutionsStarted": started,
         "Rollbacks": rollbacks,
+        "Latency": latency_ms,
+    });
+    println!("{line}");
+}
+
+/// One CloudWatch Embedded Metric Format line per ECS lifecycle hook invocation: its answer
+/// (`HookSucceeded`, `HookFailed`, `HookInProgress`) by `Pipeline` and `LifecycleStage`.
+fn emit_hook_emf(stage: &str, response: &Value, latency_ms: f64) {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let status = response["hookStatus"].as_str().unwrap_or("");
+    let count = |s: &str| u8::from(status == s);
+    let line = json!({
+        "_aws": {
+            "Timestamp": ms,
+            "CloudWatchMetrics": [{
+                "Namespace": "cutover",
+                "Dimensions": [["Pipeline"], ["Pipeline", "LifecycleStage"]],
+                "Metrics": [
+                    {"Name": "HookSucceeded", "Unit": "Count"},
+                    {"Name": "HookFailed", "Unit": "Count"},
+                    {"Name": "HookInProgress", "Unit": "Count"},
+                    {"Name": "Latency", "Unit": "Milliseconds"}
+                ]
+            }]
+        },
+        "Pipeline": response.pointer("/hookDetails/cutover/pipeline").and_then(Value::as_str).unwrap_or("none"),
+        "LifecycleStage": stage,
+        "HookSucceeded": count("SUCCEEDED"),
+        "HookFailed": count("FAILED"),
+        "HookInProgress": count("IN_PROGRESS"),
         "Latency": latency_ms,
     });
     println!("{line}");

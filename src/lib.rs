@@ -30,6 +30,8 @@ pub struct Hosted {
     pub pipeline: Pipeline,
     /// What its stages share (AWS configuration, clock, background work, metrics).
     pub context: BuildContext,
+    /// The file's ECS lifecycle hook pipelines (`ecs_hook`), when it has any.
+    pub hooks: Option<cutover_stages::ecs_hook::EcsHooks>,
 }
 
 /// Why a pipeline could not be hosted.
@@ -63,5 +65,10 @@ pub async fn load(file: impl AsRef<Path>, name: Option<&str>) -> Result<Hosted, 
         context = context.with_clock(std::sync::Arc::new(clock));
     }
     let pipeline = file.build(&spec.name, &context).await?;
-    Ok(Hosted { pipeline, context })
+    let hooks = cutover_stages::ecs_hook::EcsHooks::build(&file, &context).await?;
+    Ok(Hosted {
+        pipeline,
+        context,
+        hooks,
+    })
 }

@@ -281,9 +281,17 @@ fn validate(files: &[PathBuf]) -> ExitCode {
                 let list: Vec<String> = f
                     .pipelines
                     .iter()
-                    .map(|p| match p.stages.len() {
-                        1 => format!("{} (1 stage)", p.name),
-                        n => format!("{} ({n} stages)", p.name),
+                    .map(|p| {
+                        let stages = match p.stages.len() {
+                            1 => "1 stage".to_owned(),
+                            n => format!("{n} stages"),
+                        };
+                        match &p.ecs_hook {
+                            Some(hook) => {
+                                format!("{} ({stages}; ECS hook at {})", p.name, hook.stages.join(", "))
+                            }
+                            None => format!("{} ({stages})", p.name),
+                        }
                     })
                     .collect();
                 outln!("{}: ok — {}", file.display(), list.join(", "));

@@ -12,6 +12,9 @@
 //! module knows no stage by name. The stack's alarms ([`alarms`]) and hardening ([`hardening`],
 //! [`state_machines`]) apply to what the stages add by CloudFormation type.
 //!
+//! A pipeline with `ecs_hook` (an ECS lifecycle hook) also gets the stack's hook table and the
+//! role ECS assumes to invoke its function ([`ecs_hook`]).
+//!
 //! Two steps: [`plan`] asks every stage and builds a typed [`FunctionPlan`](function::FunctionPlan)
 //! per pipeline (its [`role`], environment, timeout, memory, [`rule`]); [`stack`] then renders
 //! that plan once, with the few parts where the formats differ written by [`cloudformation`] or
@@ -20,6 +23,7 @@
 mod alarms;
 mod cloudformation;
 mod dead_letter;
+mod ecs_hook;
 mod function;
 mod hardening;
 mod plan;

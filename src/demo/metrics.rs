@@ -2,8 +2,8 @@
 //! server judging green's error rate.
 //!
 //! When a `prometheus` binary is on the machine (the Debian package), the demo starts it on a
-//! free loopback port, scraping green's `/metrics` every second; a small load generator plays
-//! users requesting `/checkout` from green and blue in the proportion the router serves —
+//! free loopback port, scraping green's `/metrics` every second; the demo's clients, which
+//! look `www.catsndogs.lol` up, also request `/checkout` from the address they get —
 //! and the canary judges green by its error rate as well as by the HTTP probe: after each step
 //! and, in the background, every 20 s of each bake. Without Prometheus the demo says so and
 //! judges by the HTTP probe only.
@@ -11,12 +11,10 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use cutover_stages::traffic_shift::local::WeightStore;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// The Task resource of the error-rate analysis in the demo's strategy.
@@ -116,7 +114,7 @@ impl Prometheus {
 }
 
 /// `GET path` on `addr`: the status, if it answered.
-async fn get_status(addr: SocketAddr, path: &str) -> Option<u16> {
+pub(super) async fn get_status(addr: SocketAddr, path: &str) -> Option<u16> {
     let mut stream = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
         .await
         .ok()?
@@ -129,25 +127,6 @@ async fn get_status(addr: SocketAddr, path: &str) -> Option<u16> {
         .ok()?
         .ok()?;
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
-}
-
-/// Plays users until dropped: 50 requests a second to `/checkout`, each sent to green or blue
-/// in the proportion the embedded router serves (the same weights its DNS answers follow; the
-/// users do not ask the DNS server, so the demo's `dig` samples stay exact).
-pub(super) fn start_users(weights: Arc<WeightStore>, port: u16) -> crate::serve::AbortOnDrop {
-    crate::serve::AbortOnDrop(tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_millis(20));
-        for n in 0u64.. {
-            every.tick().await;
-            let green = u64::from(weights.weights().green);
-            let ip = if n % 100 < green {
-                super::GREEN
-            } else {
-                super::BLUE
-            };
-            tokio::spawn(get_status(SocketAddr::from((ip, port)), "/checkout"));
-        }
-    }))
 }
 
 /// The demo's strategy: the shipped one with the error rate judged after the HTTP probe in

@@ -123,6 +123,25 @@ impl StackPlan {
             needs.environment.extend(environment);
             needs.timeout_secs = needs.timeout_secs.max(timeout_secs);
         }
+        if let Some(hook) = &pipeline.ecs_hook {
+            let d = super::ecs_hook::deployment(&pipeline.name, hook);
+            for (id, v) in d.resources {
+                // The hook table is the stack's, shared by every hook pipeline.
+                if id == super::ecs_hook::TABLE && self.resources.get(&id) == Some(&v) {
+                    continue;
+                }
+                if let Err(m) = add("resource", &mut self.resources, id, v, "ecs_hook") {
+                    errors.push(err(None, Some("ecs_hook".into()), m));
+                }
+            }
+            for (id, v) in d.outputs {
+                if let Err(m) = add("output", &mut self.outputs, id, v, "ecs_hook") {
+                    errors.push(err(None, Some("ecs_hook".into()), m));
+                }
+            }
+            needs.statements.extend(d.statements);
+            needs.environment.extend(d.environment);
+        }
         let pattern = pipeline
             .event_pattern()
             .map_err(|e| errors.push(err(None, None, e.to_string())))

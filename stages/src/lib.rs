@@ -13,6 +13,7 @@
 
 mod aws;
 pub mod dedup;
+pub mod ecs_hook;
 mod error;
 mod fields;
 #[cfg(test)]

@@ -47,7 +47,7 @@ fn validate_lists_every_problem_of_a_broken_file() {
         tests/fixtures/pipelines/broken.toml: pipeline "ecs-events", stage 1 (notify): unknown field "fiel", expected one of: file, on, message
         tests/fixtures/pipelines/broken.toml: pipeline "ecs-events", stage 2 (notifyy): unknown stage type "notifyy"; registered types: <registered>
         tests/fixtures/pipelines/broken.toml: pipeline "ecs-events", stage 3 (notify): field "on[1]": unknown variant "sometimes", expected one of: passed, dropped, failed
-        tests/fixtures/pipelines/broken.toml: pipeline "other", unknown key "descripton", expected one of: description, stages
+        tests/fixtures/pipelines/broken.toml: pipeline "other", unknown key "descripton", expected one of: description, ecs_hook, stages
         tests/fixtures/pipelines/broken.toml: pipeline "other", no stages: add [[pipelines.other.stages]] tables, each with a `type`
     "#]]
     .assert_eq(&stderr);

@@ -63,6 +63,15 @@ fn healthy_green_is_promoted_step_by_step() {
     let health = steps(&lines, "health");
     assert_eq!(health.len(), 3, "{lines:?}");
     assert!(health.iter().all(|h| h["state"] == "healthy"), "{health:?}");
+    // Before each bake, the split the demo's clients actually got beside the weight set.
+    let observed = steps(&lines, "observe");
+    let set: Vec<u64> = observed.iter().map(|o| o["set"].as_u64().unwrap()).collect();
+    assert_eq!(set, [10, 50, 100], "{observed:?}");
+    for o in &observed {
+        assert_eq!(o["state"], "healthy", "{o}");
+        let share = o["observed"].as_f64().unwrap();
+        assert!((share - o["set"].as_f64().unwrap()).abs() <= 5.0, "{o}");
+    }
 }
 
 #[test]

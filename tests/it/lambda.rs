@@ -41,7 +41,7 @@ pub(crate) struct RuntimeApi {
 }
 
 impl RuntimeApi {
-    fn start(events: Vec<(&str, Value)>) -> Self {
+    pub(crate) fn start(events: Vec<(&str, Value)>) -> Self {
         Self::asynchronous(events, 0)
     }
 
@@ -72,7 +72,14 @@ impl RuntimeApi {
         Self { addr, state, stop }
     }
 
-    fn wait_for_answers(&self, n: usize) -> Vec<Answer> {
+    /// Queues one more invocation.
+    pub(crate) fn push(&self, id: &str, payload: Value) {
+        let mut state = self.state.lock().unwrap();
+        state.payloads.insert(id.to_owned(), payload.clone());
+        state.queue.push_back((id.to_owned(), payload));
+    }
+
+    pub(crate) fn wait_for_answers(&self, n: usize) -> Vec<Answer> {
         self.wait_for_answers_within(n, Duration::from_secs(60))
     }
 
@@ -145,11 +152,12 @@ fn serve(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
         if method == "GET" && path.ends_with("/runtime/invocation/next") {
             state.lock().unwrap().first_poll.get_or_insert_with(Instant::now);
             let next = loop {
+                // A function that has gone must not take an invocation with it.
+                if stop.load(Ordering::SeqCst) || peer_gone(&writer) {
+                    break None;
+                }
                 if let Some(e) = state.lock().unwrap().queue.pop_front() {
                     break Some(e);
-                }
-                if stop.load(Ordering::SeqCst) {
-                    break None;
                 }
                 std::thread::sleep(Duration::from_millis(10));
             };
@@ -207,6 +215,22 @@ fn serve(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
     }
 }
 
+/// Whether the function that asked for its next invocation has gone (killed, or stopped): the
+/// invocation must stay queued for the next function, not be handed to a dead connection.
+fn peer_gone(conn: &TcpStream) -> bool {
+    if conn.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let mut byte = [0u8; 1];
+    let gone = match conn.peek(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    };
+    let _ = conn.set_nonblocking(false);
+    gone
+}
+
 /// How many times Lambda had retried the invocation `id` (`ID_rN` → N). (Request ids travel in
 /// URL paths: no `#`.)
 fn retries_of(id: &str) -> u32 {
@@ -220,7 +244,7 @@ pub(crate) fn first_id(id: &str) -> &str {
     id.rsplit_once("_r").map_or(id, |(first, _)| first)
 }
 
-fn spawn(
+pub(crate) fn spawn(
     api: &RuntimeApi,
     config: &std::path::Path,
     pipeline: &str,
@@ -254,7 +278,11 @@ pub(crate) fn spawn_with(
         .env("CUTOVER_CLOCK", "virtual")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(if std::env::var_os("DEBUG_LAMBDA").is_some() {
+            std::process::Stdio::inherit()
+        } else {
+            std::process::Stdio::null()
+        })
         .spawn()
         .unwrap()
 }

@@ -8,6 +8,7 @@ mod dashboard;
 mod dedup;
 mod demo;
 mod dlq;
+mod ecs_hook;
 mod faults;
 #[cfg(feature = "ecs")]
 mod filter_ecs;
@@ -15,6 +16,7 @@ mod fixtures;
 mod health;
 pub(crate) mod lambda;
 mod moto;
+mod observed_split;
 mod prometheus;
 mod readme;
 mod registry;

@@ -541,3 +541,80 @@ fn package_zips_the_binary_as_an_executable_bootstrap_with_the_pipeline_file() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_ecs_native_hook_functions_deploy_with_their_table_and_the_role_ecs_assumes() {
+    let moto = moto::shared();
+    let out = template(&["pipelines/catsndogs-ecs-native.toml"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let body = String::from_utf8(out.stdout).unwrap();
+    let stack = Deployed::create(moto, &body, &[]).await;
+    // One table for every hook pipeline, created.
+    let table = stack.physical("EcsHookTable");
+    let described = aws_sdk_dynamodb::Client::new(stack.cx.aws_config().await)
+        .describe_table()
+        .table_name(&table)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        described
+            .table()
+            .and_then(|t| t.key_schema().first())
+            .map(|k| k.attribute_name()),
+        Some("pk")
+    );
+    // The role ECS assumes may invoke that function and nothing else.
+    let invoke = stack.physical("TestTrafficEcsHookInvokeRole");
+    let policy = stack.policy(&invoke, "cutover-test-traffic-ecs-hook").await;
+    let allowed = policy["Statement"].as_array().unwrap();
+    assert_eq!(allowed.len(), 1, "{policy}");
+    assert_eq!(statement(&policy, "lambda:InvokeFunction")["Effect"], "Allow");
+    let role = aws_sdk_iam::Client::new(stack.cx.aws_config().await)
+        .get_role()
+        .role_name(&invoke)
+        .send()
+        .await
+        .unwrap();
+    let trust = role
+        .role()
+        .map(|r| r.assume_role_policy_document().unwrap_or(""))
+        .unwrap_or("");
+    assert!(policy_json(trust).contains("ecs.amazonaws.com"), "{trust}");
+    // The function's own role reads and writes the hook table.
+    let function_role = stack.physical("TestTrafficRole");
+    let own = stack.policy(&function_role, "cutover-test-traffic").await;
+    assert!(
+        statement(&own, "dynamodb:PutItem")
+            .to_string()
+            .contains("dynamodb"),
+        "{own}"
+    );
+    // The output is the lifecycleHooks entry, ARNs resolved.
+    let entry: Value = serde_json::from_str(&stack.output("TestTrafficEcsLifecycleHook")).unwrap();
+    assert_eq!(
+        entry["lifecycleStages"],
+        serde_json::json!(["POST_TEST_TRAFFIC_SHIFT"])
+    );
+    assert!(
+        entry["hookTargetArn"]
+            .as_str()
+            .unwrap()
+            .starts_with("arn:aws:lambda:"),
+        "{entry}"
+    );
+    assert!(
+        entry["roleArn"].as_str().unwrap().starts_with("arn:aws:iam::"),
+        "{entry}"
+    );
+    let production: Value = serde_json::from_str(&stack.output("ProductionTrafficEcsLifecycleHook")).unwrap();
+    assert_eq!(
+        production["lifecycleStages"],
+        serde_json::json!(["PRODUCTION_TRAFFIC_SHIFT"])
+    );
+    let landed: Value = serde_json::from_str(&stack.output("TrafficLandedEcsLifecycleHook")).unwrap();
+    assert_eq!(
+        landed["lifecycleStages"],
+        serde_json::json!(["POST_PRODUCTION_TRAFFIC_SHIFT"])
+    );
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::overrides::{apply_override, is_override};
-use super::{PipelineFile, PipelineSpec, StageSpec, settings};
+use super::{EcsHookSpec, PipelineFile, PipelineSpec, StageSpec, settings};
 use crate::error::{LoadError, LoadErrors};
 use crate::stage::{StageConfig, ValidateContext, registered_stages};
 
@@ -132,10 +132,11 @@ impl Loader {
             base_dir,
             pipelines: &names,
         };
-        let pipelines = tables
+        let pipelines: Vec<PipelineSpec> = tables
             .into_iter()
             .filter_map(|(name, value)| load_pipeline(name, value, &validate, &mut problems))
             .collect();
+        one_pipeline_per_hook_stage(&pipelines, &mut problems);
         problems.into_result(PipelineFile {
             display: display.to_owned(),
             base_dir: base_dir.to_owned(),
@@ -195,13 +196,16 @@ fn load_pipeline(
         }
         None => None,
     };
+    let ecs_hook = table
+        .shift_remove("ecs_hook")
+        .and_then(|v| ecs_hook(&name, v, problems));
     let stages_value = table.shift_remove("stages");
     for k in table.keys() {
         problems.at(
             Some(&name),
             None,
             None,
-            format!("unknown key \"{k}\", expected one of: description, stages"),
+            format!("unknown key \"{k}\", expected one of: description, ecs_hook, stages"),
         );
     }
     let stage_values = match stages_value {
@@ -226,7 +230,58 @@ fn load_pipeline(
         name,
         description,
         stages,
+        ecs_hook,
     })
+}
+
+/// `ecs_hook = { … }` of pipeline `name`.
+fn ecs_hook(name: &str, value: Value, problems: &mut Problems<'_>) -> Option<EcsHookSpec> {
+    match serde_path_to_error::deserialize::<_, EcsHookSpec>(value) {
+        Ok(spec) => {
+            let found = spec.problems();
+            for (field, message) in &found {
+                problems.at(
+                    Some(name),
+                    None,
+                    Some(&format!("ecs_hook.{field}")),
+                    message.clone(),
+                );
+            }
+            found.is_empty().then_some(spec)
+        }
+        Err(e) => {
+            let field = field_below("ecs_hook", &e);
+            problems.at(Some(name), None, Some(&field), e.into_inner().to_string());
+            None
+        }
+    }
+}
+
+/// The field a `serde_path_to_error` error names, below the table `prefix`.
+pub(super) fn field_below<E>(prefix: &str, e: &serde_path_to_error::Error<E>) -> String {
+    match e.path().to_string() {
+        path if path == "." => prefix.to_owned(),
+        path => format!("{prefix}.{path}"),
+    }
+}
+
+/// Each lifecycle stage is answered by one pipeline of a file.
+fn one_pipeline_per_hook_stage(pipelines: &[PipelineSpec], problems: &mut Problems<'_>) {
+    let mut owner: std::collections::BTreeMap<&str, &str> = std::collections::BTreeMap::new();
+    for p in pipelines {
+        for stage in p.ecs_hook.iter().flat_map(|h| &h.stages) {
+            if let Some(first) = owner.insert(stage, &p.name) {
+                problems.at(
+                    Some(&p.name),
+                    None,
+                    Some("ecs_hook.stages"),
+                    format!(
+                        "{stage} is already answered by pipeline {first:?}: one pipeline per lifecycle stage"
+                    ),
+                );
+            }
+        }
+    }
 }
 
 /// One `[[pipelines.NAME.stages]]` table, parsed once into its typed configuration and

@@ -25,6 +25,7 @@
 //! case-insensitively with `-` written as `_`; a value is read as JSON when it parses as JSON
 //! (numbers, booleans, arrays, tables), otherwise as a string.
 
+mod ecs_hook;
 mod load;
 mod overrides;
 mod settings;
@@ -35,6 +36,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+pub use ecs_hook::{EcsHookSpec, HookStoreSpec, LIFECYCLE_STAGES};
 pub use load::Loader;
 pub use overrides::ENV_PREFIX;
 pub use settings::{AwsCalls, DEFAULT_DATA_DIR, Settings};
@@ -67,6 +69,8 @@ pub struct PipelineSpec {
     pub description: Option<String>,
     /// Its stages, in order.
     pub stages: Vec<StageSpec>,
+    /// `ecs_hook = { stages = [...] }`: the ECS lifecycle hook stages it answers.
+    pub ecs_hook: Option<EcsHookSpec>,
 }
 
 /// One stage's configuration.

@@ -100,12 +100,7 @@ pub(super) fn parse(value: Value, problems: &mut Problems<'_>) -> Settings {
         match serde_path_to_error::deserialize::<_, AwsCalls>(aws) {
             Ok(aws) => settings.aws = aws,
             Err(e) => {
-                let path = e.path().to_string();
-                let field = if path == "." {
-                    "settings.aws".to_owned()
-                } else {
-                    format!("settings.aws.{path}")
-                };
+                let field = super::load::field_below("settings.aws", &e);
                 problems.file(Some(&field), e.into_inner().to_string());
             }
         }

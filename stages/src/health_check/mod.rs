@@ -16,9 +16,15 @@
 //! - `webhook` ([`webhook`]): a POST of the rollout context to a team's own gate; 2xx is
 //!   healthy;
 //! - `cloudwatch-alarm` and `cloudwatch-metric` ([`cloudwatch`]): named alarms must not be in
-//!   `ALARM`; `GetMetricData` queries (metric math too) held to a condition.
+//!   `ALARM`; `GetMetricData` queries (metric math too) held to a condition;
+//! - `observed-split` ([`observed_split`]): the share of traffic green actually receives over
+//!   a window, held to the weight set.
 //!
-//! The metric probes share one analysis model ([`analysis`]): `count` measurements, each
+//! `probes = { observed-split = { … } }` names further probes a Task picks with its input's
+//! `probe` field (the shipped canary's observed-split gate asks for `"observed-split"`); without
+//! one, `probe` answers.
+//!
+//! The measuring probes share one analysis model ([`analysis`]): `count` measurements, each
 //! passed, failed or inconclusive, judged against `failure_limit` and `inconclusive_limit`.
 //!
 //! ```toml
@@ -35,11 +41,14 @@ pub(crate) mod client;
 pub mod cloudwatch;
 pub mod elbv2;
 pub mod http;
+pub mod observed_split;
 pub mod prometheus;
 pub mod webhook;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use cutover_core::{
     BoxFuture, BuildContext, BuildError, Event, FieldError, Next, Outcome, Stage, StageConfig, StageError,
@@ -51,12 +60,13 @@ use serde_json::{Value, json};
 use self::cloudwatch::{CloudWatchAlarmProbeConfig, CloudWatchMetricProbeConfig};
 use self::elbv2::Elbv2ProbeConfig;
 use self::http::HttpProbeConfig;
+use self::observed_split::ObservedSplitProbeConfig;
 use self::prometheus::PrometheusProbeConfig;
 use self::webhook::WebhookProbeConfig;
 
 cutover_core::register_stage!(
     "health-check",
-    "Probes green (HTTP with thresholds, or ELBv2 target health) and adds State = healthy | unhealthy for a Choice state."
+    "Probes green (HTTP, ELBv2 target health, Prometheus, a webhook, or the traffic split actually observed) and adds State = healthy | unhealthy for a Choice state."
 );
 
 /// Configuration of the `health-check` stage.
@@ -66,6 +76,9 @@ pub struct HealthCheckConfig {
     /// How health is judged: `{ type = "http", url = "…" }` or
     /// `{ type = "elbv2", target_group_arn = "…" }`.
     pub probe: ProbeConfig,
+    /// Further probes by name, picked by a Task input's `probe` field (`"observed-split"`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub probes: BTreeMap<String, ProbeConfig>,
     /// Put the result under this key of the context instead of merging it at the top level.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_key: Option<String>,
@@ -87,6 +100,87 @@ pub enum ProbeConfig {
     CloudwatchAlarm(CloudWatchAlarmProbeConfig),
     /// CloudWatch `GetMetricData` queries held to a condition.
     CloudwatchMetric(CloudWatchMetricProbeConfig),
+    /// The traffic split actually observed, held to the weight set.
+    ObservedSplit(ObservedSplitProbeConfig),
+}
+
+impl ProbeConfig {
+    async fn build(&self, cx: &BuildContext) -> Result<Arc<dyn HealthProbe>, BuildError> {
+        Ok(match self {
+            ProbeConfig::Http(c) => Arc::new(c.build(cx)?),
+            ProbeConfig::Elbv2(c) => Arc::new(c.build(cx).await),
+            ProbeConfig::Prometheus(c) => Arc::new(c.build(cx)?),
+            ProbeConfig::Webhook(c) => Arc::new(c.build(cx)?),
+            ProbeConfig::CloudwatchAlarm(c) => Arc::new(c.build(cx).await?),
+            ProbeConfig::CloudwatchMetric(c) => Arc::new(c.build(cx).await?),
+            ProbeConfig::ObservedSplit(c) => Arc::new(c.build()?),
+        })
+    }
+
+    fn validate(&self) -> Vec<FieldError> {
+        match self {
+            ProbeConfig::Http(c) => c.validate(),
+            ProbeConfig::Elbv2(c) => c.validate(),
+            ProbeConfig::Prometheus(c) => c.validate(),
+            ProbeConfig::Webhook(c) => c.validate(),
+            ProbeConfig::CloudwatchAlarm(c) => c.validate(),
+            ProbeConfig::CloudwatchMetric(c) => c.validate(),
+            ProbeConfig::ObservedSplit(c) => c.validate(),
+        }
+    }
+
+    fn deployment(&self) -> Result<cutover_core::Deployment, FieldError> {
+        use cutover_core::{Deployment, Statement};
+        let budget = |per: Duration, times: u64| {
+            let secs = per.as_secs().saturating_mul(times).saturating_add(10);
+            Deployment::default().timeout(u32::try_from(secs).unwrap_or(900))
+        };
+        match self {
+            ProbeConfig::Http(c) => Ok(budget(
+                c.timeout.saturating_add(c.interval),
+                u64::from(c.max_checks),
+            )),
+            ProbeConfig::Prometheus(c) => {
+                Ok(Deployment::default().timeout(task_budget(c.measurements().budget(c.timeout))))
+            }
+            ProbeConfig::CloudwatchAlarm(c) => Ok(Deployment::default()
+                .timeout(task_budget(c.measurements().budget(AWS_CALL)))
+                .allow(Statement::new(
+                    ["cloudwatch:DescribeAlarms"],
+                    c.alarm_arns(),
+                    "read the state of the alarms that judge green",
+                ))),
+            ProbeConfig::CloudwatchMetric(c) => Ok(Deployment::default()
+                .timeout(task_budget(c.measurements().budget(AWS_CALL)))
+                .allow(Statement::new(
+                    ["cloudwatch:GetMetricData"],
+                    [json!("*")],
+                    "read the metrics that judge green; GetMetricData supports no resource-level \
+                     permissions, so the resource must be \"*\"",
+                ))),
+            ProbeConfig::Webhook(c) => Ok(budget(
+                c.timeout.saturating_add(c.retry_interval),
+                u64::from(c.retries) + 1,
+            )),
+            ProbeConfig::ObservedSplit(c) => match &c.source {
+                observed_split::SplitSourceConfig::Dns { .. } => Err(FieldError::new(
+                    "probe.source",
+                    "the dns source counts the answers of the embedded DNS server in the same process, which a \
+                     Lambda function does not run: use source = { type = \"prometheus\", … } on AWS",
+                )),
+                observed_split::SplitSourceConfig::Prometheus { timeout, .. } => Ok(budget(
+                    c.window.saturating_add(*timeout).saturating_add(*timeout),
+                    u64::from(c.count),
+                )),
+            },
+            ProbeConfig::Elbv2(_) => Ok(Deployment::default().allow(Statement::new(
+                ["elasticloadbalancing:DescribeTargetHealth"],
+                [json!("*")],
+                "read the health of green's targets; DescribeTargetHealth supports no resource-level \
+                 permissions, so the resource must be \"*\"",
+            ))),
+        }
+    }
 }
 
 /// The answer of one health check: what the Choice state reads.
@@ -125,15 +219,15 @@ impl StageConfig for HealthCheckConfig {
             if let Some(e) = self.own_errors().into_iter().next() {
                 return Err(BuildError::Field(e));
             }
-            let probe: Arc<dyn HealthProbe> = match &self.probe {
-                ProbeConfig::Http(c) => Arc::new(c.build(cx)?),
-                ProbeConfig::Elbv2(c) => Arc::new(c.build(cx).await),
-                ProbeConfig::Prometheus(c) => Arc::new(c.build(cx)?),
-                ProbeConfig::Webhook(c) => Arc::new(c.build(cx)?),
-                ProbeConfig::CloudwatchAlarm(c) => Arc::new(c.build(cx).await?),
-                ProbeConfig::CloudwatchMetric(c) => Arc::new(c.build(cx).await?),
-            };
-            Ok(Arc::new(HealthCheck::new(probe, self.result_key.clone())) as Arc<dyn Stage>)
+            let probe = self.probe.build(cx).await?;
+            let mut named = BTreeMap::new();
+            for (name, p) in &self.probes {
+                named.insert(name.clone(), p.build(cx).await?);
+            }
+            Ok(
+                Arc::new(HealthCheck::new(probe, self.result_key.clone()).with_probes(named))
+                    as Arc<dyn Stage>,
+            )
         })
     }
 
@@ -145,45 +239,15 @@ impl StageConfig for HealthCheckConfig {
         &self,
         _cx: &cutover_core::DeployContext<'_>,
     ) -> Result<cutover_core::Deployment, FieldError> {
-        use cutover_core::{Deployment, Statement};
-        match &self.probe {
-            ProbeConfig::Http(c) => {
-                let per_check = c.timeout.saturating_add(c.interval).as_secs();
-                let budget = per_check
-                    .saturating_mul(u64::from(c.max_checks))
-                    .saturating_add(10);
-                Ok(Deployment::default().timeout(u32::try_from(budget).unwrap_or(900)))
-            }
-            ProbeConfig::Prometheus(c) => {
-                Ok(Deployment::default().timeout(task_budget(c.measurements().budget(c.timeout))))
-            }
-            ProbeConfig::CloudwatchAlarm(c) => Ok(Deployment::default()
-                .timeout(task_budget(c.measurements().budget(AWS_CALL)))
-                .allow(Statement::new(
-                    ["cloudwatch:DescribeAlarms"],
-                    c.alarm_arns(),
-                    "read the state of the alarms that judge green",
-                ))),
-            ProbeConfig::CloudwatchMetric(c) => Ok(Deployment::default()
-                .timeout(task_budget(c.measurements().budget(AWS_CALL)))
-                .allow(Statement::new(
-                    ["cloudwatch:GetMetricData"],
-                    [json!("*")],
-                    "read the metrics that judge green; GetMetricData supports no resource-level \
-                     permissions, so the resource must be \"*\"",
-                ))),
-            ProbeConfig::Webhook(c) => {
-                let per = c.timeout.saturating_add(c.retry_interval).as_secs();
-                let budget = per.saturating_mul(u64::from(c.retries) + 1).saturating_add(10);
-                Ok(Deployment::default().timeout(u32::try_from(budget).unwrap_or(900)))
-            }
-            ProbeConfig::Elbv2(_) => Ok(Deployment::default().allow(Statement::new(
-                ["elasticloadbalancing:DescribeTargetHealth"],
-                [json!("*")],
-                "read the health of green's targets; DescribeTargetHealth supports no resource-level \
-                 permissions, so the resource must be \"*\"",
-            ))),
+        let mut deployment = self.probe.deployment()?;
+        for (name, p) in &self.probes {
+            let d = p.deployment().map_err(|e| {
+                FieldError::new(e.field.replacen("probe", &format!("probes.{name}"), 1), e.message)
+            })?;
+            deployment.timeout_secs = deployment.timeout_secs.max(d.timeout_secs);
+            deployment.statements.extend(d.statements);
         }
+        Ok(deployment)
     }
 
     fn files(&self) -> Vec<std::path::PathBuf> {
@@ -193,7 +257,8 @@ impl StageConfig for HealthCheckConfig {
             | ProbeConfig::Prometheus(_)
             | ProbeConfig::Webhook(_)
             | ProbeConfig::CloudwatchAlarm(_)
-            | ProbeConfig::CloudwatchMetric(_) => Vec::new(),
+            | ProbeConfig::CloudwatchMetric(_)
+            | ProbeConfig::ObservedSplit(_) => Vec::new(),
         }
     }
 }
@@ -214,14 +279,12 @@ fn task_budget(check: std::time::Duration) -> u32 {
 
 impl HealthCheckConfig {
     fn own_errors(&self) -> Vec<FieldError> {
-        let mut errors = match &self.probe {
-            ProbeConfig::Http(c) => c.validate(),
-            ProbeConfig::Elbv2(c) => c.validate(),
-            ProbeConfig::Prometheus(c) => c.validate(),
-            ProbeConfig::Webhook(c) => c.validate(),
-            ProbeConfig::CloudwatchAlarm(c) => c.validate(),
-            ProbeConfig::CloudwatchMetric(c) => c.validate(),
-        };
+        let mut errors = self.probe.validate();
+        for (name, p) in &self.probes {
+            errors.extend(p.validate().into_iter().map(|e| {
+                FieldError::new(e.field.replacen("probe", &format!("probes.{name}"), 1), e.message)
+            }));
+        }
         if self.result_key.as_deref() == Some("") {
             errors.push(FieldError::new("result_key", "must not be empty"));
         }
@@ -233,20 +296,55 @@ impl HealthCheckConfig {
 #[derive(Debug)]
 pub struct HealthCheck {
     probe: Arc<dyn HealthProbe>,
+    probes: BTreeMap<String, Arc<dyn HealthProbe>>,
     result_key: Option<String>,
 }
 
 impl HealthCheck {
     /// A stage asking `probe`.
     pub fn new(probe: Arc<dyn HealthProbe>, result_key: Option<String>) -> Self {
-        Self { probe, result_key }
+        Self {
+            probe,
+            probes: BTreeMap::new(),
+            result_key,
+        }
+    }
+
+    /// Also `probes`, picked by name by an input's `probe` field.
+    pub fn with_probes(mut self, probes: BTreeMap<String, Arc<dyn HealthProbe>>) -> Self {
+        self.probes = probes;
+        self
+    }
+
+    /// The probe an event asks for: its `probe` field names one of `probes`; else `probe`.
+    fn probe_for(&self, event: &Event) -> Result<&Arc<dyn HealthProbe>, StageError> {
+        let asked = event
+            .json()
+            .ok()
+            .and_then(|v| v.get("probe"))
+            .and_then(Value::as_str);
+        match asked {
+            None => Ok(&self.probe),
+            Some(name) => self.probes.get(name).ok_or_else(|| {
+                StageError::permanent(format!(
+                    "the input asks for probe {name:?}, which this health-check stage does not have: add \
+                     probes.{name} = {{ type = \"{name}\", … }} to it (it has: {})",
+                    self.probes.keys().cloned().collect::<Vec<_>>().join(", ")
+                ))
+                .with_kind("HealthCheck.UnknownProbe")
+            }),
+        }
     }
 }
 
 impl Stage for HealthCheck {
     fn process<'a>(&'a self, mut event: Event, next: Next<'a>) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            match self.probe.check(&event).await {
+            let probe = match self.probe_for(&event) {
+                Ok(p) => p.clone(),
+                Err(e) => return Outcome::failed(e),
+            };
+            match probe.check(&event).await {
                 Ok(report) => {
                     tracing::info!(healthy = report.healthy, reason = %report.reason, "health checked");
                     event.add_result(self.result_key.as_deref(), report.to_json());
@@ -318,12 +416,66 @@ mod tests {
         assert!(out.is_retryable());
     }
 
+    #[tokio::test]
+    async fn an_input_picks_a_named_probe_and_an_unknown_one_is_named() {
+        let healthy = |reason: &str| {
+            Arc::new(Fixed(Ok(HealthReport {
+                healthy: true,
+                checks: vec![],
+                reason: reason.into(),
+            }))) as Arc<dyn HealthProbe>
+        };
+        let stage = HealthCheck::new(healthy("default"), None)
+            .with_probes(BTreeMap::from([("observed-split".to_owned(), healthy("split"))]));
+        let reason = |input: Value| {
+            let stage = &stage;
+            async move {
+                match stage.process(Event::from_value(input), Next::end()).await {
+                    Outcome::Passed { context } => Ok(context["reason"].clone()),
+                    Outcome::Failed { error, .. } => Err(error.message),
+                    other => panic!("{other}"),
+                }
+            }
+        };
+        assert_eq!(reason(json!({"weight": 10})).await, Ok(json!("default")));
+        assert_eq!(
+            reason(json!({"weight": 10, "probe": "observed-split"})).await,
+            Ok(json!("split"))
+        );
+        let e = reason(json!({"probe": "latency"})).await.unwrap_err();
+        assert!(
+            e.contains("probes.latency") && e.contains("it has: observed-split"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_embedded_only_named_probe_is_refused_for_lambda_naming_it() {
+        let cfg: HealthCheckConfig = toml::from_str(
+            "probe = { type = \"http\", url = \"http://g/\" }\n\
+             probes = { observed-split = { type = \"observed-split\", source = { type = \"dns\", record = \"www.catsndogs.lol\" } } }",
+        )
+        .unwrap();
+        let cx = cutover_core::DeployContext {
+            file: "x.toml",
+            base_dir: std::path::Path::new("."),
+            pipeline: "health-check",
+            stage_index: 1,
+            stage_name: "health-check",
+            pipelines: &[],
+        };
+        let e = cfg.deployment(&cx).unwrap_err();
+        assert_eq!(e.field, "probes.observed-split.source");
+        assert!(e.message.contains("type = \"prometheus\""), "{}", e.message);
+    }
+
     #[test]
     fn every_config_round_trips_through_toml() {
         for text in [
             "probe = { type = \"http\", url = \"http://127.0.0.2:8080/health\" }",
             "result_key = \"health\"\nprobe = { type = \"http\", url = \"{endpoint}/health\", expect_status = \"200,204,300-302\", body_contains = \"ok\", timeout = \"500ms\", interval = \"1s\", healthy_threshold = 2, unhealthy_threshold = 3, max_checks = 5 }",
             "probe = { type = \"elbv2\", target_group_arn = \"arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/green/0123456789abcdef\", min_healthy_percent = 50 }",
+            "probe = { type = \"http\", url = \"http://g/\" }\nprobes = { observed-split = { type = \"observed-split\", source = { type = \"dns\", record = \"www.catsndogs.lol\" }, window = \"2s\", tolerance = 3.0 } }",
         ] {
             let cfg: HealthCheckConfig = toml::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"));
             assert!(

@@ -133,28 +133,35 @@ fn numbers(answer: &Value) -> Result<Vec<f64>, String> {
     }
 }
 
-impl PrometheusProbe {
-    fn uri(&self, query: &str) -> Result<Uri, String> {
-        let mut encoded = String::new();
-        for b in query.bytes() {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                encoded.push(char::from(b));
-            } else {
-                encoded.push_str(&format!("%{b:02X}"));
-            }
+/// The URL of the instant query `query` on the Prometheus at `address`.
+fn query_uri(address: &str, query: &str) -> Result<Uri, String> {
+    let mut encoded = String::new();
+    for b in query.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            encoded.push(char::from(b));
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
         }
-        let base = self.config.address.trim_end_matches('/');
-        format!("{base}/api/v1/query?query={encoded}")
-            .parse()
-            .map_err(|e| format!("the query URL: {e}"))
     }
+    let base = address.trim_end_matches('/');
+    format!("{base}/api/v1/query?query={encoded}")
+        .parse()
+        .map_err(|e| format!("the query URL: {e}"))
+}
 
-    async fn measure(&self, uri: &Uri) -> Result<Vec<f64>, String> {
-        let (status, body) = client::send(&self.tls, Method::GET, uri, None, self.config.timeout).await?;
-        let answer: Value = serde_json::from_slice(&body)
-            .map_err(|e| format!("HTTP {status}: not a Prometheus answer: {e}"))?;
-        numbers(&answer)
-    }
+/// One instant query: the numbers of its answer, or why there are none. Shared with the
+/// `observed-split` probe's Prometheus source.
+pub(super) async fn instant_query(
+    tls: &Tls,
+    address: &str,
+    query: &str,
+    timeout: Duration,
+) -> Result<Vec<f64>, String> {
+    let uri = query_uri(address, query)?;
+    let (status, body) = client::send(tls, Method::GET, &uri, None, timeout).await?;
+    let answer: Value =
+        serde_json::from_slice(&body).map_err(|e| format!("HTTP {status}: not a Prometheus answer: {e}"))?;
+    numbers(&answer)
 }
 
 impl HealthProbe for PrometheusProbe {
@@ -165,11 +172,12 @@ impl HealthProbe for PrometheusProbe {
                 .query
                 .render(event)
                 .map_err(|e| StageError::permanent(format!("probe.query: {e}")))?;
-            let uri = self.uri(&query).map_err(StageError::permanent)?;
+            query_uri(&self.config.address, &query).map_err(StageError::permanent)?;
             let measurements = self.config.measurements();
             Ok(measurements
                 .run(&self.clock, &self.config.condition, || async {
-                    match self.measure(&uri).await {
+                    let c = &self.config;
+                    match instant_query(&self.tls, &c.address, &query, c.timeout).await {
                         Ok(values) => Measured::values(&self.condition, values),
                         Err(error) => Measured::Inconclusive(error),
                     }

@@ -7,6 +7,7 @@
 //! tick = "1s"              # how often a wait reads its control record (default 1s embedded, 5s AWS)
 //! health_every = "30s"     # while paused, green is still checked this often
 //! supersede = true         # a newer deployment of a service aborts the running rollout first
+//! observe_split = true     # before each bake, green must receive the weight set (observed-split)
 //! ```
 
 use std::time::Duration;
@@ -51,6 +52,11 @@ pub struct ControlConfig {
     /// before its event fails as retryable (and is tried again).
     #[serde(default = "default_supersede_wait", with = "cutover_core::duration")]
     pub supersede_wait: Duration,
+    /// Before each bake, check that green actually receives the weight just set: the canary
+    /// asks its analysis resource for the `observed-split` probe (give the health-check
+    /// pipeline `probes.observed-split`), and rolls back when the split observed is off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub observe_split: bool,
 }
 
 impl Default for ControlConfig {
@@ -62,6 +68,7 @@ impl Default for ControlConfig {
             supersede: true,
             service: default_service(),
             supersede_wait: default_supersede_wait(),
+            observe_split: false,
         }
     }
 }
@@ -95,12 +102,16 @@ impl ControlConfig {
         } else {
             &self.table
         };
-        json!({
+        let mut input = json!({
             "table": if embedded { "local" } else { table },
             "wait": tick,
             "tick": tick,
             "health_every": self.health_every.as_secs().max(tick),
-        })
+        });
+        if self.observe_split {
+            input["observe"] = json!(true);
+        }
+        input
     }
 }
 

@@ -219,7 +219,12 @@ impl Strategy {
         Ok(self.steps.clone())
     }
 
+    /// The analysis the presets use, that checks green while paused and that the observed-split
+    /// gate asks: `health-check` when the strategy has one, else the first by name.
     fn first_analysis(&self) -> &str {
+        if self.resources.analyses.contains_key("health-check") {
+            return "health-check";
+        }
         self.resources
             .analyses
             .keys()
@@ -380,6 +385,42 @@ impl<'a> Compiler<'a> {
         })
     }
 
+    /// The observed-split gate after a shift, when the execution's `control.observe` is true
+    /// (the starter's `control.observe_split`): the analysis resource, asked for its
+    /// `observed-split` probe, must find green receiving the weight just set before the bake
+    /// starts; otherwise roll back.
+    fn observe_gate(&mut self, weight: u8, next: &str) {
+        let (gate, task, verdict) = (
+            format!("Observe{weight}"),
+            format!("ObserveSplit{weight}"),
+            format!("Observed{weight}"),
+        );
+        self.add(&gate, json!({
+            "Type": "Choice",
+            "Comment": "Check the split actually observed only where the pipeline asks for it (control.observe)",
+            "Choices": [{"And": [
+                {"Variable": "$.control.observe", "IsPresent": true},
+                {"Variable": "$.control.observe", "BooleanEquals": true}
+            ], "Next": task}],
+            "Default": next,
+        }));
+        self.add(&task, json!({
+            "Type": "Task",
+            "Comment": format!("Does green actually receive {weight}% of the traffic (probe observed-split)?"),
+            "Resource": self.first_analysis_resource(),
+            "Parameters": {"weight.$": "$.traffic.green", "execution.$": "$$.Execution.Name", "probe": "observed-split"},
+            "ResultPath": "$.observed", "Retry": retry(), "Catch": catch(), "Next": verdict,
+        }));
+        self.add(
+            &verdict,
+            json!({
+                "Type": "Choice",
+                "Choices": [{"Variable": "$.observed.State", "StringEquals": "healthy", "Next": next}],
+                "Default": "Rollback",
+            }),
+        );
+    }
+
     /// A wait: its window, counted down by the shared control loop.
     fn window(&mut self, name: &str, seconds: u64, next: &str, comment: &str) {
         self.add(
@@ -470,8 +511,10 @@ impl<'a> Compiler<'a> {
                     } else {
                         format!("Send {weight}% of traffic to green")
                     };
-                    let state = self.shift(weight, &next, &comment);
+                    let gate = format!("Observe{weight}");
+                    let state = self.shift(weight, &gate, &comment);
                     self.add(name, state);
+                    self.observe_gate(weight, &next);
                 }
                 Step::Pause { pause } => {
                     let seconds = pause_seconds(pause)?;
@@ -638,11 +681,25 @@ impl<'a> Compiler<'a> {
             "Retry": [{"ErrorEquals": ["States.ALL"], "IntervalSeconds": 2, "MaxAttempts": 5, "BackoffRate": 2.0}],
             "Next": "WhyRolledBack",
         }));
-        self.add("WhyRolledBack", json!({
-            "Type": "Choice",
-            "Choices": [{"And": action("abort"), "Next": "Aborted"}, {"Variable": "$.error", "IsPresent": true, "Next": "FailedStep"}],
-            "Default": "Unhealthy",
-        }));
+        self.add(
+            "WhyRolledBack",
+            json!({
+                "Type": "Choice",
+                "Choices": [
+                    {"And": action("abort"), "Next": "Aborted"},
+                    {"Variable": "$.error", "IsPresent": true, "Next": "FailedStep"},
+                    {"And": [
+                        {"Variable": "$.observed.State", "IsPresent": true},
+                        {"Variable": "$.observed.State", "StringEquals": "unhealthy"}
+                    ], "Next": "SplitNotObserved"}
+                ],
+                "Default": "Unhealthy",
+            }),
+        );
+        self.add(
+            "SplitNotObserved",
+            json!({"Type": "Fail", "Comment": "Green did not receive the weight set", "Error": "Canary.SplitNotObserved", "CausePath": "$.observed.reason"}),
+        );
         self.add("Aborted", json!({"Type": "Fail", "Comment": "Aborted by the operator (the reason is the cause)", "Error": "Canary.Aborted", "CausePath": "$.op.Item.reason.S"}));
         self.add(
             "Unhealthy",
@@ -756,7 +813,18 @@ mod tests {
 
         let canary = strategy("[strategy]\ncanary = { percent = 5, bake = \"10m\" }");
         let def = canary.compile().unwrap();
-        assert_eq!(def["States"]["Shift5"]["Next"], "Bake5");
+        assert_eq!(def["States"]["Shift5"]["Next"], "Observe5");
+        assert_eq!(
+            def["States"]["Observe5"]["Default"], "Bake5",
+            "no observe: straight to the bake"
+        );
+        assert_eq!(def["States"]["Observe5"]["Choices"][0]["Next"], "ObserveSplit5");
+        assert_eq!(
+            def["States"]["ObserveSplit5"]["Parameters"]["probe"],
+            "observed-split"
+        );
+        assert_eq!(def["States"]["Observed5"]["Choices"][0]["Next"], "Bake5");
+        assert_eq!(def["States"]["Observed5"]["Default"], "Rollback");
         assert_eq!(def["States"]["Healthy5"]["Choices"][0]["Next"], "Gate100");
         cutover_asl::Definition::parse(&def.to_string()).unwrap();
     }
@@ -772,7 +840,7 @@ mod tests {
         assert_eq!(def["States"]["Healthy20"]["Choices"][0]["Next"], "Check20-smoke");
         assert_eq!(def["States"]["Check20-smoke"]["Resource"], "arn:s");
         assert_eq!(def["States"]["Healthy20-smoke"]["Choices"][0]["Next"], "Gate100");
-        assert_eq!(def["States"]["Shift100"]["Next"], "Done");
+        assert_eq!(def["States"]["Observe100"]["Default"], "Done");
         cutover_asl::Definition::parse(&def.to_string()).unwrap();
     }
 

@@ -153,8 +153,32 @@ impl Drop for LocalDnsServer {
     }
 }
 
+/// Every store an embedded DNS server of this process answers from, newest last.
+fn served() -> &'static Mutex<Vec<Weak<WeightStore>>> {
+    static SERVED: OnceLock<Mutex<Vec<Weak<WeightStore>>>> = OnceLock::new();
+    SERVED.get_or_init(Default::default)
+}
+
+/// The weights an embedded DNS server of this process answers `record` from (the newest, when
+/// several did): its [`WeightStore::answer_counts`] say how the answers actually split, which
+/// the `observed-split` health probe compares with the weights set.
+pub fn served_store(record: &str) -> Option<Arc<WeightStore>> {
+    let record = super::local::normalise(record);
+    let mut served = served().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    served.retain(|s| s.strong_count() > 0);
+    served
+        .iter()
+        .rev()
+        .filter_map(Weak::upgrade)
+        .find(|s| s.spec().record == record)
+}
+
 impl Zones {
     fn add(&self, store: Arc<WeightStore>) {
+        served()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Arc::downgrade(&store));
         let mut stores = self
             .stores
             .write()

@@ -49,6 +49,11 @@ pub struct LocalRouterConfig {
     /// `traffic/<record>.json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_file: Option<PathBuf>,
+    /// How long after a shift the DNS server still answers by the previous weights: what
+    /// resolver caches and late-landing weights do to real traffic. For demos and for testing
+    /// the `observed-split` gate; default 0 (answers follow at once).
+    #[serde(default, with = "crate::duration", skip_serializing_if = "Duration::is_zero")]
+    pub answer_lag: Duration,
 }
 
 fn default_listen() -> SocketAddr {
@@ -108,6 +113,7 @@ impl LocalRouterConfig {
                 format!("cannot open the weights file {}: {e}", path.display()),
             )
         })?;
+        store.set_answer_lag(self.answer_lag);
         let server = if self.serve {
             Some(LocalDnsServer::shared(self.listen, store.clone()).map_err(|e| {
                 BuildError::field(

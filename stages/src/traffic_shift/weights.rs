@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -47,12 +48,43 @@ struct StateFile {
     blue: u8,
     green: u8,
     change: u64,
+    /// The weights before the last change (all blue before the first).
+    #[serde(default = "all_blue")]
+    previous: [u8; 2],
+    /// When the last change was made, milliseconds since the epoch.
+    #[serde(default)]
+    changed_at_ms: u64,
+    /// How long after a change the DNS server still answers by `previous`.
+    #[serde(default)]
+    answer_lag_ms: u64,
+}
+
+fn all_blue() -> [u8; 2] {
+    [100, 0]
 }
 
 #[derive(Debug)]
 struct State {
     weights: Weights,
     change: u64,
+    previous: Weights,
+    changed_at_ms: u64,
+    answer_lag_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// How many answers the DNS server gave each side of one name, since the store was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AnswerCounts {
+    /// Answers sending clients to blue.
+    pub blue: u64,
+    /// Answers sending clients to green.
+    pub green: u64,
 }
 
 /// The weights of one weighted name, kept in a JSON file and shared between the router and
@@ -63,6 +95,9 @@ pub struct WeightStore {
     path: PathBuf,
     state: Mutex<State>,
     answers: AtomicU64,
+    answered_blue: AtomicU64,
+    answered_green: AtomicU64,
+    answer_lag_ms: AtomicU64,
 }
 
 impl WeightStore {
@@ -80,8 +115,14 @@ impl WeightStore {
             state: Mutex::new(State {
                 weights: Weights::green(0),
                 change: 0,
+                previous: Weights::green(0),
+                changed_at_ms: 0,
+                answer_lag_ms: 0,
             }),
             answers: AtomicU64::new(0),
+            answered_blue: AtomicU64::new(0),
+            answered_green: AtomicU64::new(0),
+            answer_lag_ms: AtomicU64::new(0),
         };
         store.reload()?;
         Ok(Arc::new(store))
@@ -105,29 +146,75 @@ impl WeightStore {
         self.lock().weights
     }
 
+    /// From now on, changes this store makes are answered by the DNS server only `lag` after
+    /// they are made (the previous weights until then): what resolver caches and weights that
+    /// land late do to real traffic, for demos and for testing a gate that checks the split
+    /// actually observed (`router.answer_lag`).
+    pub fn set_answer_lag(&self, lag: Duration) {
+        self.answer_lag_ms.store(
+            u64::try_from(lag.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
     /// Sets the weights, writing the file atomically; returns the change number.
     pub fn set(&self, weights: Weights) -> io::Result<u64> {
         let _ = self.reload();
         let mut state = self.lock();
         let change = state.change + 1;
+        let (changed_at_ms, answer_lag_ms) = (now_ms(), self.answer_lag_ms.load(Ordering::Relaxed));
         let file = StateFile {
             record: self.spec.record.clone(),
             blue: weights.blue,
             green: weights.green,
             change,
+            previous: [state.weights.blue, state.weights.green],
+            changed_at_ms,
+            answer_lag_ms,
         };
         let bytes = serde_json::to_vec_pretty(&file).map_err(io::Error::other)?;
         cutover_core::fs::write_atomically(&self.path, &bytes)?;
+        state.previous = state.weights;
         state.weights = weights;
         state.change = change;
+        state.changed_at_ms = changed_at_ms;
+        state.answer_lag_ms = answer_lag_ms;
         Ok(change)
+    }
+
+    /// The weights the DNS server answers by now: the weights in force, or the previous ones
+    /// while a change is younger than its answer lag.
+    pub fn answered_weights(&self) -> Weights {
+        let current = self.weights();
+        let state = self.lock();
+        if state.answer_lag_ms > 0 && now_ms() < state.changed_at_ms.saturating_add(state.answer_lag_ms) {
+            state.previous
+        } else {
+            current
+        }
+    }
+
+    /// How many answers went to each side so far (counted by [`pick`](Self::pick)).
+    pub fn answer_counts(&self) -> AnswerCounts {
+        AnswerCounts {
+            blue: self.answered_blue.load(Ordering::Relaxed),
+            green: self.answered_green.load(Ordering::Relaxed),
+        }
     }
 
     /// The side the next answer goes to. Answers follow a fixed, evenly spread sequence: every
     /// 100 consecutive answers hold exactly `green` green ones (so 0 and 100 are exact), spread
     /// out rather than in a block. Both weights 0 share evenly, as Route 53 does.
     pub fn pick(&self) -> Side {
-        let Weights { blue, green } = self.weights();
+        let side = self.pick_by(self.answered_weights());
+        match side {
+            Side::Blue => self.answered_blue.fetch_add(1, Ordering::Relaxed),
+            Side::Green => self.answered_green.fetch_add(1, Ordering::Relaxed),
+        };
+        side
+    }
+
+    fn pick_by(&self, Weights { blue, green }: Weights) -> Side {
         let n = self.answers.fetch_add(1, Ordering::Relaxed);
         // 37 is coprime with 100, so `slot` visits every value of 0..100 once per 100 answers.
         let slot = (n % 100) * 37 % 100;
@@ -171,6 +258,12 @@ impl WeightStore {
             green: file.green,
         };
         state.change = file.change;
+        state.previous = Weights {
+            blue: file.previous[0].min(100),
+            green: file.previous[1].min(100),
+        };
+        state.changed_at_ms = file.changed_at_ms;
+        state.answer_lag_ms = file.answer_lag_ms;
         Ok(())
     }
 }
@@ -222,6 +315,31 @@ mod tests {
             b.set(Weights::green(green)).unwrap();
             assert_eq!(a.weights(), Weights::green(green));
         }
+    }
+
+    #[test]
+    fn answers_lag_a_change_by_the_answer_lag_and_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.json");
+        let router = WeightStore::open(spec(), &path).unwrap();
+        router.set_answer_lag(Duration::from_secs(3600));
+        router.set(Weights::green(10)).unwrap();
+        // A server in another process reads the lag from the file: still all blue for an hour.
+        let server = WeightStore::open(spec(), &path).unwrap();
+        assert_eq!(server.weights(), Weights::green(10));
+        assert_eq!(server.answered_weights(), Weights::green(0));
+        for _ in 0..100 {
+            server.pick();
+        }
+        assert_eq!(server.answer_counts(), AnswerCounts { blue: 100, green: 0 });
+        // Without a lag, the next change is answered at once.
+        router.set_answer_lag(Duration::ZERO);
+        router.set(Weights::green(50)).unwrap();
+        assert_eq!(server.answered_weights(), Weights::green(50));
+        for _ in 0..100 {
+            server.pick();
+        }
+        assert_eq!(server.answer_counts(), AnswerCounts { blue: 150, green: 50 });
     }
 
     #[test]
