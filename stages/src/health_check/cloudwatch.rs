@@ -479,11 +479,52 @@ pub struct CloudWatchMetricProbe {
 
 /// Why a metric measurement has no number.
 #[derive(Debug)]
-enum NoNumber {
+pub(crate) enum NoNumber {
     /// The call failed.
     Call(StageError),
     /// A series without data, or CloudWatch could not compute it.
     Data(String),
+}
+
+/// Every point of each returned series between `start` and `end`, newest first, by query id
+/// (`GetMetricData`, all pages). A series CloudWatch could not compute is [`NoNumber::Data`].
+pub(crate) async fn metric_data(
+    client: &aws_sdk_cloudwatch::Client,
+    queries: &[MetricDataQuery],
+    start: std::time::SystemTime,
+    end: std::time::SystemTime,
+) -> Result<BTreeMap<String, Vec<f64>>, NoNumber> {
+    let mut series: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut token = None;
+    for _ in 0..10 {
+        let out = client
+            .get_metric_data()
+            .set_metric_data_queries(Some(queries.to_vec()))
+            .start_time(DateTime::from(start))
+            .end_time(DateTime::from(end))
+            .scan_by(ScanBy::TimestampDescending)
+            .set_next_token(token.take())
+            .send()
+            .await
+            .map_err(|e| NoNumber::Call(aws_error("GetMetricData", &e)))?;
+        for result in out.metric_data_results() {
+            let id = result.id().unwrap_or("?").to_owned();
+            if let Some(StatusCode::InternalError | StatusCode::Forbidden) = result.status_code() {
+                let messages: Vec<&str> = result.messages().iter().filter_map(|m| m.value()).collect();
+                return Err(NoNumber::Data(format!(
+                    "{id}: {} {}",
+                    result.status_code().map_or("", StatusCode::as_str),
+                    messages.join("; ")
+                )));
+            }
+            series.entry(id).or_default().extend_from_slice(result.values());
+        }
+        match out.next_token() {
+            Some(next) if !next.is_empty() => token = Some(next.to_owned()),
+            _ => break,
+        }
+    }
+    Ok(series)
 }
 
 impl CloudWatchMetricProbe {
@@ -491,47 +532,13 @@ impl CloudWatchMetricProbe {
     async fn measure(&self, queries: &[MetricDataQuery]) -> Result<Vec<(String, f64)>, NoNumber> {
         let now = self.clock.now();
         let start = now.checked_sub(self.config.window).unwrap_or(now);
-        let mut newest: BTreeMap<String, Option<f64>> = BTreeMap::new();
-        let mut token = None;
-        // Pages: GetMetricData splits long answers; each series' newest point is on its first.
-        for _ in 0..10 {
-            let out = self
-                .client
-                .get_metric_data()
-                .set_metric_data_queries(Some(queries.to_vec()))
-                .start_time(DateTime::from(start))
-                .end_time(DateTime::from(now))
-                .scan_by(ScanBy::TimestampDescending)
-                .set_next_token(token.take())
-                .send()
-                .await
-                .map_err(|e| NoNumber::Call(aws_error("GetMetricData", &e)))?;
-            for result in out.metric_data_results() {
-                let id = result.id().unwrap_or("?").to_owned();
-                if let Some(StatusCode::InternalError | StatusCode::Forbidden) = result.status_code() {
-                    let messages: Vec<&str> = result.messages().iter().filter_map(|m| m.value()).collect();
-                    return Err(NoNumber::Data(format!(
-                        "{id}: {} {}",
-                        result.status_code().map_or("", StatusCode::as_str),
-                        messages.join("; ")
-                    )));
-                }
-                let entry = newest.entry(id).or_default();
-                if entry.is_none() {
-                    *entry = result.values().first().copied();
-                }
-            }
-            match out.next_token() {
-                Some(next) if !next.is_empty() => token = Some(next.to_owned()),
-                _ => break,
-            }
-        }
-        let empty: Vec<&str> = newest
+        let series = metric_data(&self.client, queries, start, now).await?;
+        let empty: Vec<&str> = series
             .iter()
-            .filter(|(_, v)| v.is_none())
+            .filter(|(_, v)| v.is_empty())
             .map(|(id, _)| id.as_str())
             .collect();
-        if newest.is_empty() || !empty.is_empty() {
+        if series.is_empty() || !empty.is_empty() {
             return Err(NoNumber::Data(format!(
                 "no data point in the last {:?} for {}",
                 self.config.window,
@@ -542,9 +549,9 @@ impl CloudWatchMetricProbe {
                 }
             )));
         }
-        Ok(newest
+        Ok(series
             .into_iter()
-            .filter_map(|(id, v)| v.map(|v| (id, v)))
+            .filter_map(|(id, v)| v.first().map(|v| (id, *v)))
             .collect())
     }
 }
@@ -582,27 +589,23 @@ impl HealthProbe for CloudWatchMetricProbe {
     }
 }
 
+/// A loopback server speaking CloudWatch's Smithy RPC v2 CBOR protocol, for tests (moto does
+/// not speak it): each request is checked for the protocol's path and headers and decoded;
+/// answers are scripted CBOR maps, timestamps as tag 1 epoch seconds.
 #[cfg(test)]
-mod tests {
-    //! The probes against a loopback server speaking CloudWatch's Smithy RPC v2 CBOR protocol
-    //! (moto does not): requests are checked for the protocol's path and headers and decoded;
-    //! answers are CBOR maps shaped as the CloudWatch API reference documents `GetMetricData`
-    //! and `DescribeAlarms` responses, timestamps as tag 1 epoch seconds.
-
-    use std::sync::Mutex;
+pub(crate) mod rpc_cbor {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
 
     use ciborium::Value as Cbor;
-    use cutover_core::{AwsSettings, ManualClock};
-    use serde_json::Value;
+    use cutover_core::{AwsSettings, BuildContext, ManualClock};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    use super::*;
-
     /// A request as the server saw it: the operation and the decoded body.
-    type Seen = Arc<Mutex<Vec<(String, Cbor)>>>;
+    pub(crate) type Seen = Arc<Mutex<Vec<(String, Cbor)>>>;
 
     /// Serves `answers` (status, CBOR body) in order, one per request; what it was asked.
-    async fn serve(answers: Vec<(u16, Cbor)>) -> (String, Seen) {
+    pub(crate) async fn serve(answers: Vec<(u16, Cbor)>) -> (String, Seen) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let seen: Seen = Arc::default();
@@ -666,7 +669,7 @@ mod tests {
         }
     }
 
-    fn map(entries: Vec<(&str, Cbor)>) -> Cbor {
+    pub(crate) fn map(entries: Vec<(&str, Cbor)>) -> Cbor {
         Cbor::Map(
             entries
                 .into_iter()
@@ -675,15 +678,15 @@ mod tests {
         )
     }
 
-    fn text(s: &str) -> Cbor {
+    pub(crate) fn text(s: &str) -> Cbor {
         Cbor::Text(s.into())
     }
 
-    fn at(epoch: f64) -> Cbor {
+    pub(crate) fn at(epoch: f64) -> Cbor {
         Cbor::Tag(1, Box::new(Cbor::Float(epoch)))
     }
 
-    fn get(value: &Cbor, key: &str) -> Cbor {
+    pub(crate) fn get(value: &Cbor, key: &str) -> Cbor {
         match value {
             Cbor::Map(entries) => entries
                 .iter()
@@ -694,7 +697,7 @@ mod tests {
         }
     }
 
-    fn context(url: &str) -> BuildContext {
+    pub(crate) fn context(url: &str) -> BuildContext {
         BuildContext::new("unused")
             .with_aws(AwsSettings {
                 max_attempts: Some(1),
@@ -704,6 +707,18 @@ mod tests {
                 std::time::UNIX_EPOCH + Duration::from_secs(1_764_000_000),
             )))
     }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The probes against [`super::rpc_cbor`]'s server, answering as the CloudWatch API
+    //! reference documents `GetMetricData` and `DescribeAlarms` responses.
+
+    use ciborium::Value as Cbor;
+    use serde_json::Value;
+
+    use super::rpc_cbor::{at, context, get, map, serve, text};
+    use super::*;
 
     fn event() -> Event {
         Event::from_value(serde_json::json!({"service": "cats", "target_group": "targetgroup/green/0123"}))

@@ -113,7 +113,7 @@ impl ProbeConfig {
             ProbeConfig::Webhook(c) => Arc::new(c.build(cx)?),
             ProbeConfig::CloudwatchAlarm(c) => Arc::new(c.build(cx).await?),
             ProbeConfig::CloudwatchMetric(c) => Arc::new(c.build(cx).await?),
-            ProbeConfig::ObservedSplit(c) => Arc::new(c.build()?),
+            ProbeConfig::ObservedSplit(c) => Arc::new(c.build(cx).await?),
         })
     }
 
@@ -172,6 +172,16 @@ impl ProbeConfig {
                     c.window.saturating_add(*timeout).saturating_add(*timeout),
                     u64::from(c.count),
                 )),
+                observed_split::SplitSourceConfig::Alb { delay, .. } => Ok(budget(
+                    c.window.saturating_add(*delay).saturating_add(AWS_CALL),
+                    u64::from(c.count),
+                )
+                .allow(Statement::new(
+                    ["cloudwatch:GetMetricData"],
+                    [json!("*")],
+                    "read the ALB's request counts per target group; GetMetricData supports no \
+                     resource-level permissions, so the resource must be \"*\"",
+                ))),
             },
             ProbeConfig::Elbv2(_) => Ok(Deployment::default().allow(Statement::new(
                 ["elasticloadbalancing:DescribeTargetHealth"],

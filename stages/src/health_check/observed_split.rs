@@ -22,13 +22,14 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cutover_core::{BoxFuture, BuildError, Event, FieldError, StageError, Template};
+use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
+use cutover_core::{BoxFuture, BuildContext, BuildError, Event, FieldError, StageError, Template};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::analysis::{Limits, Measurement, Tally};
 use super::http::Tls;
-use super::{HealthProbe, HealthReport, prometheus};
+use super::{HealthProbe, HealthReport, cloudwatch, prometheus};
 use crate::traffic_shift::dns::served_store;
 
 /// Configuration of `probe = { type = "observed-split", … }`.
@@ -62,8 +63,7 @@ pub struct ObservedSplitProbeConfig {
     pub inconclusive_limit: u32,
 }
 
-/// Where the split is observed. (An ALB source — CloudWatch `RequestCount` per target group
-/// — is one more variant here and one more [`SplitSource`].)
+/// Where the split is observed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum SplitSourceConfig {
@@ -87,6 +87,30 @@ pub enum SplitSourceConfig {
         #[serde(default = "default_query_timeout", with = "crate::duration")]
         timeout: Duration,
     },
+    /// An Application Load Balancer's `RequestCount` per target group (CloudWatch,
+    /// `AWS/ApplicationELB`), summed over the window. CloudWatch publishes these a minute or
+    /// more late: give a `window` of a few minutes and `delay` for the points to land.
+    Alb {
+        /// The load balancer dimension: `app/catsndogs/0123456789abcdef` (a template).
+        load_balancer: Template,
+        /// Green's target group dimension: `targetgroup/green/0123456789abcdef` (a template).
+        green_target_group: Template,
+        /// Blue's target group dimension (a template).
+        blue_target_group: Template,
+        /// The period of the data points summed: 1m, or a multiple of it.
+        #[serde(default = "default_alb_period", with = "crate::duration")]
+        period: Duration,
+        /// How long to wait after the window before asking, so its points have been published.
+        #[serde(default = "default_alb_delay", with = "crate::duration")]
+        delay: Duration,
+    },
+}
+
+fn default_alb_period() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_alb_delay() -> Duration {
+    Duration::from_secs(120)
 }
 
 fn default_weight() -> Template {
@@ -184,6 +208,76 @@ impl SplitSource for PrometheusCounts {
     }
 }
 
+/// An ALB's `RequestCount` per target group, from CloudWatch.
+#[derive(Debug)]
+struct AlbRequestCounts {
+    client: aws_sdk_cloudwatch::Client,
+    load_balancer: Template,
+    green: Template,
+    blue: Template,
+    period: Duration,
+    delay: Duration,
+    clock: Arc<dyn cutover_core::Clock>,
+}
+
+impl AlbRequestCounts {
+    fn query(&self, id: &str, target_group: &Template, event: &Event) -> Result<MetricDataQuery, String> {
+        let render =
+            |t: &Template, field: &str| t.render(event).map_err(|e| format!("probe.source.{field}: {e}"));
+        let dimension = |name: &str, value: String| Dimension::builder().name(name).value(value).build();
+        let metric = Metric::builder()
+            .namespace("AWS/ApplicationELB")
+            .metric_name("RequestCount")
+            .dimensions(dimension(
+                "LoadBalancer",
+                render(&self.load_balancer, "load_balancer")?,
+            ))
+            .dimensions(dimension(
+                "TargetGroup",
+                render(target_group, &format!("{id}_target_group"))?,
+            ))
+            .build();
+        let period = i32::try_from(self.period.as_secs()).unwrap_or(i32::MAX);
+        Ok(MetricDataQuery::builder()
+            .id(id)
+            .metric_stat(
+                MetricStat::builder()
+                    .metric(metric)
+                    .stat("Sum")
+                    .period(period)
+                    .build(),
+            )
+            .return_data(true)
+            .build())
+    }
+}
+
+impl SplitSource for AlbRequestCounts {
+    fn observe<'a>(&'a self, event: &'a Event, window: Duration) -> BoxFuture<'a, Result<Split, String>> {
+        Box::pin(async move {
+            let queries = [
+                self.query("green", &self.green, event)?,
+                self.query("blue", &self.blue, event)?,
+            ];
+            // The window is the traffic from now on; its points are asked for once published.
+            let start = self.clock.now();
+            self.clock.sleep(window.saturating_add(self.delay)).await;
+            let end = start + window;
+            let series = cloudwatch::metric_data(&self.client, &queries, start, end)
+                .await
+                .map_err(|e| match e {
+                    cloudwatch::NoNumber::Call(e) => e.message,
+                    cloudwatch::NoNumber::Data(why) => why,
+                })?;
+            let sum = |id: &str| series.get(id).map_or(0.0, |v| v.iter().sum());
+            Ok(Split {
+                green: sum("green"),
+                blue: sum("blue"),
+            })
+        })
+    }
+}
+
 /// Judges one window's split against the weight set.
 pub fn judge(split: Split, weight: u8, tolerance: f64, min_samples: u64) -> Measurement {
     let total = split.blue + split.green;
@@ -233,12 +327,26 @@ impl ObservedSplitProbeConfig {
                     format!("{address:?} is not a URL like http://127.0.0.1:9090"),
                 ));
             }
+            SplitSourceConfig::Alb { period, .. }
+                if period.as_secs() == 0 || !period.as_secs().is_multiple_of(60) =>
+            {
+                errors.push(FieldError::new(
+                    "probe.source.period",
+                    "ALB metrics have 1-minute points: 1m or a multiple of it",
+                ));
+            }
+            SplitSourceConfig::Alb { .. } if self.window < Duration::from_secs(60) => {
+                errors.push(FieldError::new(
+                    "probe.window",
+                    "the alb source sums 1-minute points: a window of at least 1m (a few minutes is better)",
+                ));
+            }
             _ => {}
         }
         errors
     }
 
-    pub(super) fn build(&self) -> Result<ObservedSplitProbe, BuildError> {
+    pub(super) async fn build(&self, cx: &BuildContext) -> Result<ObservedSplitProbe, BuildError> {
         if let Some(e) = self.validate().into_iter().next() {
             return Err(BuildError::Field(e));
         }
@@ -257,6 +365,21 @@ impl ObservedSplitProbeConfig {
                 blue: blue.clone(),
                 timeout: *timeout,
                 tls: Tls::new(None),
+            }),
+            SplitSourceConfig::Alb {
+                load_balancer,
+                green_target_group,
+                blue_target_group,
+                period,
+                delay,
+            } => Arc::new(AlbRequestCounts {
+                client: aws_sdk_cloudwatch::Client::new(cx.aws_config().await),
+                load_balancer: load_balancer.clone(),
+                green: green_target_group.clone(),
+                blue: blue_target_group.clone(),
+                period: *period,
+                delay: *delay,
+                clock: cx.clock(),
             }),
         };
         Ok(ObservedSplitProbe {
@@ -339,6 +462,121 @@ impl HealthProbe for ObservedSplitProbe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The ALB source against a loopback server speaking CloudWatch's RPC v2 CBOR (moto does
+    /// not): two `RequestCount` Sum queries by target group, the window's points summed.
+    #[tokio::test]
+    async fn the_alb_source_sums_request_counts_per_target_group() {
+        use ciborium::Value as Cbor;
+
+        use crate::health_check::cloudwatch::rpc_cbor::{at, context, get, map, serve, text};
+
+        let series = |id: &str, values: &[f64]| {
+            map(vec![
+                ("Id", text(id)),
+                ("Label", text("RequestCount")),
+                (
+                    "Timestamps",
+                    Cbor::Array(
+                        (0..values.len())
+                            .map(|i| at(1_764_000_120.0 - 60.0 * i as f64))
+                            .collect(),
+                    ),
+                ),
+                (
+                    "Values",
+                    Cbor::Array(values.iter().map(|v| Cbor::Float(*v)).collect()),
+                ),
+                ("StatusCode", text("Complete")),
+            ])
+        };
+        let answer = |green: &[f64], blue: &[f64]| {
+            (
+                200,
+                map(vec![(
+                    "MetricDataResults",
+                    Cbor::Array(vec![series("green", green), series("blue", blue)]),
+                )]),
+            )
+        };
+        // Agreeing with 10%, then green receiving a third while set to 10%.
+        let (url, seen) = serve(vec![
+            answer(&[48.0, 52.0], &[450.0, 450.0]),
+            answer(&[300.0], &[600.0]),
+        ])
+        .await;
+        let config: ObservedSplitProbeConfig = toml::from_str(
+            r#"source = { type = "alb", load_balancer = "app/catsndogs/0123", green_target_group = "{green_tg}", blue_target_group = "targetgroup/blue/0456", delay = "0s" }
+               window = "2m"
+               count = 2
+               failure_limit = 0"#,
+        )
+        .unwrap();
+        assert!(config.validate().is_empty(), "{:?}", config.validate());
+        let probe = config.build(&context(&url)).await.unwrap();
+        let event = Event::from_value(json!({"weight": 10, "green_tg": "targetgroup/green/0123"}));
+        let report = probe.check(&event).await.unwrap();
+        assert!(!report.healthy, "{report:?}");
+        assert_eq!(report.checks[0]["green"], 100.0);
+        assert_eq!(report.checks[0]["blue"], 900.0);
+        assert_eq!(report.checks[0]["passed"], true);
+        assert_eq!(report.checks[1]["passed"], false);
+        assert!(
+            report
+                .reason
+                .contains("green received 300 of 900 requests (33.3%) with weight 10%"),
+            "{}",
+            report.reason
+        );
+
+        let seen = seen.lock().unwrap();
+        let (operation, request) = &seen[0];
+        assert_eq!(operation, "GetMetricData");
+        let Cbor::Array(queries) = get(request, "MetricDataQueries") else {
+            panic!("{request:?}")
+        };
+        let stat = get(&queries[0], "MetricStat");
+        assert_eq!(get(&stat, "Stat"), text("Sum"));
+        let metric = get(&stat, "Metric");
+        assert_eq!(get(&metric, "Namespace"), text("AWS/ApplicationELB"));
+        assert_eq!(get(&metric, "MetricName"), text("RequestCount"));
+        assert_eq!(
+            get(&metric, "Dimensions"),
+            Cbor::Array(vec![
+                map(vec![
+                    ("Name", text("LoadBalancer")),
+                    ("Value", text("app/catsndogs/0123"))
+                ]),
+                map(vec![
+                    ("Name", text("TargetGroup")),
+                    ("Value", text("targetgroup/green/0123"))
+                ]),
+            ])
+        );
+    }
+
+    #[test]
+    fn the_alb_source_wants_minute_points() {
+        let config: ObservedSplitProbeConfig = toml::from_str(
+            r#"source = { type = "alb", load_balancer = "l", green_target_group = "g", blue_target_group = "b", period = "30s" }
+               window = "10s""#,
+        )
+        .unwrap();
+        let fields: Vec<String> = config.validate().into_iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["probe.source.period"]);
+        let config = ObservedSplitProbeConfig {
+            source: SplitSourceConfig::Alb {
+                load_balancer: "l".parse().unwrap(),
+                green_target_group: "g".parse().unwrap(),
+                blue_target_group: "b".parse().unwrap(),
+                period: Duration::from_secs(60),
+                delay: Duration::ZERO,
+            },
+            ..config
+        };
+        let fields: Vec<String> = config.validate().into_iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["probe.window"]);
+    }
 
     #[test]
     fn the_split_is_held_to_the_weight_exactly_at_0_and_100() {
