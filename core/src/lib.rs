@@ -27,11 +27,13 @@ pub mod metrics;
 pub mod outcome;
 pub mod path;
 pub mod pipeline;
+mod service;
 pub mod stage;
 pub mod template;
 
 pub use config::{
-    AwsCalls, DEFAULT_DATA_DIR, Loader, PipelineFile, PipelineSpec, Settings, Siblings, StageSpec,
+    AwsCalls, DEFAULT_DATA_DIR, Loader, PipelineFile, PipelineSpec, SERVICE_CONTEXT, ServiceConfig, Services, Settings,
+    Siblings, StageSpec,
 };
 pub use context::{
     AwsSettings, Background, BuildContext, Clock, Counter, HISTOGRAM_BOUNDS, Histogram, ManualClock, Metrics,

@@ -60,7 +60,8 @@ pub use self::sfn::SfnEngine;
 
 cutover_core::register_stage!(
     "start-state-machine",
-    "Starts one canary execution (Step Functions, or the embedded ASL engine) per event."
+    "Starts one canary execution (Step Functions, or the embedded ASL engine) per event.",
+    per_event_templates
 );
 
 /// Configuration of the `start-state-machine` stage.
@@ -269,11 +270,11 @@ impl StageConfig for StartStateMachineConfig {
                 output: self.output.clone(),
                 engine,
                 control: self.control.input(embedded),
+                service: self.control.service.clone(),
                 // Only a rollout that reads its control record can be aborted by a newer one.
                 supersede: rollouts
                     .filter(|_| self.control.supersede && self.reads_control_or_say(cx))
                     .map(|rollouts| Supersede {
-                        service: self.control.service.clone(),
                         wait: self.control.supersede_wait,
                         rollouts,
                         clock: cx.clock(),
@@ -459,13 +460,14 @@ pub struct StartStateMachine {
     engine: Arc<dyn StateMachineEngine>,
     /// The `control` block of every execution's input.
     control: Value,
+    /// The service a deployment belongs to when the file has no `[services]` table.
+    service: Template,
     supersede: Option<Supersede>,
 }
 
 /// One rollout per service: what a newer deployment does to the running one.
 #[derive(Debug)]
 struct Supersede {
-    service: Template,
     wait: std::time::Duration,
     rollouts: Arc<dyn RolloutStore>,
     clock: Arc<dyn cutover_core::Clock>,
@@ -479,15 +481,11 @@ impl Supersede {
     /// "superseded by `name`") and waited for, so the two never shift one record at once.
     async fn hand_over(
         &self,
-        event: &Event,
+        service: &str,
         name: &str,
         engine: &dyn StateMachineEngine,
     ) -> Result<(), StageError> {
-        // Events that do not name a service (custom pipelines) have nothing to supersede.
-        let Ok(service) = self.service.render(event) else {
-            return Ok(());
-        };
-        let Some(older) = self.rollouts.claim_service(&service, name).await? else {
+        let Some(older) = self.rollouts.claim_service(service, name).await? else {
             return Ok(());
         };
         if engine.status(&older).await?.as_deref() != Some("RUNNING") {
@@ -543,6 +541,21 @@ impl Supersede {
 }
 
 impl StartStateMachine {
+    /// The service the event's deployment belongs to: its `[services]` entry, else
+    /// `control.service` rendered; `None` when the event names none (custom pipelines, which
+    /// then have nothing to supersede).
+    fn service_of(&self, event: &Event) -> Option<String> {
+        let from_table = event
+            .context()
+            .get(cutover_core::SERVICE_CONTEXT)
+            .and_then(|s| s.get("name"))
+            .and_then(Value::as_str);
+        match from_table {
+            Some(name) => Some(name.to_owned()),
+            None => self.service.render(event).ok(),
+        }
+    }
+
     /// Whether the execution name is derived from the event's dedup key, i.e. names the
     /// deployment: then an execution of that name is this deployment's, whatever its input.
     fn name_is_the_deployments(&self, event: &Event) -> bool {
@@ -586,15 +599,24 @@ impl Stage for StartStateMachine {
                 Ok(v) => v,
                 Err(e) => return Outcome::failed(StageError::permanent(format!("execution input: {e}"))),
             };
+            let service = self.service_of(&event);
+            // The rollout's service travels in its control block: the canary passes it to every
+            // Task (handlers configured per service pick theirs by it), and `rollouts retry`
+            // takes the same service slot superseding does.
             if let Value::Object(fields) = &mut input {
-                fields.entry("control").or_insert_with(|| self.control.clone());
+                let control = fields.entry("control").or_insert_with(|| self.control.clone());
+                if let (Value::Object(control), Some(service)) = (control, &service)
+                    && control.get("service").and_then(Value::as_str).is_none_or(str::is_empty)
+                {
+                    control.insert("service".into(), Value::String(service.clone()));
+                }
             }
             let name = match self.name_for(&event) {
                 Ok(n) => n,
                 Err(e) => return Outcome::failed(e),
             };
-            if let Some(supersede) = &self.supersede
-                && let Err(e) = supersede.hand_over(&event, &name, self.engine.as_ref()).await
+            if let (Some(supersede), Some(service)) = (&self.supersede, &service)
+                && let Err(e) = supersede.hand_over(service, &name, self.engine.as_ref()).await
             {
                 return Outcome::failed(e);
             }
