@@ -39,7 +39,7 @@ pub use context::{
     AwsSettings, Background, BuildContext, Clock, Counter, HISTOGRAM_BOUNDS, Histogram, ManualClock, Metrics,
     SystemClock,
 };
-pub use deploy::{DeployContext, Deployment, Statement};
+pub use deploy::{DeployContext, Deployment, ServiceScope, Statement};
 pub use error::{BuildError, FieldError, LoadError, LoadErrors, PipelineError};
 pub use event::{Event, EventError};
 pub use outcome::{Outcome, StageError};

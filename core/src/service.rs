@@ -3,8 +3,8 @@
 //!
 //! Which service an event belongs to is, in order: the one in the event's context (put there by
 //! an earlier stage); for a filtering stage (one with an event pattern), the first service whose
-//! instance passes the event; else the event's own `service` field (a Task payload from the
-//! canary, which passes the rollout's service to every Task). An event that matches no service is
+//! instance passes the event; else the event's `control.service` (a Task payload from the canary,
+//! which passes the rollout's control block, service included, to every Task) or `service`. An event that matches no service is
 //! dropped with each service's reason; one naming a service the file does not have fails.
 
 use std::sync::Arc;
@@ -51,14 +51,21 @@ impl PerService {
 
     /// The first service whose instance passes the event, or why none does.
     async fn select(&self, event: &Event) -> Result<&Instance, String> {
-        let mut reasons = Vec::new();
+        let mut why = Vec::new();
         for instance in &self.instances {
             match instance.stage.process(event.clone(), Next::end()).await {
                 Outcome::Passed { .. } => return Ok(instance),
-                Outcome::Dropped { reason, .. } => reasons.push(format!("{}: {reason}", instance.service)),
-                Outcome::Failed { error, .. } => reasons.push(format!("{}: {error}", instance.service)),
+                Outcome::Dropped { reason, .. } => why.push((instance.service.as_str(), reason)),
+                Outcome::Failed { error, .. } => why.push((instance.service.as_str(), error.to_string())),
             }
         }
+        // A condition every service shares (the cluster, the status) is said once.
+        if let Some((_, first)) = why.first()
+            && why.iter().all(|(_, r)| r == first)
+        {
+            return Err(first.clone());
+        }
+        let mut reasons: Vec<String> = why.iter().map(|(s, r)| format!("{s}: {r}")).collect();
         let more = reasons.len().saturating_sub(REASONS_SHOWN);
         reasons.truncate(REASONS_SHOWN);
         let mut why = format!("matches no service ({})", reasons.join("; "));
@@ -82,7 +89,12 @@ impl Stage for PerService {
                 Some(n) => Some(n),
                 None if self.selects => None,
                 None => match event.json() {
-                    Ok(v) => v.get(SERVICE_CONTEXT).and_then(Value::as_str).map(str::to_owned),
+                    Ok(v) => v
+                        .pointer("/control/service")
+                        .or_else(|| v.get(SERVICE_CONTEXT))
+                        .and_then(Value::as_str)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned),
                     Err(e) => return Outcome::failed(StageError::permanent(e.to_string())),
                 },
             };
@@ -104,7 +116,8 @@ impl Stage for PerService {
                 None => {
                     return Outcome::failed(StageError::permanent(
                         "this stage is configured per service ({service.…}) but the event names no \
-                         service: put a filter before it, or pass \"service\" in the Task's input",
+                         service: put a filter before it, or pass the rollout's control block (\"control.$\": \"$.control\") \
+                         in the Task's Parameters",
                     ));
                 }
             };

@@ -381,6 +381,7 @@ fn load_stage(
         let config = typed_config(&table, &loading.validate, &mut |f, m| at(problems, f, m))?;
         return Some(StageSpec::new(name, type_name, config));
     }
+    let fields: Arc<[(String, String)]> = services::whole_fields(&table).into();
     let mut per_service = Vec::with_capacity(loading.services.len());
     for (service, values) in loading.services.iter() {
         let mut report = |f: Option<&str>, m: String| at(problems, f, format!("service \"{service}\": {m}"));
@@ -396,6 +397,7 @@ fn load_stage(
                 service: service.to_owned(),
                 values: values.clone(),
                 config,
+                fields: fields.clone(),
             });
         }
     }

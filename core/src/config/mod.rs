@@ -98,6 +98,9 @@ pub struct ServiceConfig {
     pub values: Arc<Value>,
     /// The stage's configuration with the service's values put in.
     pub config: Arc<dyn StageConfig>,
+    /// The stage's fields that are exactly one service value, with its key
+    /// (`("router.record", "record")`): what `cutover template` overrides per service.
+    pub fields: Arc<[(String, String)]>,
 }
 
 impl StageSpec {

@@ -137,6 +137,19 @@ pub(super) fn references(value: &Value) -> Vec<Reference> {
     out
 }
 
+/// The fields whose whole value is one `{service.…}` placeholder, with its key.
+pub(super) fn whole_fields(value: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    walk_strings(value, &mut String::new(), &mut |field, s| {
+        if let [(0, end, path)] = placeholders(s).as_slice()
+            && *end == s.len()
+        {
+            out.push((field.to_owned(), (*path).to_owned()));
+        }
+    });
+    out
+}
+
 fn walk_strings(value: &Value, field: &mut String, visit: &mut impl FnMut(&str, &str)) {
     match value {
         Value::String(s) => visit(field, s),

@@ -340,7 +340,7 @@ impl<'a> Compiler<'a> {
     fn shift(&self, weight: u8, next: &str, comment: &str) -> Value {
         json!({
             "Type": "Task", "Comment": comment, "Resource": self.strategy.resources.shift,
-            "Parameters": {"weight": weight, "execution.$": "$$.Execution.Name", "service.$": "$.control.service"},
+            "Parameters": {"weight": weight, "execution.$": "$$.Execution.Name", "control.$": "$.control"},
             "ResultPath": "$.traffic", "Retry": retry(), "Catch": catch(), "Next": next,
         })
     }
@@ -348,7 +348,7 @@ impl<'a> Compiler<'a> {
     fn check(&self, analysis: &str, next: &str, comment: &str) -> Value {
         json!({
             "Type": "Task", "Comment": comment, "Resource": self.strategy.resources.analyses[analysis],
-            "Parameters": {"weight.$": "$.traffic.green", "execution.$": "$$.Execution.Name", "service.$": "$.control.service"},
+            "Parameters": {"weight.$": "$.traffic.green", "execution.$": "$$.Execution.Name", "control.$": "$.control"},
             "ResultPath": "$.health", "Retry": retry(), "Catch": catch(), "Next": next,
         })
     }
@@ -560,7 +560,7 @@ impl<'a> Compiler<'a> {
         }));
         self.add("HoldCheck", json!({
             "Type": "Task", "Comment": "Probe green while paused: a sick green still rolls back", "Resource": first,
-            "Parameters": {"weight.$": "$.traffic.green", "execution.$": "$$.Execution.Name", "service.$": "$.control.service"},
+            "Parameters": {"weight.$": "$.traffic.green", "execution.$": "$$.Execution.Name", "control.$": "$.control"},
             "ResultPath": "$.health", "Retry": retry(), "Catch": catch(), "Next": "HoldHealthy",
         }));
         self.add(
@@ -590,7 +590,7 @@ impl<'a> Compiler<'a> {
         self.add("ShiftFull", full);
         self.add("Rollback", json!({
             "Type": "Task", "Comment": "Send all traffic back to blue", "Resource": self.strategy.resources.shift,
-            "Parameters": {"weight": 0, "execution.$": "$$.Execution.Name", "service.$": "$.control.service"}, "ResultPath": "$.rollback",
+            "Parameters": {"weight": 0, "execution.$": "$$.Execution.Name", "control.$": "$.control"}, "ResultPath": "$.rollback",
             "Retry": [{"ErrorEquals": ["States.ALL"], "IntervalSeconds": 2, "MaxAttempts": 5, "BackoffRate": 2.0}],
             "Next": "WhyRolledBack",
         }));
