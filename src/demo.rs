@@ -30,6 +30,8 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use serde_json::{Value, json};
 
+mod services;
+
 const PIPELINE: &str = include_str!("../pipelines/catsndogs.toml");
 const STRATEGY: &str = include_str!("../pipelines/canary.strategy.toml");
 const TRACE: &str = include_str!("../tests/fixtures/deployment-trace.jsonl");
@@ -63,6 +65,11 @@ pub(crate) struct DemoArgs {
     /// demo runs, and its URL printed).
     #[arg(long)]
     no_ui: bool,
+    /// Roll out this many services at once from one pipeline file (`[services]`), each with its
+    /// own embedded record and green server; the last one's green fails at 50% and rolls back.
+    /// Exits 0 when every other service was promoted and that one rolled back.
+    #[arg(long, default_value_t = 1)]
+    services: usize,
 }
 
 /// What `--scenario` does to the rollout.
@@ -302,6 +309,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             temp.path().to_owned()
         }
     };
+    if args.services != 1 {
+        return services::run(args.services, args.speed, &out, &root).await;
+    }
     let pipelines_dir = root.join("pipelines");
     std::fs::create_dir_all(&pipelines_dir)?;
     std::fs::write(pipelines_dir.join("catsndogs.toml"), PIPELINE)?;
