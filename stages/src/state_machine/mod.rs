@@ -123,6 +123,12 @@ pub enum EngineConfig {
         /// Resume unfinished executions found in the data directory when the pipeline is built.
         #[serde(default = "crate::fields::yes")]
         resume: bool,
+        /// How long finished executions (record and history) are kept in
+        /// `<data_dir>/executions` before they are removed, so the directory does not grow
+        /// without bound: checked when the pipeline is built and hourly while it runs.
+        /// `"0s"` removes them at the next check; default 14 days.
+        #[serde(default = "default_keep_finished", with = "cutover_core::duration")]
+        keep_finished: std::time::Duration,
     },
 }
 
@@ -134,6 +140,10 @@ pub enum Resource {
     Pipeline(String),
     /// A single stage (e.g. `health-check`, `traffic-shift`).
     Stage(Box<dyn StageConfig>),
+}
+
+fn default_keep_finished() -> std::time::Duration {
+    std::time::Duration::from_secs(14 * 24 * 3600)
 }
 
 fn default_input() -> ValueTemplate {
@@ -258,8 +268,12 @@ impl StageConfig for StartStateMachineConfig {
                         resources,
                         wait,
                         resume,
+                        keep_finished,
                     } => (
-                        Arc::new(LocalEngine::build(cx, definition, resources, *wait, *resume).await?),
+                        Arc::new(
+                            LocalEngine::build(cx, definition, resources, *wait, *resume, Some(*keep_finished))
+                                .await?,
+                        ),
                         Some(Arc::new(rollout_store(cx))),
                     ),
                 };
@@ -433,7 +447,7 @@ impl StartStateMachineConfig {
             } => {
                 let none = BTreeMap::new();
                 let resources = if run_tasks { resources } else { &none };
-                let engine = Arc::new(LocalEngine::build(cx, definition, resources, false, false).await?);
+                let engine = Arc::new(LocalEngine::build(cx, definition, resources, false, false, None).await?);
                 let source = engine.definition().source().clone();
                 Ok(Rollouts::new(
                     engine.clone(),
