@@ -361,10 +361,14 @@ fn read_header(path: &Path) -> Result<Option<RecordHeader>, String> {
     let history_len = match fields.shift_remove("history_len").and_then(|n| n.as_u64()) {
         Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
         // The older layout keeps the history inline: count it, then drop it.
-        None => fields.get("history").and_then(Value::as_array).map_or(0, Vec::len),
+        None => fields
+            .get("history")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len),
     };
     fields.insert("history".into(), Value::Array(Vec::new()));
-    let record: ExecutionRecord = serde_json::from_value(value).map_err(|e| format!("{}: {e}", path.display()))?;
+    let record: ExecutionRecord =
+        serde_json::from_value(value).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(Some(RecordHeader {
         record,
         history_len,

@@ -289,7 +289,10 @@ mod tests {
             }),
             ..cx
         };
-        assert_eq!(cats.override_var("router.record"), "CUTOVER_SERVICES__CATS__RECORD");
+        assert_eq!(
+            cats.override_var("router.record"),
+            "CUTOVER_SERVICES__CATS__RECORD"
+        );
         assert_eq!(
             cats.override_var("router.ttl"),
             "CUTOVER_PIPELINES__ECS_EVENTS__STAGES__3__ROUTER__TTL"

@@ -115,7 +115,9 @@ impl Event {
         if path.root() == Some(CONTEXT_ROOT) {
             return Ok(path.lookup_in_map(&self.context, 1));
         }
-        if path.root() == Some(crate::config::SERVICE_CONTEXT) && self.context.contains_key(crate::config::SERVICE_CONTEXT) {
+        if path.root() == Some(crate::config::SERVICE_CONTEXT)
+            && self.context.contains_key(crate::config::SERVICE_CONTEXT)
+        {
             return Ok(path.lookup_in_map(&self.context, 0));
         }
         Ok(path.lookup(self.json()?))

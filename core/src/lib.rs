@@ -32,8 +32,8 @@ pub mod stage;
 pub mod template;
 
 pub use config::{
-    AwsCalls, DEFAULT_DATA_DIR, Loader, PipelineFile, PipelineSpec, SERVICE_CONTEXT, ServiceConfig, Services, Settings,
-    Siblings, StageSpec,
+    AwsCalls, DEFAULT_DATA_DIR, Loader, PipelineFile, PipelineSpec, SERVICE_CONTEXT, ServiceConfig, Services,
+    Settings, Siblings, StageSpec,
 };
 pub use context::{
     AwsSettings, Background, BuildContext, Clock, Counter, HISTOGRAM_BOUNDS, Histogram, ManualClock, Metrics,

@@ -80,7 +80,8 @@ fn green_event(service: &str) -> anyhow::Result<Vec<u8>> {
                 && l.contains("\"desiredStatus\":\"RUNNING\"")
         })
         .context("the seed trace has a green RUNNING task")?;
-    let mut event: serde_json::Value = serde_json::from_str(&line.replace("cats-green", &format!("{service}-green")))?;
+    let mut event: serde_json::Value =
+        serde_json::from_str(&line.replace("cats-green", &format!("{service}-green")))?;
     event["id"] = json!(format!("demo-{service}"));
     Ok(event.to_string().into_bytes())
 }
@@ -160,7 +161,10 @@ pub(super) async fn run(n: usize, speed: f64, out: &Reporter, root: &Path) -> an
     }
     for s in &services {
         let page: &'static str = Box::leak(format!("<h1>{} v2</h1>\n", s.name).into_boxed_str());
-        let store = weights.get(&s.name).context("a weights file per service")?.clone();
+        let store = weights
+            .get(&s.name)
+            .context("a weights file per service")?
+            .clone();
         let sick = s.sick;
         serve_page(SocketAddr::from((s.green, s.port)), page, move || {
             sick && store.weights().green >= 50
@@ -206,13 +210,21 @@ pub(super) async fn run(n: usize, speed: f64, out: &Reporter, root: &Path) -> an
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     let mut report = |out: &Reporter| {
         for record in executions(&executions_dir) {
-            let service = record.input["control"]["service"].as_str().unwrap_or("?").to_owned();
+            let service = record.input["control"]["service"]
+                .as_str()
+                .unwrap_or("?")
+                .to_owned();
             let done = seen.entry(record.name.clone()).or_default();
             for event in record.history.iter().skip(*done) {
                 *done += 1;
                 match &event.kind {
-                    EventKind::TaskSucceeded { resource, output } if resource.ends_with("cutover-traffic-shift") => {
-                        let (b, g) = (output["blue"].as_u64().unwrap_or(0), output["green"].as_u64().unwrap_or(0));
+                    EventKind::TaskSucceeded { resource, output }
+                        if resource.ends_with("cutover-traffic-shift") =>
+                    {
+                        let (b, g) = (
+                            output["blue"].as_u64().unwrap_or(0),
+                            output["green"].as_u64().unwrap_or(0),
+                        );
                         out.say(
                             &format!("{service:<6} shift   blue {b:>3}% / green {g:>3}%"),
                             json!({"service": service, "step": "shift", "blue": b, "green": g}),
@@ -261,7 +273,8 @@ pub(super) async fn run(n: usize, speed: f64, out: &Reporter, root: &Path) -> an
             ),
             json!({"service": s.name, "status": status, "final": {"blue": w.blue, "green": w.green}, "dns": {"blue": db, "green": dg}}),
         );
-        summary.push(json!({"service": s.name, "status": status, "final": {"blue": w.blue, "green": w.green}}));
+        summary
+            .push(json!({"service": s.name, "status": status, "final": {"blue": w.blue, "green": w.green}}));
     }
     out.say(
         &format!(

@@ -9,7 +9,9 @@
 
 use std::path::Path;
 
-use cutover_core::{DeployContext, Deployment, LoadError, LoadErrors, PipelineFile, PipelineSpec, ServiceScope};
+use cutover_core::{
+    DeployContext, Deployment, LoadError, LoadErrors, PipelineFile, PipelineSpec, ServiceScope,
+};
 use serde_json::{Map, Value};
 
 use super::Settings;
@@ -83,22 +85,24 @@ impl StackPlan {
             let at = Some((i + 1, stage.type_name.clone()));
             // A stage configured per service deploys each service's configuration: its
             // resources and parameters named for the service, its permissions scoped to it.
-            let scopes: Vec<(Option<ServiceScope<'_>>, &std::sync::Arc<dyn cutover_core::StageConfig>)> =
-                if stage.per_service.is_empty() {
-                    vec![(None, &stage.config)]
-                } else {
-                    stage
-                        .per_service
-                        .iter()
-                        .map(|s| {
-                            let scope = ServiceScope {
-                                name: &s.service,
-                                fields: &s.fields,
-                            };
-                            (Some(scope), &s.config)
-                        })
-                        .collect()
-                };
+            let scopes: Vec<(
+                Option<ServiceScope<'_>>,
+                &std::sync::Arc<dyn cutover_core::StageConfig>,
+            )> = if stage.per_service.is_empty() {
+                vec![(None, &stage.config)]
+            } else {
+                stage
+                    .per_service
+                    .iter()
+                    .map(|s| {
+                        let scope = ServiceScope {
+                            name: &s.service,
+                            fields: &s.fields,
+                        };
+                        (Some(scope), &s.config)
+                    })
+                    .collect()
+            };
             for (service, config) in scopes {
                 let cx = DeployContext {
                     file: &file.display,
@@ -109,7 +113,9 @@ impl StackPlan {
                     pipelines: names,
                     service,
                 };
-                let for_service = service.map(|s| format!("service \"{}\": ", s.name)).unwrap_or_default();
+                let for_service = service
+                    .map(|s| format!("service \"{}\": ", s.name))
+                    .unwrap_or_default();
                 let Deployment {
                     resources,
                     parameters,

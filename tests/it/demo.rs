@@ -138,12 +138,21 @@ fn several_services_roll_out_at_once_and_only_the_sick_one_rolls_back() {
     let outcome = |name: &str| rollouts.iter().find(|r| r["service"] == name).unwrap().clone();
     for healthy in ["cats", "dogs"] {
         assert_eq!(outcome(healthy)["status"], "SUCCEEDED", "{summary}");
-        assert_eq!(outcome(healthy)["final"], serde_json::json!({"blue": 0, "green": 100}));
+        assert_eq!(
+            outcome(healthy)["final"],
+            serde_json::json!({"blue": 0, "green": 100})
+        );
     }
     assert_eq!(outcome("svc3")["status"], "FAILED", "{summary}");
-    assert_eq!(outcome("svc3")["final"], serde_json::json!({"blue": 100, "green": 0}));
+    assert_eq!(
+        outcome("svc3")["final"],
+        serde_json::json!({"blue": 100, "green": 0})
+    );
     // Each service answered on its own record: its DNS follows its own weights.
-    for line in lines.iter().filter(|l| l["service"].is_string() && l["dns"].is_object()) {
+    for line in lines
+        .iter()
+        .filter(|l| l["service"].is_string() && l["dns"].is_object())
+    {
         let green = line["final"]["green"].as_u64().unwrap();
         assert_eq!(line["dns"]["green"].as_u64().unwrap(), green, "{line}");
     }

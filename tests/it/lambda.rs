@@ -307,7 +307,10 @@ fn step_functions_task_invocations_return_the_handler_output_or_its_error() {
     let data = tempfile::tempdir().unwrap();
     let api = RuntimeApi::start(vec![
         // The canary passes the rollout's control block: its service picks the record.
-        ("t1", json!({"weight": 10, "execution": "x", "control": {"service": "dogs"}})),
+        (
+            "t1",
+            json!({"weight": 10, "execution": "x", "control": {"service": "dogs"}}),
+        ),
         ("t2", json!({"weight": 250, "control": {"service": "dogs"}})),
         ("t3", json!({"weight": 10, "control": {"service": "ferrets"}})),
     ]);
@@ -344,9 +347,10 @@ fn step_functions_task_invocations_return_the_handler_output_or_its_error() {
         "{:?}",
         answers[2]
     );
-    let weights: Value =
-        serde_json::from_str(&std::fs::read_to_string(data.path().join("traffic/dogs.catsndogs.lol.json")).unwrap())
-            .unwrap();
+    let weights: Value = serde_json::from_str(
+        &std::fs::read_to_string(data.path().join("traffic/dogs.catsndogs.lol.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(weights["green"], 10, "dogs' record was shifted");
 }
 

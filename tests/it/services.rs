@@ -66,12 +66,22 @@ fn cats_and_dogs_roll_out_from_one_pipeline_set_on_the_embedded_engine() {
         .args(["replay", "pipelines/catsndogs.toml", "--json", "--state"])
         .arg(&state)
         .arg(&trace)
-        .env("CUTOVER_SERVICES__DOGS__HEALTH_URL", format!("http://127.0.0.4:{dogs_port}/"))
-        .env("CUTOVER_SERVICES__CATS__HEALTH_URL", format!("http://127.0.0.2:{cats_port}/"))
+        .env(
+            "CUTOVER_SERVICES__DOGS__HEALTH_URL",
+            format!("http://127.0.0.4:{dogs_port}/"),
+        )
+        .env(
+            "CUTOVER_SERVICES__CATS__HEALTH_URL",
+            format!("http://127.0.0.2:{cats_port}/"),
+        )
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let outcomes: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let started: Vec<&str> = outcomes
         .iter()
@@ -82,7 +92,11 @@ fn cats_and_dogs_roll_out_from_one_pipeline_set_on_the_embedded_engine() {
     // A task of no service (the blue "dogs" containers) is dropped saying why for each service.
     let no_service = outcomes
         .iter()
-        .find(|o| o["reason"].as_str().is_some_and(|r| r.contains("container name is not")))
+        .find(|o| {
+            o["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("container name is not"))
+        })
         .expect("a task of no service");
     let reason = no_service["reason"].as_str().unwrap();
     assert!(
@@ -146,11 +160,16 @@ fn validation_names_the_service_and_the_field() {
     // A value the stage refuses, named with its service.
     let bad = check(&shipped.replace("green = \"127.0.0.4\"", "green = \"dogs.example\""));
     assert!(
-        bad.contains("pipeline \"traffic-shift\", stage 1 (traffic-shift): field \"router\": service \"dogs\": "),
+        bad.contains(
+            "pipeline \"traffic-shift\", stage 1 (traffic-shift): field \"router\": service \"dogs\": "
+        ),
         "{bad}"
     );
     // Two services on one traffic target.
-    let clash = check(&shipped.replace("record = \"dogs.catsndogs.lol\"", "record = \"www.catsndogs.lol\""));
+    let clash = check(&shipped.replace(
+        "record = \"dogs.catsndogs.lol\"",
+        "record = \"www.catsndogs.lol\"",
+    ));
     assert!(
         clash.contains("services \"cats\" and \"dogs\" both claim the embedded record www.catsndogs.lol"),
         "{clash}"

@@ -194,10 +194,18 @@ async fn the_generated_stack_deploys_with_the_compiled_rule_table_state_machine_
             "{service}"
         );
     }
-    assert_eq!(body.matches("Type: AWS::StepFunctions::StateMachine\n").count(), 1);
+    assert_eq!(
+        body.matches("Type: AWS::StepFunctions::StateMachine\n").count(),
+        1
+    );
     assert_eq!(body.matches("Type: AWS::Lambda::Function\n").count(), 3);
 
-    let stack = Deployed::create(moto, &body, &[("TrafficShiftDogsHostedZoneId", "Z0DOGS0000000000000")]).await;
+    let stack = Deployed::create(
+        moto,
+        &body,
+        &[("TrafficShiftDogsHostedZoneId", "Z0DOGS0000000000000")],
+    )
+    .await;
     let config = stack.cx.aws_config().await;
     let output = |key: &str| stack.output(key);
     let physical = |logical: &str| stack.physical(logical);

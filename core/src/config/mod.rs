@@ -129,7 +129,11 @@ impl StageSpec {
         if self.per_service.is_empty() {
             return self.config.event_pattern();
         }
-        let patterns: Option<Vec<Value>> = self.per_service.iter().map(|s| s.config.event_pattern()).collect();
+        let patterns: Option<Vec<Value>> = self
+            .per_service
+            .iter()
+            .map(|s| s.config.event_pattern())
+            .collect();
         services::any_of(patterns?)
     }
 

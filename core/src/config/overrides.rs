@@ -84,7 +84,9 @@ pub(super) fn apply_override(root: &mut Value, key: &str, raw: &str) -> Result<(
             return Err(format!("no pipeline matches \"{seg}\""));
         }
         if i == 1 && !map.contains_key(&k) && segments[0] == "SERVICES" {
-            return Err(format!("no service matches \"{seg}\" (an override sets a value, it adds no service)"));
+            return Err(format!(
+                "no service matches \"{seg}\" (an override sets a value, it adds no service)"
+            ));
         }
         cur = map.entry(k).or_insert_with(|| Value::Object(Map::new()));
         i += 1;

@@ -374,7 +374,8 @@ mod tests {
                   "url": "http://cats.example:8080/", "keep": "{detail.group}",
                   "escaped": "{{service.record}}"}})
         );
-        let (field, message) = substitute(&json!({"probe": {"url": "{service.health_url}"}}), &cats).unwrap_err();
+        let (field, message) =
+            substitute(&json!({"probe": {"url": "{service.health_url}"}}), &cats).unwrap_err();
         assert_eq!(field, "probe.url");
         assert!(message.contains("{service.health_url}"), "{message}");
         let (_, message) = substitute(&json!({"x": "at {service.alias}"}), &cats).unwrap_err();

@@ -316,7 +316,10 @@ impl LocalEngine {
                 .saved
                 .and_then(|t| now.duration_since(t).ok())
                 .is_some_and(|age| age >= keep);
-            if r.state_machine == self.definition.name() && r.status != ExecutionStatus::Running && ended_long_ago {
+            if r.state_machine == self.definition.name()
+                && r.status != ExecutionStatus::Running
+                && ended_long_ago
+            {
                 self.store
                     .remove(&r.execution_arn)
                     .map_err(|e| StageError::retryable(format!("execution store: {e}")))?;

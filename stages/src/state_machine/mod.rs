@@ -236,47 +236,48 @@ impl StageConfig for StartStateMachineConfig {
         Box::pin(async move {
             // The service slots live in the rollouts store: on AWS, the table the stack creates.
             // Without one configured, there is nowhere to keep them: no superseding.
-            let (engine, rollouts): (Arc<dyn StateMachineEngine>, Option<Arc<dyn RolloutStore>>) =
-                match &self.engine {
-                    EngineConfig::StepFunctions {
-                        state_machine_arn, ..
-                    } => {
-                        if state_machine_arn.is_empty() {
-                            return Err(BuildError::field(
-                                "engine.state_machine_arn",
-                                "not set: give the state machine's ARN (the stack `cutover template` \
+            let (engine, rollouts): (Arc<dyn StateMachineEngine>, Option<Arc<dyn RolloutStore>>) = match &self
+                .engine
+            {
+                EngineConfig::StepFunctions {
+                    state_machine_arn, ..
+                } => {
+                    if state_machine_arn.is_empty() {
+                        return Err(BuildError::field(
+                            "engine.state_machine_arn",
+                            "not set: give the state machine's ARN (the stack `cutover template` \
                              generates sets it on the function through an environment override)",
-                            ));
-                        }
-                        let store: Option<Arc<dyn RolloutStore>> = match self.control.table.as_str() {
-                            "" => None,
-                            table => Some(Arc::new(DynamoRolloutStore::new(
-                                aws_sdk_dynamodb::Client::new(cx.aws_config().await),
-                                table,
-                            ))),
-                        };
-                        (
-                            Arc::new(SfnEngine::new(
-                                aws_sdk_sfn::Client::new(cx.aws_config().await),
-                                state_machine_arn,
-                            )),
-                            store,
-                        )
+                        ));
                     }
-                    EngineConfig::Local {
-                        definition,
-                        resources,
-                        wait,
-                        resume,
-                        keep_finished,
-                    } => (
-                        Arc::new(
-                            LocalEngine::build(cx, definition, resources, *wait, *resume, Some(*keep_finished))
-                                .await?,
-                        ),
-                        Some(Arc::new(rollout_store(cx))),
+                    let store: Option<Arc<dyn RolloutStore>> = match self.control.table.as_str() {
+                        "" => None,
+                        table => Some(Arc::new(DynamoRolloutStore::new(
+                            aws_sdk_dynamodb::Client::new(cx.aws_config().await),
+                            table,
+                        ))),
+                    };
+                    (
+                        Arc::new(SfnEngine::new(
+                            aws_sdk_sfn::Client::new(cx.aws_config().await),
+                            state_machine_arn,
+                        )),
+                        store,
+                    )
+                }
+                EngineConfig::Local {
+                    definition,
+                    resources,
+                    wait,
+                    resume,
+                    keep_finished,
+                } => (
+                    Arc::new(
+                        LocalEngine::build(cx, definition, resources, *wait, *resume, Some(*keep_finished))
+                            .await?,
                     ),
-                };
+                    Some(Arc::new(rollout_store(cx))),
+                ),
+            };
             let embedded = matches!(self.engine, EngineConfig::Local { .. });
             Ok(Arc::new(StartStateMachine {
                 input: self.input.clone(),
@@ -447,7 +448,8 @@ impl StartStateMachineConfig {
             } => {
                 let none = BTreeMap::new();
                 let resources = if run_tasks { resources } else { &none };
-                let engine = Arc::new(LocalEngine::build(cx, definition, resources, false, false, None).await?);
+                let engine =
+                    Arc::new(LocalEngine::build(cx, definition, resources, false, false, None).await?);
                 let source = engine.definition().source().clone();
                 Ok(Rollouts::new(
                     engine.clone(),
@@ -620,7 +622,10 @@ impl Stage for StartStateMachine {
             if let Value::Object(fields) = &mut input {
                 let control = fields.entry("control").or_insert_with(|| self.control.clone());
                 if let (Value::Object(control), Some(service)) = (control, &service)
-                    && control.get("service").and_then(Value::as_str).is_none_or(str::is_empty)
+                    && control
+                        .get("service")
+                        .and_then(Value::as_str)
+                        .is_none_or(str::is_empty)
                 {
                     control.insert("service".into(), Value::String(service.clone()));
                 }

@@ -365,8 +365,10 @@ async fn finished_executions_are_removed_after_their_retention_and_running_ones_
     cutover_asl::ExecutionStore::save(store.as_ref(), &running).unwrap();
     let definition = Arc::new(
         Definition::parse(
-            &std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/canary.asl.json"))
-                .unwrap(),
+            &std::fs::read_to_string(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/canary.asl.json"),
+            )
+            .unwrap(),
         )
         .unwrap()
         .with_name("canary"),
@@ -392,7 +394,12 @@ async fn finished_executions_are_removed_after_their_retention_and_running_ones_
         "ended just now: within 14 days"
     );
     assert_eq!(engine(Some(Duration::ZERO)).prune().unwrap(), 2);
-    let left: Vec<String> = store.headers().unwrap().into_iter().map(|h| h.record.name).collect();
+    let left: Vec<String> = store
+        .headers()
+        .unwrap()
+        .into_iter()
+        .map(|h| h.record.name)
+        .collect();
     assert_eq!(left, ["e3"]);
     // Record, history and lease files are gone, not just the record.
     let files: Vec<String> = std::fs::read_dir(&dir)
@@ -421,5 +428,9 @@ async fn the_retention_is_configured_on_the_engine_and_applied_when_built() {
     assert_eq!(count(run._dir.path()), 1, "the default keeps it 14 days");
     let text = kept.replace("wait = true", "wait = true\nkeep_finished = \"0s\"");
     let run = setup(&text, Some(run._dir)).await;
-    assert_eq!(count(run._dir.path()), 0, "keep_finished = \"0s\": removed at build");
+    assert_eq!(
+        count(run._dir.path()),
+        0,
+        "keep_finished = \"0s\": removed at build"
+    );
 }
