@@ -199,6 +199,48 @@ impl FileStore {
         read_header(&self.file_for(id))
     }
 
+    /// Events `from..to` of the execution `id`'s history, read from byte `offset` of its history
+    /// file (where event `from` starts: 0 for event 0), and the offset after them: a reader that
+    /// keeps the offset reads only what was appended since. `None` for a record of the older
+    /// layout (history inline): load it whole.
+    pub fn history_since(
+        &self,
+        id: &str,
+        from: usize,
+        offset: u64,
+        to: usize,
+    ) -> Result<Option<(Vec<HistoryEvent>, u64)>, String> {
+        use std::io::{BufRead, Seek, SeekFrom};
+        let file = history_path(&self.file_for(id));
+        let mut f = match std::fs::File::open(&file) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{}: {e}", file.display())),
+        };
+        f.seek(SeekFrom::Start(offset))
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        let mut reader = std::io::BufReader::new(f);
+        let mut events = Vec::with_capacity(to.saturating_sub(from));
+        let mut at = offset;
+        let mut line = String::new();
+        while from + events.len() < to {
+            line.clear();
+            let n = reader
+                .read_line(&mut line)
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            if n == 0 || !line.ends_with('\n') {
+                return Err(format!(
+                    "{}: {} events, the record counts {to}",
+                    file.display(),
+                    from + events.len()
+                ));
+            }
+            at += n as u64;
+            events.push(serde_json::from_str(&line).map_err(|e| format!("{}: {e}", file.display()))?);
+        }
+        Ok(Some((events, at)))
+    }
+
     /// Deletes the execution `id`: its record, history and lease files. For finished
     /// executions (retention): a running one would be saved again by its driver.
     pub fn remove(&self, id: &str) -> Result<(), String> {

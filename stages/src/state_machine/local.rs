@@ -132,11 +132,20 @@ pub struct LocalEngine {
     metrics: cutover_core::Metrics,
     background: Background,
     wait: bool,
-    /// Histories already read, by execution name, with their length: a finished rollout's is
-    /// read once, a running one's again only when it grew.
-    histories: Arc<std::sync::Mutex<HashMap<String, (usize, Recorded)>>>,
+    /// Histories already read, by execution name: a finished rollout's is read once, a running
+    /// one's only in what was appended since.
+    histories: Arc<std::sync::Mutex<HashMap<String, ReadHistory>>>,
     /// How long finished executions are kept (`None`: for ever).
     keep_finished: Option<Duration>,
+}
+
+/// An execution's history as far as it was read: how many events, where in the history file
+/// the next one starts, and the entries rollouts are derived from.
+#[derive(Debug, Clone, Default)]
+struct ReadHistory {
+    events: usize,
+    offset: u64,
+    entries: Vec<Entry>,
 }
 
 /// How often the executions kept past their retention are looked for.
@@ -567,20 +576,37 @@ impl RolloutSource for LocalEngine {
             let Some(header) = self.store.header(&arn).map_err(store_error)? else {
                 return Ok(None);
             };
-            if let Ok(cached) = self.histories.lock()
-                && let Some((len, recorded)) = cached.get(name)
-                && *len == header.history_len
-            {
-                return Ok(Some(recorded.clone()));
+            let mut read = self
+                .histories
+                .lock()
+                .ok()
+                .and_then(|cached| cached.get(name).cloned())
+                .filter(|r| r.events <= header.history_len)
+                .unwrap_or_default();
+            if read.events < header.history_len {
+                match self
+                    .store
+                    .history_since(&arn, read.events, read.offset, header.history_len)
+                    .map_err(store_error)?
+                {
+                    Some((events, offset)) => {
+                        read.entries.extend(entries(&events));
+                        read.events = header.history_len;
+                        read.offset = offset;
+                    }
+                    // The older layout keeps the history inline: read it whole, every time.
+                    None => {
+                        let Some(record) = self.store.load(&arn).map_err(store_error)? else {
+                            return Ok(None);
+                        };
+                        return Ok(Some((arn, entries(&record.history))));
+                    }
+                }
+                if let Ok(mut cached) = self.histories.lock() {
+                    cached.insert(name.to_owned(), read.clone());
+                }
             }
-            let Some(record) = self.store.load(&arn).map_err(store_error)? else {
-                return Ok(None);
-            };
-            let recorded = (arn, entries(&record.history));
-            if let Ok(mut cached) = self.histories.lock() {
-                cached.insert(name.to_owned(), (record.history.len(), recorded.clone()));
-            }
-            Ok(Some(recorded))
+            Ok(Some((arn, read.entries)))
         })
     }
 
