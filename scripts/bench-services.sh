@@ -27,7 +27,9 @@ SHAPE="${SHAPE:-services}"
 WORK="$(mktemp -d)"
 PIDS=()
 cleanup() {
+  exec 3>&- 2>/dev/null || true
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
