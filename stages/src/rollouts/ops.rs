@@ -525,4 +525,21 @@ mod tests {
         };
         assert_eq!(input["retry_of"], "cats-2");
     }
+
+    #[test]
+    fn retry_takes_the_service_slot_superseding_uses() {
+        let of = |v: Value| service_of(&v);
+        assert_eq!(
+            of(json!({"control": {"service": "cats"}, "cluster": "c", "group": "service:cats-green"}))
+                .as_deref(),
+            Some("cats"),
+            "the [services] name the starting stage recorded"
+        );
+        assert_eq!(
+            of(json!({"control": {"service": ""}, "cluster": "c", "group": "g"})).as_deref(),
+            Some("c|g"),
+            "rollouts started before the service was recorded: the default identity"
+        );
+        assert_eq!(of(json!({"control": {}})), None);
+    }
 }
