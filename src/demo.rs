@@ -34,6 +34,8 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use serde_json::{Value, json};
 
+mod services;
+
 const PIPELINE: &str = include_str!("../pipelines/catsndogs.toml");
 const STRATEGY: &str = include_str!("../pipelines/canary.strategy.toml");
 const TRACE: &str = include_str!("../tests/fixtures/deployment-trace.jsonl");
@@ -74,6 +76,11 @@ pub(crate) struct DemoArgs {
     /// Judge green by the HTTP probe only, even with Prometheus on the machine.
     #[arg(long, conflicts_with = "prometheus")]
     no_prometheus: bool,
+    /// Roll out this many services at once from one pipeline file (`[services]`), each with its
+    /// own embedded record and green server; the last one's green fails at 50% and rolls back.
+    /// Exits 0 when every other service was promoted and that one rolled back.
+    #[arg(long, default_value_t = 1)]
+    services: usize,
 }
 
 /// What `--scenario` does to the rollout.
@@ -346,6 +353,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             temp.path().to_owned()
         }
     };
+    if args.services != 1 {
+        return services::run(args.services, args.speed, &out, &root).await;
+    }
     let pipelines_dir = root.join("pipelines");
     std::fs::create_dir_all(&pipelines_dir)?;
     let prometheus_bin = if args.no_prometheus {

@@ -52,6 +52,7 @@ enum Command {
     #[command(
         after_help = "Examples:\n  cutover demo\n  cutover demo --fail-green    # green fails at 50%: rollback, exit status 1\n  \
         cutover demo --json --speed 60\n  \
+        cutover demo --services 5    # five services at once; one rolls back\n  \
         cutover demo --speed 1       # slow enough to watch on the dashboard it prints"
     )]
     Demo(demo::DemoArgs),

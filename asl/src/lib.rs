@@ -76,4 +76,6 @@ pub use definition::Definition;
 pub use engine::{Engine, ExecutionOutcome, NoTasks, Reservation, TaskContext, TaskFailure, TaskHandler};
 pub use error::{EngineError, ValidationError, ValidationErrors};
 pub use history::{EventKind, HistoryEvent};
-pub use store::{ExecutionLease, ExecutionRecord, ExecutionStatus, ExecutionStore, FileStore, MemoryStore};
+pub use store::{
+    ExecutionLease, ExecutionRecord, ExecutionStatus, ExecutionStore, FileStore, MemoryStore, RecordHeader,
+};

@@ -173,6 +173,91 @@ impl FileStore {
         Ok(out)
     }
 
+    /// Every record in the directory without its history (only the small record files are
+    /// read): what listing and scanning need, however long the histories have grown.
+    pub fn headers(&self) -> Result<Vec<RecordHeader>, String> {
+        let mut paths = Vec::new();
+        let rd = std::fs::read_dir(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        for entry in rd {
+            let p = entry.map_err(|e| e.to_string())?.path();
+            if p.extension().and_then(|e| e.to_str()) == Some("json") {
+                paths.push(p);
+            }
+        }
+        paths.sort();
+        let mut out = Vec::new();
+        for p in paths {
+            if let Some(h) = read_header(&p)? {
+                out.push(h);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One record without its history, by execution ARN.
+    pub fn header(&self, id: &str) -> Result<Option<RecordHeader>, String> {
+        read_header(&self.file_for(id))
+    }
+
+    /// Events `from..to` of the execution `id`'s history, read from byte `offset` of its history
+    /// file (where event `from` starts: 0 for event 0), and the offset after them: a reader that
+    /// keeps the offset reads only what was appended since. `None` for a record of the older
+    /// layout (history inline): load it whole.
+    pub fn history_since(
+        &self,
+        id: &str,
+        from: usize,
+        offset: u64,
+        to: usize,
+    ) -> Result<Option<(Vec<HistoryEvent>, u64)>, String> {
+        use std::io::{BufRead, Seek, SeekFrom};
+        let file = history_path(&self.file_for(id));
+        let mut f = match std::fs::File::open(&file) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{}: {e}", file.display())),
+        };
+        f.seek(SeekFrom::Start(offset))
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        let mut reader = std::io::BufReader::new(f);
+        let mut events = Vec::with_capacity(to.saturating_sub(from));
+        let mut at = offset;
+        let mut line = String::new();
+        while from + events.len() < to {
+            line.clear();
+            let n = reader
+                .read_line(&mut line)
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            if n == 0 || !line.ends_with('\n') {
+                return Err(format!(
+                    "{}: {} events, the record counts {to}",
+                    file.display(),
+                    from + events.len()
+                ));
+            }
+            at += n as u64;
+            events.push(serde_json::from_str(&line).map_err(|e| format!("{}: {e}", file.display()))?);
+        }
+        Ok(Some((events, at)))
+    }
+
+    /// Deletes the execution `id`: its record, history and lease files. For finished
+    /// executions (retention): a running one would be saved again by its driver.
+    pub fn remove(&self, id: &str) -> Result<(), String> {
+        let path = self.file_for(id);
+        for file in [history_path(&path), path.with_extension("lock"), path.clone()] {
+            match std::fs::remove_file(&file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("{}: {e}", file.display())),
+            }
+        }
+        if let Ok(mut appended) = self.appended.lock() {
+            appended.remove(&path);
+        }
+        Ok(())
+    }
+
     fn save_history(&self, path: &Path, history: &[HistoryEvent]) -> Result<(), String> {
         let file = history_path(path);
         let mut appended = self.appended.lock().map_err(|e| e.to_string())?;
@@ -293,6 +378,46 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// A record without its history: what [`FileStore::headers`] lists.
+#[derive(Debug, Clone)]
+pub struct RecordHeader {
+    /// The record, its `history` left empty.
+    pub record: ExecutionRecord,
+    /// How many events its history holds.
+    pub history_len: usize,
+    /// When the record was last saved (for a finished execution: about when it ended).
+    pub saved: Option<std::time::SystemTime>,
+}
+
+/// Reads the record at `path` without its history; `None` when there is none.
+fn read_header(path: &Path) -> Result<Option<RecordHeader>, String> {
+    let (bytes, saved) = match std::fs::read(path) {
+        Ok(b) => (b, std::fs::metadata(path).and_then(|m| m.modified()).ok()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let mut value: Value = serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let fields = value
+        .as_object_mut()
+        .ok_or_else(|| format!("{}: not a record", path.display()))?;
+    let history_len = match fields.shift_remove("history_len").and_then(|n| n.as_u64()) {
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        // The older layout keeps the history inline: count it, then drop it.
+        None => fields
+            .get("history")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len),
+    };
+    fields.insert("history".into(), Value::Array(Vec::new()));
+    let record: ExecutionRecord =
+        serde_json::from_value(value).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Some(RecordHeader {
+        record,
+        history_len,
+        saved,
+    }))
+}
+
 /// Reads the record at `path` with its history (from the history file, or
 /// inline in a record of the older layout); `None` when there is none.
 fn read_record(path: &Path) -> Result<Option<ExecutionRecord>, String> {
@@ -344,11 +469,15 @@ impl ExecutionStore for FileStore {
         read_record(&self.file_for(id))
     }
     fn list_unfinished(&self) -> Result<Vec<ExecutionRecord>, String> {
-        let mut out: Vec<ExecutionRecord> = self
-            .list()?
-            .into_iter()
-            .filter(|r| r.status == ExecutionStatus::Running)
-            .collect();
+        // Only the running ones' histories are read: finished executions accumulate.
+        let mut out = Vec::new();
+        for h in self.headers()? {
+            if h.record.status == ExecutionStatus::Running
+                && let Some(r) = self.load(&h.record.execution_arn)?
+            {
+                out.push(r);
+            }
+        }
         out.sort_by(|a, b| a.execution_arn.cmp(&b.execution_arn));
         Ok(out)
     }

@@ -29,7 +29,7 @@
 //! # let pipelines = vec!["ecs-events".to_owned()];
 //! # let cx = DeployContext {
 //! #     file: "x.toml", base_dir: std::path::Path::new("."), pipeline: "ecs-events",
-//! #     stage_index: 2, stage_name: "enqueue", pipelines: &pipelines,
+//! #     stage_index: 2, stage_name: "enqueue", pipelines: &pipelines, service: None,
 //! # };
 //! # assert_eq!(cx.override_var("queue_url"), "CUTOVER_PIPELINES__ECS_EVENTS__STAGES__2__QUEUE_URL");
 //! # assert!(deployment(&cx).resources.contains_key("EcsEventsEnqueueQueue"));
@@ -54,6 +54,20 @@ pub struct DeployContext<'a> {
     pub stage_name: &'a str,
     /// Every pipeline of the file; each is deployed as one function.
     pub pipelines: &'a [String],
+    /// For a stage configured per service (`[services]`), the service whose configuration is
+    /// being deployed: its logical IDs carry the service's name, and overrides of fields that
+    /// take a service value set that value instead.
+    pub service: Option<ServiceScope<'a>>,
+}
+
+/// The service a per-service stage's configuration belongs to (see [`DeployContext::service`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceScope<'a> {
+    /// The service's name.
+    pub name: &'a str,
+    /// The stage's fields that are exactly one service value, with the value's key:
+    /// `("router.record", "record")` for `record = "{service.record}"`.
+    pub fields: &'a [(String, String)],
 }
 
 impl DeployContext<'_> {
@@ -61,19 +75,34 @@ impl DeployContext<'_> {
     /// PascalCase, then `suffix` (`EcsEventsDedupTable`; the stage's name is left out when it
     /// is the pipeline's: `TrafficShiftHostedZoneId`). Two unnamed stages of one type in one
     /// pipeline get the same IDs; the template command reports that clash.
+    /// A per-service stage's IDs add the service's name (`TrafficShiftCatsRecord`).
     pub fn logical_id(&self, suffix: &str) -> String {
         let (pipeline, stage) = (pascal(self.pipeline), pascal(self.stage_name));
+        let service = self.service.map(|s| pascal(s.name)).unwrap_or_default();
         if pipeline == stage {
-            format!("{pipeline}{}", pascal(suffix))
+            format!("{pipeline}{service}{}", pascal(suffix))
         } else {
-            format!("{pipeline}{stage}{}", pascal(suffix))
+            format!("{pipeline}{stage}{service}{}", pascal(suffix))
         }
     }
 
     /// The environment variable that overrides `field` (a dotted path such as `store.table`) of
     /// this stage, addressed by its number:
     /// `CUTOVER_PIPELINES__ECS_EVENTS__STAGES__3__STORE__TABLE`.
+    ///
+    /// For a per-service stage whose `field` is one service value (`{service.record}`), the
+    /// variable sets that value of the service instead: `CUTOVER_SERVICES__CATS__RECORD`.
     pub fn override_var(&self, field: &str) -> String {
+        if let Some(scope) = self.service
+            && let Some((_, key)) = scope.fields.iter().find(|(f, _)| f == field)
+        {
+            let mut var = format!("CUTOVER_SERVICES__{}", env_name(scope.name));
+            for part in key.split('.') {
+                var.push_str("__");
+                var.push_str(&env_name(part));
+            }
+            return var;
+        }
         let mut var = format!(
             "CUTOVER_PIPELINES__{}__STAGES__{}",
             env_name(self.pipeline),
@@ -245,11 +274,29 @@ mod tests {
             stage_index: 3,
             stage_name: "start-state-machine",
             pipelines: &pipelines,
+            service: None,
         };
         assert_eq!(
             cx.override_var("engine.state_machine_arn"),
             "CUTOVER_PIPELINES__ECS_EVENTS__STAGES__3__ENGINE__STATE_MACHINE_ARN"
         );
         assert_eq!(cx.logical_id("Role"), "EcsEventsStartStateMachineRole");
+        let fields = vec![("router.record".to_owned(), "record".to_owned())];
+        let cats = DeployContext {
+            service: Some(ServiceScope {
+                name: "cats",
+                fields: &fields,
+            }),
+            ..cx
+        };
+        assert_eq!(
+            cats.override_var("router.record"),
+            "CUTOVER_SERVICES__CATS__RECORD"
+        );
+        assert_eq!(
+            cats.override_var("router.ttl"),
+            "CUTOVER_PIPELINES__ECS_EVENTS__STAGES__3__ROUTER__TTL"
+        );
+        assert_eq!(cats.logical_id("Record"), "EcsEventsStartStateMachineCatsRecord");
     }
 }

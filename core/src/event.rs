@@ -109,10 +109,16 @@ impl Event {
         self.parsed.get().is_some()
     }
 
-    /// Reads a field: `context.…` reads the accumulated context, anything else the event.
+    /// Reads a field: `context.…` reads the accumulated context, `service.…` the service the
+    /// event belongs to (`[services]`; once a stage decided it), anything else the event.
     pub fn lookup(&self, path: &FieldPath) -> Result<Option<&Value>, EventError> {
         if path.root() == Some(CONTEXT_ROOT) {
             return Ok(path.lookup_in_map(&self.context, 1));
+        }
+        if path.root() == Some(crate::config::SERVICE_CONTEXT)
+            && self.context.contains_key(crate::config::SERVICE_CONTEXT)
+        {
+            return Ok(path.lookup_in_map(&self.context, 0));
         }
         Ok(path.lookup(self.json()?))
     }

@@ -28,18 +28,19 @@ pub mod metrics;
 pub mod outcome;
 pub mod path;
 pub mod pipeline;
+mod service;
 pub mod stage;
 pub mod template;
 
 pub use config::{
     AwsCalls, DEFAULT_DATA_DIR, EcsHookSpec, HookStoreSpec, LIFECYCLE_STAGES, Loader, PipelineFile,
-    PipelineSpec, Settings, Siblings, StageSpec,
+    PipelineSpec, SERVICE_CONTEXT, ServiceConfig, Services, Settings, Siblings, StageSpec,
 };
 pub use context::{
     AwsSettings, Background, BuildContext, Clock, Counter, HISTOGRAM_BOUNDS, Histogram, ManualClock, Metrics,
     SystemClock,
 };
-pub use deploy::{DeployContext, Deployment, Statement};
+pub use deploy::{DeployContext, Deployment, ServiceScope, Statement};
 pub use error::{BuildError, FieldError, LoadError, LoadErrors, PipelineError};
 pub use event::{Event, EventError};
 pub use outcome::{Outcome, StageError};

@@ -22,7 +22,7 @@ pub(crate) async fn build_stages(
     let mut built = Vec::new();
     let mut errors = Vec::new();
     for (i, stage) in stages.iter().enumerate() {
-        match stage.config.build(cx).await {
+        match stage.build(cx).await {
             Ok(built_stage) => built.push((stage.name.clone(), built_stage)),
             Err(err) => errors.push((i + 1, stage.type_name.clone(), err)),
         }

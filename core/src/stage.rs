@@ -120,6 +120,13 @@ pub trait StageConfig: AsAny + fmt::Debug + Send + Sync {
         Ok(Deployment::default())
     }
 
+    /// What this configuration takes exclusive charge of, as stable names (a DNS record, a
+    /// listener, a target group): the loader refuses two services' configurations claiming the
+    /// same one, since their rollouts would shift each other's traffic. The default: nothing.
+    fn claims(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Files this stage reads when it is loaded or run (a state-machine definition, a CA file),
     /// as the configuration names them: relative to the pipeline file. `cutover package`
     /// puts them in the Lambda zip beside the pipeline file. The default: none.
@@ -277,16 +284,38 @@ pub struct StageInfo {
     pub summary: &'static str,
     /// The crate that provides it.
     pub provider: &'static str,
+    /// Whether the stage renders its `{…}` placeholders per event (a notify message, an
+    /// execution input, a dedup key): then `{service.…}` in its table is read from the event's
+    /// service when it runs, and the loader keeps one configuration for all services instead
+    /// of one per service (see [`crate::config::Services`]).
+    pub per_event_templates: bool,
 }
 
 inventory::collect!(StageInfo);
 
 /// Registers a stage type's name and one-line doc (next to its `#[typetag::serde]` impl).
+/// Add `per_event_templates` when the stage renders its placeholders per event
+/// ([`StageInfo::per_event_templates`]).
 #[macro_export]
 macro_rules! register_stage {
     ($name:literal, $summary:literal) => {
         $crate::inventory::submit! {
-            $crate::StageInfo { name: $name, summary: $summary, provider: env!("CARGO_PKG_NAME") }
+            $crate::StageInfo {
+                name: $name,
+                summary: $summary,
+                provider: env!("CARGO_PKG_NAME"),
+                per_event_templates: false,
+            }
+        }
+    };
+    ($name:literal, $summary:literal, per_event_templates) => {
+        $crate::inventory::submit! {
+            $crate::StageInfo {
+                name: $name,
+                summary: $summary,
+                provider: env!("CARGO_PKG_NAME"),
+                per_event_templates: true,
+            }
         }
     };
 }

@@ -9,7 +9,9 @@
 
 use std::path::Path;
 
-use cutover_core::{DeployContext, Deployment, LoadError, LoadErrors, PipelineFile, PipelineSpec};
+use cutover_core::{
+    DeployContext, Deployment, LoadError, LoadErrors, PipelineFile, PipelineSpec, ServiceScope,
+};
 use serde_json::{Map, Value};
 
 use super::Settings;
@@ -80,48 +82,97 @@ impl StackPlan {
         let before = errors.len();
         let mut needs = StageNeeds::default();
         for (i, stage) in pipeline.stages.iter().enumerate() {
-            let cx = DeployContext {
-                file: &file.display,
-                base_dir: &file.base_dir,
-                pipeline: &pipeline.name,
-                stage_index: i + 1,
-                stage_name: &stage.name,
-                pipelines: names,
-            };
             let at = Some((i + 1, stage.type_name.clone()));
-            let Deployment {
-                resources,
-                parameters,
-                outputs,
-                statements,
-                environment,
-                timeout_secs,
-                ..
-            } = match stage.config.deployment(&cx) {
-                Ok(d) => d,
-                Err(e) => {
-                    errors.push(err(at, Some(e.field).filter(|f| !f.is_empty()), e.message));
-                    continue;
-                }
+            // A stage configured per service deploys each service's configuration: its
+            // resources and parameters named for the service, its permissions scoped to it.
+            let scopes: Vec<(
+                Option<ServiceScope<'_>>,
+                &std::sync::Arc<dyn cutover_core::StageConfig>,
+            )> = if stage.per_service.is_empty() {
+                vec![(None, &stage.config)]
+            } else {
+                stage
+                    .per_service
+                    .iter()
+                    .map(|s| {
+                        let scope = ServiceScope {
+                            name: &s.service,
+                            fields: &s.fields,
+                        };
+                        (Some(scope), &s.config)
+                    })
+                    .collect()
             };
-            let owner = format!("stage \"{}\"", stage.name);
-            let mut clash = |r: Result<(), String>| {
-                if let Err(m) = r {
-                    errors.push(err(at.clone(), None, m));
+            for (service, config) in scopes {
+                let cx = DeployContext {
+                    file: &file.display,
+                    base_dir: &file.base_dir,
+                    pipeline: &pipeline.name,
+                    stage_index: i + 1,
+                    stage_name: &stage.name,
+                    pipelines: names,
+                    service,
+                };
+                let for_service = service
+                    .map(|s| format!("service \"{}\": ", s.name))
+                    .unwrap_or_default();
+                let Deployment {
+                    resources,
+                    parameters,
+                    outputs,
+                    statements,
+                    environment,
+                    timeout_secs,
+                    ..
+                } = match config.deployment(&cx) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        errors.push(err(
+                            at.clone(),
+                            Some(e.field).filter(|f| !f.is_empty()),
+                            format!("{for_service}{}", e.message),
+                        ));
+                        continue;
+                    }
+                };
+                let owner = format!("stage \"{}\"", stage.name);
+                let mut clash = |r: Result<(), String>| {
+                    if let Err(m) = r {
+                        errors.push(err(at.clone(), None, m));
+                    }
+                };
+                for (id, v) in resources {
+                    clash(add("resource", &mut self.resources, id, v, &owner));
                 }
-            };
-            for (id, v) in resources {
-                clash(add("resource", &mut self.resources, id, v, &owner));
+                for (id, v) in parameters {
+                    clash(add("parameter", &mut self.parameters, id, v, &owner));
+                }
+                for (id, v) in outputs {
+                    clash(add("output", &mut self.outputs, id, v, &owner));
+                }
+                for (var, v) in environment {
+                    match needs.environment.get(&var) {
+                        // The same field, shared by the services, set alike: once.
+                        Some(existing) if *existing == v => {}
+                        Some(_) => errors.push(err(
+                            at.clone(),
+                            None,
+                            format!(
+                                "{for_service}the stack sets {var} differently per service, but the field is \
+                                 shared: make it a service value (`{{service.…}}` in the stage, the value in \
+                                 each [services.NAME])"
+                            ),
+                        )),
+                        None => {
+                            needs.environment.insert(var, v);
+                        }
+                    }
+                }
+                for statement in statements {
+                    merge_statement(&mut needs.statements, statement);
+                }
+                needs.timeout_secs = needs.timeout_secs.max(timeout_secs);
             }
-            for (id, v) in parameters {
-                clash(add("parameter", &mut self.parameters, id, v, &owner));
-            }
-            for (id, v) in outputs {
-                clash(add("output", &mut self.outputs, id, v, &owner));
-            }
-            needs.statements.extend(statements);
-            needs.environment.extend(environment);
-            needs.timeout_secs = needs.timeout_secs.max(timeout_secs);
         }
         if let Some(hook) = &pipeline.ecs_hook {
             let d = super::ecs_hook::deployment(&pipeline.name, hook);
@@ -147,6 +198,25 @@ impl StackPlan {
             .map_err(|e| errors.push(err(None, None, e.to_string())))
             .ok()?;
         (errors.len() == before).then(|| FunctionPlan::new(pipeline, settings, needs, pattern))
+    }
+}
+
+/// Adds a permission; one granting the same actions for the same reason (each service's
+/// configuration of a per-service stage asks alike) takes the new resources instead, so the role
+/// lists every service's resources once, in one statement.
+fn merge_statement(into: &mut Vec<cutover_core::Statement>, statement: cutover_core::Statement) {
+    match into
+        .iter_mut()
+        .find(|s| s.actions == statement.actions && s.why == statement.why)
+    {
+        Some(existing) => {
+            for resource in statement.resources {
+                if !existing.resources.contains(&resource) {
+                    existing.resources.push(resource);
+                }
+            }
+        }
+        None => into.push(statement),
     }
 }
 

@@ -37,7 +37,8 @@ use crate::health_check::http::Tls;
 
 cutover_core::register_stage!(
     "webhook-notify",
-    "Posts what happened (JSON or Slack) to a webhook after the stages after it; never fails the event."
+    "Posts what happened (JSON or Slack) to a webhook after the stages after it; never fails the event.",
+    per_event_templates
 );
 
 /// Which outcomes are notified.

@@ -173,3 +173,34 @@ fn the_errors_scenario_is_seen_by_the_metric_analysis_only_and_rolled_back() {
         "{failed}"
     );
 }
+
+#[test]
+fn several_services_roll_out_at_once_and_only_the_sick_one_rolls_back() {
+    let (code, lines) = demo(&["--services", "3"]);
+    assert_eq!(code, 0, "{lines:?}");
+    let summary = &lines.last().unwrap()["summary"];
+    assert_eq!(summary["executions"], 3, "{summary}");
+    assert_eq!(summary["as_designed"], true, "{summary}");
+    let rollouts = summary["rollouts"].as_array().unwrap();
+    let outcome = |name: &str| rollouts.iter().find(|r| r["service"] == name).unwrap().clone();
+    for healthy in ["cats", "dogs"] {
+        assert_eq!(outcome(healthy)["status"], "SUCCEEDED", "{summary}");
+        assert_eq!(
+            outcome(healthy)["final"],
+            serde_json::json!({"blue": 0, "green": 100})
+        );
+    }
+    assert_eq!(outcome("svc3")["status"], "FAILED", "{summary}");
+    assert_eq!(
+        outcome("svc3")["final"],
+        serde_json::json!({"blue": 100, "green": 0})
+    );
+    // Each service answered on its own record: its DNS follows its own weights.
+    for line in lines
+        .iter()
+        .filter(|l| l["service"].is_string() && l["dns"].is_object())
+    {
+        let green = line["final"]["green"].as_u64().unwrap();
+        assert_eq!(line["dns"]["green"].as_u64().unwrap(), green, "{line}");
+    }
+}

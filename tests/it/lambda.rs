@@ -334,8 +334,13 @@ fn eventbridge_events_pass_drop_and_start_one_rollout() {
 fn step_functions_task_invocations_return_the_handler_output_or_its_error() {
     let data = tempfile::tempdir().unwrap();
     let api = RuntimeApi::start(vec![
-        ("t1", json!({"weight": 10, "execution": "x"})),
-        ("t2", json!({"weight": 250})),
+        // The canary passes the rollout's control block: its service picks the record.
+        (
+            "t1",
+            json!({"weight": 10, "execution": "x", "control": {"service": "dogs"}}),
+        ),
+        ("t2", json!({"weight": 250, "control": {"service": "dogs"}})),
+        ("t3", json!({"weight": 10, "control": {"service": "ferrets"}})),
     ]);
     let mut child = spawn(
         &api,
@@ -343,10 +348,10 @@ fn step_functions_task_invocations_return_the_handler_output_or_its_error() {
         "traffic-shift",
         data.path(),
     );
-    let answers = api.wait_for_answers(2);
+    let answers = api.wait_for_answers(3);
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(answers.len(), 2, "{answers:?}");
+    assert_eq!(answers.len(), 3, "{answers:?}");
     assert_eq!(answers[0].kind, "response");
     assert_eq!(
         (
@@ -362,6 +367,19 @@ fn step_functions_task_invocations_return_the_handler_output_or_its_error() {
         "{:?}",
         answers[1]
     );
+    assert_eq!(answers[2].kind, "error");
+    assert!(
+        answers[2].body["errorMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("service \"ferrets\", which is not in the file's [services]")),
+        "{:?}",
+        answers[2]
+    );
+    let weights: Value = serde_json::from_str(
+        &std::fs::read_to_string(data.path().join("traffic/dogs.catsndogs.lol.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(weights["green"], 10, "dogs' record was shifted");
 }
 
 #[test]

@@ -25,6 +25,7 @@ mod rollouts;
 mod rollouts_sfn;
 mod rule;
 mod serve;
+mod services;
 mod state_machine;
 mod template;
 pub(crate) mod traffic;

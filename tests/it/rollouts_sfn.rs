@@ -534,3 +534,24 @@ async fn a_background_analysis_failing_mid_bake_rolls_back_on_step_functions() {
         "the bake's own check never ran: {entered:?}"
     );
 }
+
+#[tokio::test]
+async fn two_services_roll_out_at_once_each_task_naming_its_service() {
+    let rig = Rig::with_services(2, &["cats", "dogs"]).await;
+    let (cats, dogs) = ("cats-green-7", "dogs-green-4");
+    rig.start_service(cats, "cats").await;
+    rig.start_service(dogs, "dogs").await;
+    // Both run at once: neither supersedes the other (one rollout per service, not per file).
+    rig.baking(cats, "Bake10").await;
+    rig.baking(dogs, "Bake10").await;
+    assert_eq!(rig.ended(cats).await.0, "SUCCEEDED");
+    assert_eq!(rig.ended(dogs).await.0, "SUCCEEDED");
+    // Step Functions handed every Task of each rollout its own service (the handlers pick their
+    // per-service configuration by it).
+    assert_eq!(rig.bridge.services(cats), ["cats"]);
+    assert_eq!(rig.bridge.services(dogs), ["dogs"]);
+    assert_eq!(rig.bridge.weights(cats), [10, 50, 100]);
+    assert_eq!(rig.bridge.weights(dogs), [10, 50, 100]);
+    let audit = rig.store.audit_log(None).await.unwrap();
+    assert!(audit.is_empty(), "nothing superseded: {audit:#?}");
+}

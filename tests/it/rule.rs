@@ -13,16 +13,20 @@ fn output(cmd: &mut std::process::Command) -> (i32, String, String) {
     )
 }
 
+/// The shipped file's rule: what cats and dogs share, and a `$or` of their green containers.
 fn seed_pattern() -> Value {
     json!({
         "detail": {
-            "containers": {"name": ["cats-green"]},
             "clusterArn": [{"suffix": ":cluster/catsndogsECScluster"}],
             "lastStatus": ["RUNNING"],
             "desiredStatus": ["RUNNING"]
         },
         "detail-type": ["ECS Task State Change"],
-        "source": ["aws.ecs"]
+        "source": ["aws.ecs"],
+        "$or": [
+            {"detail": {"containers": {"name": ["cats-green"]}}},
+            {"detail": {"containers": {"name": ["dogs-green"]}}}
+        ]
     })
 }
 

@@ -183,7 +183,29 @@ async fn the_generated_stack_deploys_with_the_compiled_rule_table_state_machine_
         assert!(body.contains(&format!("Type: {kind}\n")), "{kind}");
     }
 
-    let stack = Deployed::create(moto, &body, &[]).await;
+    // cats and dogs share one function per pipeline and one state machine; each service's record
+    // and zone are parameters, set on the functions as that service's values.
+    for service in ["CATS", "DOGS"] {
+        let pascal = format!("{}{}", &service[..1], service[1..].to_ascii_lowercase());
+        assert!(
+            body.contains(&format!(
+                "CUTOVER_SERVICES__{service}__RECORD:\n            Ref: TrafficShift{pascal}Record"
+            )),
+            "{service}"
+        );
+    }
+    assert_eq!(
+        body.matches("Type: AWS::StepFunctions::StateMachine\n").count(),
+        1
+    );
+    assert_eq!(body.matches("Type: AWS::Lambda::Function\n").count(), 3);
+
+    let stack = Deployed::create(
+        moto,
+        &body,
+        &[("TrafficShiftDogsHostedZoneId", "Z0DOGS0000000000000")],
+    )
+    .await;
     let config = stack.cx.aws_config().await;
     let output = |key: &str| stack.output(key);
     let physical = |logical: &str| stack.physical(logical);
@@ -321,8 +343,11 @@ async fn the_generated_stack_deploys_with_the_compiled_rule_table_state_machine_
         .await;
     assert_eq!(
         statement(&shift, "route53:ChangeResourceRecordSets")["Resource"],
-        serde_json::json!(["arn:aws:route53:::hostedzone/Z0123456789ABCDEFGHIJ"]),
-        "the zone parameter's default, scoped to that zone"
+        serde_json::json!([
+            "arn:aws:route53:::hostedzone/Z0123456789ABCDEFGHIJ",
+            "arn:aws:route53:::hostedzone/Z0DOGS0000000000000"
+        ]),
+        "each service's zone parameter (cats': the default), and only those"
     );
     let health = stack
         .policy(&physical("HealthCheckRole"), "cutover-health-check")

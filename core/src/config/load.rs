@@ -8,7 +8,8 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::overrides::{apply_override, is_override};
-use super::{EcsHookSpec, PipelineFile, PipelineSpec, StageSpec, settings};
+use super::services::{self, Services};
+use super::{EcsHookSpec, PipelineFile, PipelineSpec, ServiceConfig, StageSpec, settings};
 use crate::error::{LoadError, LoadErrors};
 use crate::stage::{StageConfig, ValidateContext, registered_stages};
 
@@ -119,11 +120,15 @@ impl Loader {
             .shift_remove("settings")
             .map(|s| settings::parse(s, &mut problems))
             .unwrap_or_default();
+        let services = root
+            .shift_remove("services")
+            .map(|s| services::parse(s, &mut problems))
+            .unwrap_or_default();
         let pipelines_value = root.shift_remove("pipelines");
         for k in root.keys() {
             problems.file(
                 None,
-                format!("unknown top-level key \"{k}\", expected one of: settings, pipelines"),
+                format!("unknown top-level key \"{k}\", expected one of: settings, services, pipelines"),
             );
         }
         let tables = pipeline_tables(pipelines_value, &mut problems);
@@ -132,15 +137,21 @@ impl Loader {
             base_dir,
             pipelines: &names,
         };
+        let loading = Loading {
+            validate,
+            services: &services,
+        };
         let pipelines: Vec<PipelineSpec> = tables
             .into_iter()
-            .filter_map(|(name, value)| load_pipeline(name, value, &validate, &mut problems))
+            .filter_map(|(name, value)| load_pipeline(name, value, &loading, &mut problems))
             .collect();
         one_pipeline_per_hook_stage(&pipelines, &mut problems);
+        check_claims(&pipelines, &mut problems);
         problems.into_result(PipelineFile {
             display: display.to_owned(),
             base_dir: base_dir.to_owned(),
             settings,
+            services,
             pipelines,
         })
     }
@@ -155,6 +166,41 @@ impl Loader {
         }
         if let Value::Object(map) = tree {
             *root = map;
+        }
+    }
+}
+
+/// What loading a stage consults.
+struct Loading<'a> {
+    validate: ValidateContext<'a>,
+    services: &'a Services,
+}
+
+/// Two services claiming one resource (a record, a listener) would shift each other's traffic.
+fn check_claims(pipelines: &[PipelineSpec], problems: &mut Problems<'_>) {
+    let mut owners: std::collections::BTreeMap<String, &str> = std::collections::BTreeMap::new();
+    for pipeline in pipelines {
+        for (i, stage) in pipeline.stages.iter().enumerate() {
+            for s in &stage.per_service {
+                for claim in s.config.claims() {
+                    match owners.get(claim.as_str()) {
+                        Some(owner) if *owner != s.service => problems.at(
+                            Some(&pipeline.name),
+                            Some((i + 1, &stage.type_name)),
+                            None,
+                            format!(
+                                "services \"{owner}\" and \"{}\" both claim {claim}: give each service its own \
+                                 traffic target in [services.{}]",
+                                s.service, s.service
+                            ),
+                        ),
+                        Some(_) => {}
+                        None => {
+                            owners.insert(claim, &s.service);
+                        }
+                    }
+                }
+            }
         }
     }
 }
@@ -181,7 +227,7 @@ fn pipeline_tables(value: Option<Value>, problems: &mut Problems<'_>) -> Map<Str
 fn load_pipeline(
     name: String,
     value: Value,
-    validate: &ValidateContext<'_>,
+    loading: &Loading<'_>,
     problems: &mut Problems<'_>,
 ) -> Option<PipelineSpec> {
     let Value::Object(mut table) = value else {
@@ -224,7 +270,7 @@ fn load_pipeline(
     let stages = stage_values
         .into_iter()
         .enumerate()
-        .filter_map(|(i, value)| load_stage(&name, i + 1, value, &mut seen_names, validate, problems))
+        .filter_map(|(i, value)| load_stage(&name, i + 1, value, &mut seen_names, loading, problems))
         .collect();
     Some(PipelineSpec {
         name,
@@ -291,7 +337,7 @@ fn load_stage(
     index: usize,
     value: Value,
     seen_names: &mut BTreeSet<String>,
-    validate: &ValidateContext<'_>,
+    loading: &Loading<'_>,
     problems: &mut Problems<'_>,
 ) -> Option<StageSpec> {
     let Value::Object(table) = value else {
@@ -342,24 +388,107 @@ fn load_stage(
             format!("another stage is already named \"{name}\""),
         );
     }
-    match serde_path_to_error::deserialize::<_, Box<dyn StageConfig>>(Value::Object(config_table)) {
+    let table = Value::Object(config_table);
+    let at = |problems: &mut Problems<'_>, field: Option<&str>, message: String| {
+        problems.at(Some(pipeline), here, field, message);
+    };
+    let references = services::references(&table);
+    if references.is_empty() {
+        let config = typed_config(&table, &loading.validate, &mut |f, m| at(problems, f, m))?;
+        return Some(StageSpec::new(name, type_name, config));
+    }
+    if loading.services.is_empty() {
+        let r = &references[0];
+        at(
+            problems,
+            Some(&r.field),
+            format!(
+                "names {{service.{}}}, but the file has no [services.NAME] tables to take it from",
+                r.path
+            ),
+        );
+        return None;
+    }
+    let mut complete = true;
+    for (service, values) in loading.services.iter() {
+        for r in &references {
+            if !services::defines(values, &r.path) {
+                complete = false;
+                at(
+                    problems,
+                    Some(&r.field),
+                    format!(
+                        "service \"{service}\" does not define \"{}\" (used as {{service.{}}}): add it to \
+                         [services.{service}]",
+                        r.path, r.path
+                    ),
+                );
+            }
+        }
+    }
+    if !complete {
+        return None;
+    }
+    let per_event = registered_stages()
+        .iter()
+        .any(|s| s.name == type_name && s.per_event_templates);
+    if per_event {
+        let config = typed_config(&table, &loading.validate, &mut |f, m| at(problems, f, m))?;
+        return Some(StageSpec::new(name, type_name, config));
+    }
+    let fields: Arc<[(String, String)]> = services::whole_fields(&table).into();
+    let mut per_service = Vec::with_capacity(loading.services.len());
+    for (service, values) in loading.services.iter() {
+        let mut report = |f: Option<&str>, m: String| at(problems, f, format!("service \"{service}\": {m}"));
+        let filled = match services::substitute(&table, values) {
+            Ok(v) => v,
+            Err((field, message)) => {
+                report(Some(&field), message);
+                continue;
+            }
+        };
+        if let Some(config) = typed_config(&filled, &loading.validate, &mut report) {
+            per_service.push(ServiceConfig {
+                service: service.to_owned(),
+                values: values.clone(),
+                config,
+                fields: fields.clone(),
+            });
+        }
+    }
+    if per_service.len() != loading.services.len() {
+        return None;
+    }
+    let config = per_service[0].config.clone();
+    Some(StageSpec {
+        name,
+        type_name,
+        config,
+        per_service,
+    })
+}
+
+/// One stage table deserialised into its typed configuration and validated; each problem is
+/// reported with its field.
+fn typed_config(
+    table: &Value,
+    validate: &ValidateContext<'_>,
+    report: &mut dyn FnMut(Option<&str>, String),
+) -> Option<Arc<dyn StageConfig>> {
+    match serde_path_to_error::deserialize::<_, Box<dyn StageConfig>>(table.clone()) {
         Ok(config) => {
             for fe in config.validate(validate) {
                 let field = Some(fe.field.as_str()).filter(|f| !f.is_empty());
-                problems.at(Some(pipeline), here, field, fe.message);
+                report(field, fe.message);
             }
-            Some(StageSpec {
-                name,
-                type_name,
-                config: Arc::from(config),
-            })
+            Some(Arc::from(config))
         }
         Err(e) => {
             let path = e.path().to_string();
             let is_type = path == "type";
             let field = Some(path.as_str()).filter(|p| *p != "." && !p.is_empty() && !is_type);
             let message = humanize(&e.into_inner().to_string(), is_type);
-            problems.at(Some(pipeline), here, field, message);
+            report(field, message);
             None
         }
     }

@@ -28,6 +28,7 @@
 mod ecs_hook;
 mod load;
 mod overrides;
+mod services;
 mod settings;
 mod siblings;
 
@@ -39,13 +40,14 @@ use serde_json::Value;
 pub use ecs_hook::{EcsHookSpec, HookStoreSpec, LIFECYCLE_STAGES};
 pub use load::Loader;
 pub use overrides::ENV_PREFIX;
+pub use services::{SERVICE_CONTEXT, Services};
 pub use settings::{AwsCalls, DEFAULT_DATA_DIR, Settings};
 pub use siblings::Siblings;
 
 use crate::context::BuildContext;
 use crate::error::{BuildError, LoadError, LoadErrors, PipelineError};
 use crate::pipeline::{Pipeline, build_stages};
-use crate::stage::StageConfig;
+use crate::stage::{Stage, StageConfig};
 
 /// A loaded, validated pipeline file.
 #[derive(Debug)]
@@ -56,6 +58,8 @@ pub struct PipelineFile {
     pub base_dir: PathBuf,
     /// `[settings]`.
     pub settings: Settings,
+    /// `[services.<name>]`: empty when the file has none.
+    pub services: Services,
     /// The pipelines, in file order.
     pub pipelines: Vec<PipelineSpec>,
 }
@@ -81,8 +85,86 @@ pub struct StageSpec {
     /// The registered type.
     pub type_name: String,
     /// The typed configuration, parsed once at load and shared with whoever builds the stage
-    /// (this file's hosts, or a stage building a sibling pipeline).
+    /// (this file's hosts, or a stage building a sibling pipeline). For a stage configured per
+    /// service, the first service's.
     pub config: Arc<dyn StageConfig>,
+    /// One configuration per service when the stage's table names `{service.…}` (and the stage
+    /// does not render templates per event); empty otherwise.
+    pub per_service: Vec<ServiceConfig>,
+}
+
+/// One service's configuration of a stage configured per service.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// The service's name.
+    pub service: String,
+    /// The service's values (its table, with `name`).
+    pub values: Arc<Value>,
+    /// The stage's configuration with the service's values put in.
+    pub config: Arc<dyn StageConfig>,
+    /// The stage's fields that are exactly one service value, with its key
+    /// (`("router.record", "record")`): what `cutover template` overrides per service.
+    pub fields: Arc<[(String, String)]>,
+}
+
+impl StageSpec {
+    /// A stage configured in code (no per-service configurations).
+    pub fn new(name: impl Into<String>, type_name: impl Into<String>, config: Arc<dyn StageConfig>) -> Self {
+        Self {
+            name: name.into(),
+            type_name: type_name.into(),
+            config,
+            per_service: Vec::new(),
+        }
+    }
+
+    /// Every configuration of the stage: one per service, or the only one.
+    pub fn configs(&self) -> Vec<&Arc<dyn StageConfig>> {
+        if self.per_service.is_empty() {
+            vec![&self.config]
+        } else {
+            self.per_service.iter().map(|s| &s.config).collect()
+        }
+    }
+
+    /// The stage's event pattern; configured per service, one pattern matching any service's
+    /// events (what they share, and a `$or` of the rest).
+    pub fn event_pattern(&self) -> Option<Value> {
+        if self.per_service.is_empty() {
+            return self.config.event_pattern();
+        }
+        let patterns: Option<Vec<Value>> = self
+            .per_service
+            .iter()
+            .map(|s| s.config.event_pattern())
+            .collect();
+        services::any_of(patterns?)
+    }
+
+    /// Builds the runtime stage: configured per service, one instance per service behind a
+    /// stage that hands each event to its service's.
+    pub async fn build(&self, cx: &BuildContext) -> Result<Arc<dyn Stage>, BuildError> {
+        if self.per_service.is_empty() {
+            return self.config.build(cx).await;
+        }
+        let mut instances = Vec::with_capacity(self.per_service.len());
+        for s in &self.per_service {
+            let stage = s.config.build(cx).await.map_err(|e| match e {
+                BuildError::Field(mut f) => {
+                    f.message = format!("service \"{}\": {}", s.service, f.message);
+                    BuildError::Field(f)
+                }
+                other => BuildError::field("", format!("service \"{}\": {other}", s.service)),
+            })?;
+            instances.push(crate::service::Instance {
+                service: s.service.clone(),
+                values: s.values.clone(),
+                stage,
+            });
+        }
+        let selects = self.config.event_pattern().is_some();
+        Ok(Arc::new(crate::service::PerService::new(instances, selects)))
+    }
 }
 
 impl PipelineSpec {
@@ -93,7 +175,7 @@ impl PipelineSpec {
     pub fn event_pattern(&self) -> Result<Option<Value>, PipelineError> {
         let mut merged: Option<Value> = None;
         for stage in &self.stages {
-            let Some(p) = stage.config.event_pattern() else {
+            let Some(p) = stage.event_pattern() else {
                 continue;
             };
             match &mut merged {
@@ -256,6 +338,7 @@ mod tests {
                 aws: parsed,
                 ..Settings::default()
             },
+            services: Services::default(),
             pipelines: Vec::new(),
         };
         let aws = file.build_context().aws_settings().clone();

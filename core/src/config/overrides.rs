@@ -1,6 +1,7 @@
 //! Environment overrides: `CUTOVER_PIPELINES__ECS_EVENTS__STAGES__2__TABLE=cats-dedup` sets
 //! `table` of stage 2 (1-based; a stage's `name` or unique `type` works instead of the number),
-//! `CUTOVER_SETTINGS__DATA_DIR=/tmp/x` a setting. Names match case-insensitively with `-`
+//! `CUTOVER_SETTINGS__DATA_DIR=/tmp/x` a setting, `CUTOVER_SERVICES__CATS__RECORD=…` a value of
+//! `[services.cats]`. Names match case-insensitively with `-`
 //! written as `_`; a value is read as JSON when it parses as JSON, otherwise as a string.
 
 use serde_json::{Map, Value};
@@ -10,7 +11,9 @@ pub const ENV_PREFIX: &str = "CUTOVER_";
 
 /// Whether an environment variable overrides a value of the file.
 pub(super) fn is_override(key: &str) -> bool {
-    key.starts_with("CUTOVER_PIPELINES__") || key.starts_with("CUTOVER_SETTINGS__")
+    key.starts_with("CUTOVER_PIPELINES__")
+        || key.starts_with("CUTOVER_SETTINGS__")
+        || key.starts_with("CUTOVER_SERVICES__")
 }
 
 /// A key as environment variable names spell it: upper case, `-` as `_`.
@@ -79,6 +82,11 @@ pub(super) fn apply_override(root: &mut Value, key: &str, raw: &str) -> Result<(
         }
         if i == 1 && !map.contains_key(&k) && segments[0] == "PIPELINES" {
             return Err(format!("no pipeline matches \"{seg}\""));
+        }
+        if i == 1 && !map.contains_key(&k) && segments[0] == "SERVICES" {
+            return Err(format!(
+                "no service matches \"{seg}\" (an override sets a value, it adds no service)"
+            ));
         }
         cur = map.entry(k).or_insert_with(|| Value::Object(Map::new()));
         i += 1;

@@ -28,7 +28,8 @@ use tokio::io::AsyncWriteExt;
 
 cutover_core::register_stage!(
     "notify",
-    "Appends a JSON line to a file for each outcome of the stages after it."
+    "Appends a JSON line to a file for each outcome of the stages after it.",
+    per_event_templates
 );
 
 /// Makes sure the linker keeps this crate (and so its stage registration) in a binary that

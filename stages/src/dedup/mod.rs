@@ -55,7 +55,8 @@ pub use self::store::{Claim, DedupStore, MemoryStore, Record, Status};
 
 cutover_core::register_stage!(
     "dedup",
-    "Lets exactly one event per key (default: per deployment) through, with conditional writes."
+    "Lets exactly one event per key (default: per deployment) through, with conditional writes.",
+    per_event_templates
 );
 
 /// The default key: one rollout per deployment (cluster, service group, task-definition revision).

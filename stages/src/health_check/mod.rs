@@ -473,6 +473,7 @@ mod tests {
             stage_index: 1,
             stage_name: "health-check",
             pipelines: &[],
+            service: None,
         };
         let e = cfg.deployment(&cx).unwrap_err();
         assert_eq!(e.field, "probes.observed-split.source");
@@ -518,6 +519,7 @@ mod tests {
             stage_index: 1,
             stage_name: "health-check",
             pipelines: &[],
+            service: None,
         };
         let alarm: HealthCheckConfig = toml::from_str(
             "probe = { type = \"cloudwatch-alarm\", alarms = [\"cats-5xx\"], count = 3, interval = \"1m\" }",

@@ -323,14 +323,10 @@ impl Rollouts {
             id: action_id(cutover_asl::timestamp::to_nanos(now)),
         };
         self.store.audit(&audit).await?;
-        // The new rollout is the service's now.
-        if let (Some(cluster), Some(group)) = (
-            old.input.get("cluster").and_then(Value::as_str),
-            old.input.get("group").and_then(Value::as_str),
-        ) {
-            self.store
-                .claim_service(&format!("{cluster}|{group}"), &name)
-                .await?;
+        // The new rollout is the service's now: the slot superseding uses, which the starting
+        // stage wrote into the control block.
+        if let Some(service) = service_of(&old.input) {
+            self.store.claim_service(&service, &name).await?;
         }
         Ok(Acted {
             rollout: name,
@@ -338,6 +334,21 @@ impl Rollouts {
             drove: false,
         })
     }
+}
+
+/// The service slot of a rollout from its input: `control.service`, or for rollouts started
+/// before it was recorded there, the default identity `cluster|group`.
+fn service_of(input: &Value) -> Option<String> {
+    if let Some(service) = input
+        .pointer("/control/service")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    {
+        return Some(service.to_owned());
+    }
+    let cluster = input.get("cluster").and_then(Value::as_str)?;
+    let group = input.get("group").and_then(Value::as_str)?;
+    Some(format!("{cluster}|{group}"))
 }
 
 #[cfg(test)]
@@ -513,5 +524,22 @@ mod tests {
             panic!("{started:?}")
         };
         assert_eq!(input["retry_of"], "cats-2");
+    }
+
+    #[test]
+    fn retry_takes_the_service_slot_superseding_uses() {
+        let of = |v: Value| service_of(&v);
+        assert_eq!(
+            of(json!({"control": {"service": "cats"}, "cluster": "c", "group": "service:cats-green"}))
+                .as_deref(),
+            Some("cats"),
+            "the [services] name the starting stage recorded"
+        );
+        assert_eq!(
+            of(json!({"control": {"service": ""}, "cluster": "c", "group": "g"})).as_deref(),
+            Some("c|g"),
+            "rollouts started before the service was recorded: the default identity"
+        );
+        assert_eq!(of(json!({"control": {}})), None);
     }
 }

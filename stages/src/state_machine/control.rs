@@ -90,7 +90,8 @@ pub const DEFAULT_ROLLOUTS_TABLE: &str = "cutover-rollouts";
 
 impl ControlConfig {
     /// The `control` block of an execution's input: the table, how long each wait tick sleeps
-    /// (`wait`) and counts (`tick`), and how often green is checked while paused.
+    /// (`wait`) and counts (`tick`), how often green is checked while paused, and the rollout's
+    /// service (empty here; the starting stage sets it).
     pub fn input(&self, embedded: bool) -> Value {
         let tick = self
             .tick
@@ -107,6 +108,8 @@ impl ControlConfig {
             "wait": tick,
             "tick": tick,
             "health_every": self.health_every.as_secs().max(tick),
+            // Filled in per rollout by the starting stage; every Task receives it.
+            "service": "",
         });
         if self.observe_split {
             input["observe"] = json!(true);
@@ -219,11 +222,11 @@ mod tests {
         let c = ControlConfig::default();
         assert_eq!(
             c.input(true),
-            json!({"table": "local", "wait": 1, "tick": 1, "health_every": 30})
+            json!({"table": "local", "wait": 1, "tick": 1, "health_every": 30, "service": ""})
         );
         assert_eq!(
             c.input(false),
-            json!({"table": "cutover-rollouts", "wait": 5, "tick": 5, "health_every": 30})
+            json!({"table": "cutover-rollouts", "wait": 5, "tick": 5, "health_every": 30, "service": ""})
         );
     }
 }

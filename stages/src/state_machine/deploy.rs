@@ -232,6 +232,7 @@ mod tests {
             stage_index: 3,
             stage_name: "start",
             pipelines: &pipelines,
+            service: None,
         };
         deployment(&config.engine, &config.control, &cx)
     }

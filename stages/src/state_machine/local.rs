@@ -132,7 +132,24 @@ pub struct LocalEngine {
     metrics: cutover_core::Metrics,
     background: Background,
     wait: bool,
+    /// Histories already read, by execution name: a finished rollout's is read once, a running
+    /// one's only in what was appended since.
+    histories: Arc<std::sync::Mutex<HashMap<String, ReadHistory>>>,
+    /// How long finished executions are kept (`None`: for ever).
+    keep_finished: Option<Duration>,
 }
+
+/// An execution's history as far as it was read: how many events, where in the history file
+/// the next one starts, and the entries rollouts are derived from.
+#[derive(Debug, Clone, Default)]
+struct ReadHistory {
+    events: usize,
+    offset: u64,
+    entries: Vec<Entry>,
+}
+
+/// How often the executions kept past their retention are looked for.
+const RETENTION_SCAN: Duration = Duration::from_secs(3600);
 
 fn read_definition(path: &Path) -> Result<Definition, String> {
     let text = super::strategy::definition_text(path)?;
@@ -203,6 +220,7 @@ impl LocalEngine {
         resources: &BTreeMap<String, Resource>,
         wait: bool,
         resume: bool,
+        keep_finished: Option<Duration>,
     ) -> Result<Self, BuildError> {
         let definition = Arc::new(
             read_definition(&cx.config_path(definition))
@@ -244,8 +262,13 @@ impl LocalEngine {
             metrics: cx.metrics().clone(),
             background: cx.background().clone(),
             wait,
+            histories: Arc::default(),
+            keep_finished,
         };
         if resume {
+            if let Err(error) = this.prune() {
+                tracing::warn!(%error, "removing executions past their retention");
+            }
             this.resume_unfinished()?;
             this.watch_released();
         }
@@ -272,7 +295,53 @@ impl LocalEngine {
             metrics: cutover_core::Metrics::default(),
             background,
             wait,
+            histories: Arc::default(),
+            keep_finished: None,
         }
+    }
+
+    /// Keeps finished executions for `keep` after they ended, then removes them (the next scan,
+    /// at build and hourly while resuming).
+    pub fn with_retention(mut self, keep: Option<Duration>) -> Self {
+        self.keep_finished = keep;
+        self
+    }
+
+    /// Removes this definition's finished executions that ended longer than the retention ago;
+    /// returns how many. Running ones are never removed.
+    pub fn prune(&self) -> Result<usize, StageError> {
+        let Some(keep) = self.keep_finished else {
+            return Ok(0);
+        };
+        let headers = self
+            .store
+            .headers()
+            .map_err(|e| StageError::retryable(format!("execution store: {e}")))?;
+        let now = SystemTime::now();
+        let mut removed = 0;
+        for h in headers {
+            let r = &h.record;
+            let ended_long_ago = h
+                .saved
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age >= keep);
+            if r.state_machine == self.definition.name()
+                && r.status != ExecutionStatus::Running
+                && ended_long_ago
+            {
+                self.store
+                    .remove(&r.execution_arn)
+                    .map_err(|e| StageError::retryable(format!("execution store: {e}")))?;
+                if let Ok(mut cached) = self.histories.lock() {
+                    cached.remove(&r.name);
+                }
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, kept_for = ?keep, "removed finished executions past their retention");
+        }
+        Ok(removed)
     }
 
     /// Every second, resumes unfinished executions nobody holds: those another process on the
@@ -282,10 +351,18 @@ impl LocalEngine {
     fn watch_released(&self) {
         let this = self.clone();
         tokio::spawn(async move {
+            let mut since_prune = Duration::ZERO;
             loop {
                 tokio::time::sleep(RELEASE_SCAN).await;
                 if let Err(error) = this.resume_free() {
                     tracing::debug!(%error, "scanning for released executions");
+                }
+                since_prune += RELEASE_SCAN;
+                if since_prune >= RETENTION_SCAN {
+                    since_prune = Duration::ZERO;
+                    if let Err(error) = this.prune() {
+                        tracing::warn!(%error, "removing executions past their retention");
+                    }
                 }
             }
         });
@@ -293,12 +370,14 @@ impl LocalEngine {
 
     /// Resumes the unfinished executions of this definition whose lease is free now.
     fn resume_free(&self) -> Result<(), BuildError> {
-        let unfinished = self
-            .engine
-            .unfinished()
+        // Headers only: this runs every second, and running rollouts' histories are long.
+        let headers = self
+            .store
+            .headers()
             .map_err(|e| BuildError::Backend(format!("execution store: {e}")))?;
-        let free = unfinished.into_iter().any(|r| {
-            r.state_machine == self.definition.name()
+        let free = headers.into_iter().map(|h| h.record).any(|r| {
+            r.status == ExecutionStatus::Running
+                && r.state_machine == self.definition.name()
                 && matches!(self.store.lease(&r.execution_arn), Ok(Some(_)))
         });
         if free {
@@ -478,9 +557,10 @@ impl RolloutSource for LocalEngine {
         Box::pin(async move {
             let mut records: Vec<_> = self
                 .store
-                .list()
+                .headers()
                 .map_err(|e| StageError::retryable(format!("execution store: {e}")))?
                 .into_iter()
+                .map(|h| h.record)
                 .filter(|r| r.state_machine == self.definition.name())
                 .filter(|r| all || r.status == ExecutionStatus::Running)
                 .collect();
@@ -492,11 +572,41 @@ impl RolloutSource for LocalEngine {
     fn history<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Recorded>, StageError>> {
         Box::pin(async move {
             let arn = self.engine.execution_arn(&self.definition, name);
-            let record = self
-                .store
-                .load(&arn)
-                .map_err(|e| StageError::retryable(format!("execution store: {e}")))?;
-            Ok(record.map(|r| (arn, entries(&r.history))))
+            let store_error = |e: String| StageError::retryable(format!("execution store: {e}"));
+            let Some(header) = self.store.header(&arn).map_err(store_error)? else {
+                return Ok(None);
+            };
+            let mut read = self
+                .histories
+                .lock()
+                .ok()
+                .and_then(|cached| cached.get(name).cloned())
+                .filter(|r| r.events <= header.history_len)
+                .unwrap_or_default();
+            if read.events < header.history_len {
+                match self
+                    .store
+                    .history_since(&arn, read.events, read.offset, header.history_len)
+                    .map_err(store_error)?
+                {
+                    Some((events, offset)) => {
+                        read.entries.extend(entries(&events));
+                        read.events = header.history_len;
+                        read.offset = offset;
+                    }
+                    // The older layout keeps the history inline: read it whole, every time.
+                    None => {
+                        let Some(record) = self.store.load(&arn).map_err(store_error)? else {
+                            return Ok(None);
+                        };
+                        return Ok(Some((arn, entries(&record.history))));
+                    }
+                }
+                if let Ok(mut cached) = self.histories.lock() {
+                    cached.insert(name.to_owned(), read.clone());
+                }
+            }
+            Ok(Some((arn, read.entries)))
         })
     }
 

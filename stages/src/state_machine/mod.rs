@@ -60,7 +60,8 @@ pub use self::sfn::SfnEngine;
 
 cutover_core::register_stage!(
     "start-state-machine",
-    "Starts one canary execution (Step Functions, or the embedded ASL engine) per event."
+    "Starts one canary execution (Step Functions, or the embedded ASL engine) per event.",
+    per_event_templates
 );
 
 /// Configuration of the `start-state-machine` stage.
@@ -126,6 +127,12 @@ pub enum EngineConfig {
         /// Resume unfinished executions found in the data directory when the pipeline is built.
         #[serde(default = "crate::fields::yes")]
         resume: bool,
+        /// How long finished executions (record and history) are kept in
+        /// `<data_dir>/executions` before they are removed, so the directory does not grow
+        /// without bound: checked when the pipeline is built and hourly while it runs.
+        /// `"0s"` removes them at the next check; default 14 days.
+        #[serde(default = "default_keep_finished", with = "cutover_core::duration")]
+        keep_finished: std::time::Duration,
     },
 }
 
@@ -137,6 +144,10 @@ pub enum Resource {
     Pipeline(String),
     /// A single stage (e.g. `health-check`, `traffic-shift`).
     Stage(Box<dyn StageConfig>),
+}
+
+fn default_keep_finished() -> std::time::Duration {
+    std::time::Duration::from_secs(14 * 24 * 3600)
 }
 
 fn default_input() -> ValueTemplate {
@@ -229,43 +240,48 @@ impl StageConfig for StartStateMachineConfig {
         Box::pin(async move {
             // The service slots live in the rollouts store: on AWS, the table the stack creates.
             // Without one configured, there is nowhere to keep them: no superseding.
-            let (engine, rollouts): (Arc<dyn StateMachineEngine>, Option<Arc<dyn RolloutStore>>) =
-                match &self.engine {
-                    EngineConfig::StepFunctions {
-                        state_machine_arn, ..
-                    } => {
-                        if state_machine_arn.is_empty() {
-                            return Err(BuildError::field(
-                                "engine.state_machine_arn",
-                                "not set: give the state machine's ARN (the stack `cutover template` \
+            let (engine, rollouts): (Arc<dyn StateMachineEngine>, Option<Arc<dyn RolloutStore>>) = match &self
+                .engine
+            {
+                EngineConfig::StepFunctions {
+                    state_machine_arn, ..
+                } => {
+                    if state_machine_arn.is_empty() {
+                        return Err(BuildError::field(
+                            "engine.state_machine_arn",
+                            "not set: give the state machine's ARN (the stack `cutover template` \
                              generates sets it on the function through an environment override)",
-                            ));
-                        }
-                        let store: Option<Arc<dyn RolloutStore>> = match self.control.table.as_str() {
-                            "" => None,
-                            table => Some(Arc::new(DynamoRolloutStore::new(
-                                aws_sdk_dynamodb::Client::new(cx.aws_config().await),
-                                table,
-                            ))),
-                        };
-                        (
-                            Arc::new(SfnEngine::new(
-                                aws_sdk_sfn::Client::new(cx.aws_config().await),
-                                state_machine_arn,
-                            )),
-                            store,
-                        )
+                        ));
                     }
-                    EngineConfig::Local {
-                        definition,
-                        resources,
-                        wait,
-                        resume,
-                    } => (
-                        Arc::new(LocalEngine::build(cx, definition, resources, *wait, *resume).await?),
-                        Some(Arc::new(rollout_store(cx))),
+                    let store: Option<Arc<dyn RolloutStore>> = match self.control.table.as_str() {
+                        "" => None,
+                        table => Some(Arc::new(DynamoRolloutStore::new(
+                            aws_sdk_dynamodb::Client::new(cx.aws_config().await),
+                            table,
+                        ))),
+                    };
+                    (
+                        Arc::new(SfnEngine::new(
+                            aws_sdk_sfn::Client::new(cx.aws_config().await),
+                            state_machine_arn,
+                        )),
+                        store,
+                    )
+                }
+                EngineConfig::Local {
+                    definition,
+                    resources,
+                    wait,
+                    resume,
+                    keep_finished,
+                } => (
+                    Arc::new(
+                        LocalEngine::build(cx, definition, resources, *wait, *resume, Some(*keep_finished))
+                            .await?,
                     ),
-                };
+                    Some(Arc::new(rollout_store(cx))),
+                ),
+            };
             let embedded = matches!(self.engine, EngineConfig::Local { .. });
             Ok(Arc::new(StartStateMachine {
                 input: self.input.clone(),
@@ -273,11 +289,11 @@ impl StageConfig for StartStateMachineConfig {
                 output: self.output.clone(),
                 engine,
                 control: self.control.input(embedded),
+                service: self.control.service.clone(),
                 // Only a rollout that reads its control record can be aborted by a newer one.
                 supersede: rollouts
                     .filter(|_| self.control.supersede && self.reads_control_or_say(cx))
                     .map(|rollouts| Supersede {
-                        service: self.control.service.clone(),
                         wait: self.control.supersede_wait,
                         rollouts,
                         clock: cx.clock(),
@@ -445,7 +461,8 @@ impl StartStateMachineConfig {
             } => {
                 let none = BTreeMap::new();
                 let resources = if run_tasks { resources } else { &none };
-                let engine = Arc::new(LocalEngine::build(cx, definition, resources, false, false).await?);
+                let engine =
+                    Arc::new(LocalEngine::build(cx, definition, resources, false, false, None).await?);
                 let source = engine.definition().source().clone();
                 Ok(Rollouts::new(
                     engine.clone(),
@@ -472,13 +489,14 @@ pub struct StartStateMachine {
     engine: Arc<dyn StateMachineEngine>,
     /// The `control` block of every execution's input.
     control: Value,
+    /// The service a deployment belongs to when the file has no `[services]` table.
+    service: Template,
     supersede: Option<Supersede>,
 }
 
 /// One rollout per service: what a newer deployment does to the running one.
 #[derive(Debug)]
 struct Supersede {
-    service: Template,
     wait: std::time::Duration,
     rollouts: Arc<dyn RolloutStore>,
     clock: Arc<dyn cutover_core::Clock>,
@@ -492,15 +510,11 @@ impl Supersede {
     /// "superseded by `name`") and waited for, so the two never shift one record at once.
     async fn hand_over(
         &self,
-        event: &Event,
+        service: &str,
         name: &str,
         engine: &dyn StateMachineEngine,
     ) -> Result<(), StageError> {
-        // Events that do not name a service (custom pipelines) have nothing to supersede.
-        let Ok(service) = self.service.render(event) else {
-            return Ok(());
-        };
-        let Some(older) = self.rollouts.claim_service(&service, name).await? else {
+        let Some(older) = self.rollouts.claim_service(service, name).await? else {
             return Ok(());
         };
         if engine.status(&older).await?.as_deref() != Some("RUNNING") {
@@ -556,6 +570,21 @@ impl Supersede {
 }
 
 impl StartStateMachine {
+    /// The service the event's deployment belongs to: its `[services]` entry, else
+    /// `control.service` rendered; `None` when the event names none (custom pipelines, which
+    /// then have nothing to supersede).
+    fn service_of(&self, event: &Event) -> Option<String> {
+        let from_table = event
+            .context()
+            .get(cutover_core::SERVICE_CONTEXT)
+            .and_then(|s| s.get("name"))
+            .and_then(Value::as_str);
+        match from_table {
+            Some(name) => Some(name.to_owned()),
+            None => self.service.render(event).ok(),
+        }
+    }
+
     /// Whether the execution name is derived from the event's dedup key, i.e. names the
     /// deployment: then an execution of that name is this deployment's, whatever its input.
     fn name_is_the_deployments(&self, event: &Event) -> bool {
@@ -599,15 +628,27 @@ impl Stage for StartStateMachine {
                 Ok(v) => v,
                 Err(e) => return Outcome::failed(StageError::permanent(format!("execution input: {e}"))),
             };
+            let service = self.service_of(&event);
+            // The rollout's service travels in its control block: the canary passes it to every
+            // Task (handlers configured per service pick theirs by it), and `rollouts retry`
+            // takes the same service slot superseding does.
             if let Value::Object(fields) = &mut input {
-                fields.entry("control").or_insert_with(|| self.control.clone());
+                let control = fields.entry("control").or_insert_with(|| self.control.clone());
+                if let (Value::Object(control), Some(service)) = (control, &service)
+                    && control
+                        .get("service")
+                        .and_then(Value::as_str)
+                        .is_none_or(str::is_empty)
+                {
+                    control.insert("service".into(), Value::String(service.clone()));
+                }
             }
             let name = match self.name_for(&event) {
                 Ok(n) => n,
                 Err(e) => return Outcome::failed(e),
             };
-            if let Some(supersede) = &self.supersede
-                && let Err(e) = supersede.hand_over(&event, &name, self.engine.as_ref()).await
+            if let (Some(supersede), Some(service)) = (&self.supersede, &service)
+                && let Err(e) = supersede.hand_over(service, &name, self.engine.as_ref()).await
             {
                 return Outcome::failed(e);
             }

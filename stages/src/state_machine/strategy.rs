@@ -372,7 +372,7 @@ impl<'a> Compiler<'a> {
     fn shift(&self, weight: u8, next: &str, comment: &str) -> Value {
         json!({
             "Type": "Task", "Comment": comment, "Resource": self.strategy.resources.shift,
-            "Parameters": {"weight": weight, "execution.$": "$$.Execution.Name"},
+            "Parameters": {"weight": weight, "execution.$": "$$.Execution.Name", "control.$": "$.control"},
             "ResultPath": "$.traffic", "Retry": retry(), "Catch": catch(), "Next": next,
         })
     }
@@ -380,7 +380,7 @@ impl<'a> Compiler<'a> {
     fn check(&self, analysis: &str, next: &str, comment: &str) -> Value {
         json!({
             "Type": "Task", "Comment": comment, "Resource": self.strategy.resources.analyses[analysis],
-            "Parameters": {"weight.$": "$.traffic.green", "execution.$": "$$.Execution.Name"},
+            "Parameters": {"weight.$": "$.traffic.green", "execution.$": "$$.Execution.Name", "control.$": "$.control"},
             "ResultPath": "$.health", "Retry": retry(), "Catch": catch(), "Next": next,
         })
     }
@@ -408,7 +408,7 @@ impl<'a> Compiler<'a> {
             "Type": "Task",
             "Comment": format!("Does green actually receive {weight}% of the traffic (probe observed-split)?"),
             "Resource": self.first_analysis_resource(),
-            "Parameters": {"weight.$": "$.traffic.green", "execution.$": "$$.Execution.Name", "probe": "observed-split"},
+            "Parameters": {"weight.$": "$.traffic.green", "execution.$": "$$.Execution.Name", "control.$": "$.control", "probe": "observed-split"},
             "ResultPath": "$.observed", "Retry": retry(), "Catch": catch(), "Next": verdict,
         }));
         self.add(
@@ -647,7 +647,7 @@ impl<'a> Compiler<'a> {
         }));
         self.add("HoldCheck", json!({
             "Type": "Task", "Comment": "Probe green while paused: a sick green still rolls back", "Resource": first,
-            "Parameters": {"weight.$": "$.traffic.green", "execution.$": "$$.Execution.Name"},
+            "Parameters": {"weight.$": "$.traffic.green", "execution.$": "$$.Execution.Name", "control.$": "$.control"},
             "ResultPath": "$.health", "Retry": retry(), "Catch": catch(), "Next": "HoldHealthy",
         }));
         self.add(
@@ -677,7 +677,7 @@ impl<'a> Compiler<'a> {
         self.add("ShiftFull", full);
         self.add("Rollback", json!({
             "Type": "Task", "Comment": "Send all traffic back to blue", "Resource": self.strategy.resources.shift,
-            "Parameters": {"weight": 0, "execution.$": "$$.Execution.Name"}, "ResultPath": "$.rollback",
+            "Parameters": {"weight": 0, "execution.$": "$$.Execution.Name", "control.$": "$.control"}, "ResultPath": "$.rollback",
             "Retry": [{"ErrorEquals": ["States.ALL"], "IntervalSeconds": 2, "MaxAttempts": 5, "BackoffRate": 2.0}],
             "Next": "WhyRolledBack",
         }));

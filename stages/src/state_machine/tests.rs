@@ -347,3 +347,90 @@ fn config_round_trips_through_toml() {
     assert!(matches!(resources.get(TS), Some(Resource::Pipeline(p)) if p == "shift"));
     assert!(matches!(resources.get(HC), Some(Resource::Stage(_))));
 }
+
+#[tokio::test]
+async fn finished_executions_are_removed_after_their_retention_and_running_ones_kept() {
+    let run = setup(&pipeline_file("retain", None, true), None).await;
+    for id in ["e1", "e2"] {
+        let out = run.pipeline.run(event(id)).await;
+        assert!(out.is_passed(), "{out}");
+    }
+    let dir = run.cx.data_path("executions");
+    let store = Arc::new(cutover_asl::FileStore::new(&dir).unwrap());
+    // A rollout still running is kept whatever its age.
+    let mut running = store.list().unwrap().remove(0);
+    running.status = cutover_asl::ExecutionStatus::Running;
+    running.execution_arn = running.execution_arn.replace(":e1", ":e3");
+    running.name = "e3".into();
+    cutover_asl::ExecutionStore::save(store.as_ref(), &running).unwrap();
+    let definition = Arc::new(
+        Definition::parse(
+            &std::fs::read_to_string(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/canary.asl.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap()
+        .with_name("canary"),
+    );
+    let engine = |keep: Option<Duration>| {
+        LocalEngine::new(
+            cutover_asl::Engine::new(
+                Arc::new(PipelineTasks::default()),
+                Arc::new(CoreClock(run.cx.clock())),
+                Some(store.clone() as Arc<dyn cutover_asl::ExecutionStore>),
+            ),
+            definition.clone(),
+            store.clone(),
+            run.cx.background().clone(),
+            false,
+        )
+        .with_retention(keep)
+    };
+    assert_eq!(engine(None).prune().unwrap(), 0, "no retention: kept for ever");
+    assert_eq!(
+        engine(Some(Duration::from_secs(14 * 24 * 3600))).prune().unwrap(),
+        0,
+        "ended just now: within 14 days"
+    );
+    assert_eq!(engine(Some(Duration::ZERO)).prune().unwrap(), 2);
+    let left: Vec<String> = store
+        .headers()
+        .unwrap()
+        .into_iter()
+        .map(|h| h.record.name)
+        .collect();
+    assert_eq!(left, ["e3"]);
+    // Record, history and lease files are gone, not just the record.
+    let files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(files.iter().all(|f| f.contains("canary_e3-")), "{files:?}");
+}
+
+#[tokio::test]
+async fn the_retention_is_configured_on_the_engine_and_applied_when_built() {
+    let first = setup(&pipeline_file("retain-config", None, true), None).await;
+    assert!(first.pipeline.run(event("e1")).await.is_passed());
+    let dir = first._dir;
+    let count = |dir: &std::path::Path| {
+        cutover_asl::FileStore::new(dir.join("executions"))
+            .unwrap()
+            .headers()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(count(dir.path()), 1);
+    let kept = pipeline_file("retain-config", None, true);
+    let run = setup(&kept, Some(dir)).await;
+    assert_eq!(count(run._dir.path()), 1, "the default keeps it 14 days");
+    let text = kept.replace("wait = true", "wait = true\nkeep_finished = \"0s\"");
+    let run = setup(&text, Some(run._dir)).await;
+    assert_eq!(
+        count(run._dir.path()),
+        0,
+        "keep_finished = \"0s\": removed at build"
+    );
+}

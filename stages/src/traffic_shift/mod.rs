@@ -163,6 +163,22 @@ impl StageConfig for TrafficShiftConfig {
         self.own_errors()
     }
 
+    fn claims(&self) -> Vec<String> {
+        match &self.router {
+            RouterConfig::Route53(c) => vec![format!(
+                "the Route 53 record {} in zone {}",
+                local::normalise(&c.record),
+                c.hosted_zone_id.trim().trim_start_matches("/hostedzone/")
+            )],
+            RouterConfig::Local(c) => vec![format!("the embedded record {}", local::normalise(&c.record))],
+            RouterConfig::Alb(c) => vec![
+                format!("the listener {}", c.listener_arn),
+                format!("the target group {}", c.blue_target_group),
+                format!("the target group {}", c.green_target_group),
+            ],
+        }
+    }
+
     fn deployment(
         &self,
         cx: &cutover_core::DeployContext<'_>,

@@ -24,6 +24,8 @@ struct Call {
     weight: Option<u64>,
     /// The function called (`cutover-health-check`, `cutover-error-rate`, …).
     function: String,
+    /// The rollout's service, as the canary passes it (`control.service`).
+    service: String,
 }
 
 /// What the bridge has answered, and how it answers health checks.
@@ -39,6 +41,10 @@ impl Bridged {
     /// The answer of the function `path` names to `payload`, as cutover's Lambda host gives it.
     fn invoke(&self, path: &str, payload: &Value) -> Option<Value> {
         let execution = payload["execution"].as_str().unwrap_or_default().to_owned();
+        let service = payload["control"]["service"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let (weight, answer) = if path.contains("cutover-traffic-shift") {
             let weight = payload["weight"].as_u64()?;
             (
@@ -73,6 +79,7 @@ impl Bridged {
             execution,
             weight,
             function,
+            service,
         });
         Some(answer)
     }
@@ -161,6 +168,13 @@ impl LambdaBridge {
     /// The weights the traffic shifts of `execution` set, in order.
     pub(super) fn weights(&self, execution: &str) -> Vec<u64> {
         self.calls(execution).iter().filter_map(|c| c.weight).collect()
+    }
+
+    /// The services the Task calls of `execution` named, each once, in order.
+    pub(super) fn services(&self, execution: &str) -> Vec<String> {
+        let mut out: Vec<String> = self.calls(execution).into_iter().map(|c| c.service).collect();
+        out.dedup();
+        out
     }
 
     /// When the health checks of `execution` ran.

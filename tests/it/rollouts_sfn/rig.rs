@@ -45,18 +45,22 @@ pub(super) struct Rig {
 impl Rig {
     /// The rig, with bakes of `bake` seconds instead of 60.
     pub(super) async fn new(bake: u64) -> Rig {
-        let shipped = std::fs::read_to_string(crate::repo("pipelines/canary.asl.json")).unwrap();
-        assert_eq!(
-            shipped.matches("\"seconds\": 60").count(),
-            3,
-            "the shipped canary bakes three times 60 s: Bake10, Bake50, Bake100"
-        );
-        Rig::with_definition(shipped.replace("\"seconds\": 60", &format!("\"seconds\": {bake}"))).await
+        Rig::build(shipped_with_bakes(bake), &[]).await
     }
 
     /// The rig running the States Language `definition` (Lambda resources named
     /// `cutover-traffic-shift`, `cutover-health-check`, `cutover-error-rate`).
     pub(super) async fn with_definition(definition: String) -> Rig {
+        Rig::build(definition, &[]).await
+    }
+
+    /// The rig whose pipeline file declares `services` (`[services.<name>]`, each recognised by
+    /// its green container `<name>-green`) and filters each event to its service first.
+    pub(super) async fn with_services(bake: u64, services: &[&str]) -> Rig {
+        Rig::build(shipped_with_bakes(bake), services).await
+    }
+
+    async fn build(definition: String, services: &[&str]) -> Rig {
         let (bridge, moto) = LambdaBridge::start();
         let status = moto.control(
             "/moto-api/config",
@@ -85,15 +89,17 @@ impl Rig {
             .to_owned();
 
         let file = dir.path().join("rollouts.toml");
-        std::fs::write(&file, pipeline_file(&machine)).unwrap();
+        std::fs::write(&file, pipeline_file(&machine, services)).unwrap();
         let loaded = Loader::new().load_file(&file).expect("the pipeline file loads");
         // As a host builds it: paths relative to the file, AWS calls to moto.
         let cx = loaded.build_context().with_aws(moto.aws());
         let starter = loaded.build("deploys", &cx).await.expect("the pipeline builds");
-        let stage = loaded.pick(Some("deploys")).unwrap().stages[0]
-            .config
-            .as_any()
-            .downcast_ref::<StartStateMachineConfig>()
+        let stage = loaded
+            .pick(Some("deploys"))
+            .unwrap()
+            .stages
+            .iter()
+            .find_map(|s| s.config.as_any().downcast_ref::<StartStateMachineConfig>())
             .expect("a start-state-machine stage");
         let rollouts = stage.rollouts(&cx, false).await.expect("the rollouts API");
         Rig {
@@ -121,6 +127,30 @@ impl Rig {
         }));
         match self.starter.run(event).await {
             Outcome::Passed { context } => assert_eq!(context["execution"], self.arn(name)),
+            other => panic!("starting {name}: {other}"),
+        }
+    }
+
+    /// Starts the rollout `name` as a green deployment of `service` does (the seed's green task,
+    /// with the service's container), through the file's filter.
+    pub(super) async fn start_service(&self, name: &str, service: &str) {
+        let trace = std::fs::read_to_string(crate::repo("tests/fixtures/deployment-trace.jsonl")).unwrap();
+        let seed = trace
+            .lines()
+            .find(|l| {
+                l.contains("cats-green")
+                    && l.contains("\"lastStatus\":\"RUNNING\"")
+                    && l.contains("\"desiredStatus\":\"RUNNING\"")
+            })
+            .unwrap();
+        let mut event: Value =
+            serde_json::from_str(&seed.replace("cats-green", &format!("{service}-green"))).unwrap();
+        event["id"] = json!(name);
+        match self.starter.run(Event::from_value(event)).await {
+            Outcome::Passed { context } => {
+                assert_eq!(context["execution"], self.arn(name));
+                assert_eq!(context["service"]["name"], service);
+            }
             other => panic!("starting {name}: {other}"),
         }
     }
@@ -250,19 +280,42 @@ impl Rig {
 /// The pipeline file: one `start-state-machine` stage starting executions of `machine`, named
 /// by the event's id, with a control block of 1 s ticks and health checks every 2 s while
 /// paused. `definition` gives `cutover rollouts` the steps and the stage its control reads.
-fn pipeline_file(machine: &str) -> String {
-    format!(
-        r#"[pipelines.deploys]
-description = "Start a canary on Step Functions per deployment"
-
-[[pipelines.deploys.stages]]
+fn pipeline_file(machine: &str, services: &[&str]) -> String {
+    let mut text = String::new();
+    for service in services {
+        text.push_str(&format!(
+            "[services.{service}]\ngreen_container = \"{service}-green\"\n\n"
+        ));
+    }
+    text.push_str(
+        "[pipelines.deploys]\ndescription = \"Start a canary on Step Functions per deployment\"\n\n",
+    );
+    if !services.is_empty() {
+        text.push_str(
+            "[[pipelines.deploys.stages]]\ntype = \"filter\"\ngreen = { container = \"{service.green_container}\" }\n\n",
+        );
+    }
+    text.push_str(&format!(
+        r#"[[pipelines.deploys.stages]]
 type = "start-state-machine"
 name = "{{id}}"
 input = {{ cluster = "{{detail.clusterArn}}", group = "{{detail.group}}", task_definition = "{{detail.taskDefinitionArn}}" }}
 engine = {{ type = "step-functions", state_machine_arn = "{machine}", definition = "canary.asl.json" }}
 control = {{ table = "{TABLE}", tick = "1s", health_every = "2s" }}
 "#
-    )
+    ));
+    text
+}
+
+/// The shipped canary with its three 60 s bakes shortened to `bake` seconds.
+fn shipped_with_bakes(bake: u64) -> String {
+    let shipped = std::fs::read_to_string(crate::repo("pipelines/canary.asl.json")).unwrap();
+    assert_eq!(
+        shipped.matches("\"seconds\": 60").count(),
+        3,
+        "the shipped canary bakes three times 60 s: Bake10, Bake50, Bake100"
+    );
+    shipped.replace("\"seconds\": 60", &format!("\"seconds\": {bake}"))
 }
 
 /// Runs `cmd` to its end, killing it (and failing) after `limit`.
