@@ -65,7 +65,7 @@ mod wildcard;
 
 pub use error::{INVALID_EVENT_PATTERN, PatternError};
 pub use prefilter::Prefilter;
-pub use projection::{Projected, Projection};
+pub use projection::{Projected, Projection, check_json};
 
 use serde_json::Value;
 
