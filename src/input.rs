@@ -48,9 +48,39 @@ pub(crate) enum Item {
     Event { origin: Origin, bytes: Arc<[u8]> },
     /// Something that is not JSON, with where it was.
     Malformed { origin: Origin, message: String },
+    /// Whole JSON Lines as read, the first of them line `first` of `name`: cut into events by
+    /// [`Item::into_events`] where they are decided, so that reading does no per-event work.
+    Lines {
+        name: Arc<str>,
+        first: u64,
+        text: Vec<u8>,
+    },
 }
 
 impl Item {
+    /// The events of this item, in order: a [`Item::Lines`] block gives one per line that is
+    /// not blank; any other item is itself.
+    pub(crate) fn into_events(self, mut each: impl FnMut(Item)) {
+        let Item::Lines { name, first, text } = self else {
+            return each(self);
+        };
+        let mut start = 0;
+        let lines = memchr::memchr_iter(b'\n', &text).chain(std::iter::once(text.len()));
+        for (number, end) in (first..).zip(lines) {
+            let line = text[start..end.max(start)].trim_ascii();
+            start = end + 1;
+            if !line.is_empty() {
+                each(Item::Event {
+                    origin: Origin {
+                        name: name.clone(),
+                        place: Place::Line(number),
+                    },
+                    bytes: Arc::from(line),
+                });
+            }
+        }
+    }
+
     /// The item with its syntax checked: an event that is not one JSON document becomes
     /// [`Item::Malformed`], saying where and why.
     pub(crate) fn checked(self) -> Item {
@@ -65,7 +95,7 @@ impl Item {
                     Item::Malformed { origin, message }
                 }
             },
-            malformed @ Item::Malformed { .. } => malformed,
+            other => other,
         }
     }
 }
@@ -122,7 +152,7 @@ pub(crate) fn read_events<B>(
                 bytes: Arc::from(text.trim_ascii()),
             }));
         }
-        return read_lines(&text[..], number - 1, &at, each);
+        return read_lines(&text[..], number - 1, &name, each);
     }
     // A first line followed by nothing but blanks is a one-document input.
     let mut blank_lines = 0;
@@ -146,37 +176,55 @@ pub(crate) fn read_events<B>(
     }) {
         return Ok(ControlFlow::Break(b));
     }
-    read_lines(input, number + blank_lines, &at, each)
+    read_lines(input, number + blank_lines, &name, each)
 }
 
 fn newlines(bytes: &[u8]) -> u64 {
     bytes.iter().filter(|&&b| b == b'\n').count() as u64
 }
 
-/// JSON Lines after line `number`.
+/// JSON Lines after line `number`, handed on in blocks of whole lines as the reader fills
+/// its buffer: reading only finds the last line end of each fill and counts the lines.
 fn read_lines<B>(
     mut input: impl BufRead,
     mut number: u64,
-    at: &impl Fn(Place) -> Origin,
+    name: &Arc<str>,
     mut each: impl FnMut(Item) -> ControlFlow<B>,
 ) -> std::io::Result<ControlFlow<B>> {
-    let mut line = Vec::new();
+    let mut carry = Vec::new();
     loop {
-        line.clear();
-        if input.read_until(b'\n', &mut line)? == 0 {
+        let buffered = input.fill_buf()?;
+        let used = buffered.len();
+        let block = match memchr::memrchr(b'\n', buffered) {
+            _ if used == 0 => std::mem::take(&mut carry),
+            None => {
+                carry.extend_from_slice(buffered);
+                input.consume(used);
+                continue;
+            }
+            Some(last) => {
+                let mut block = std::mem::take(&mut carry);
+                block.extend_from_slice(&buffered[..=last]);
+                carry.extend_from_slice(&buffered[last + 1..]);
+                block
+            }
+        };
+        input.consume(used);
+        if block.is_empty() {
             return Ok(ControlFlow::Continue(()));
         }
-        number += 1;
-        let text = line.trim_ascii();
-        if text.is_empty() {
-            continue;
-        }
-        let item = Item::Event {
-            origin: at(Place::Line(number)),
-            bytes: Arc::from(text),
+        let first = number + 1;
+        number += memchr::memchr_iter(b'\n', &block).count() as u64;
+        let lines = Item::Lines {
+            name: name.clone(),
+            first,
+            text: block,
         };
-        if let ControlFlow::Break(b) = each(item) {
+        if let ControlFlow::Break(b) = each(lines) {
             return Ok(ControlFlow::Break(b));
+        }
+        if used == 0 {
+            return Ok(ControlFlow::Continue(()));
         }
     }
 }
@@ -231,13 +279,22 @@ fn read_array<B>(
 mod tests {
     use super::*;
 
-    fn read(text: &[u8]) -> Vec<Item> {
+    fn read_with(input: impl BufRead) -> Vec<Item> {
         let mut items = Vec::new();
-        let flow = read_events("t", text, |item| {
-            items.push(item.checked());
+        let flow = read_events("t", input, |item| {
+            item.into_events(|event| items.push(event.checked()));
             ControlFlow::<()>::Continue(())
         });
         assert!(matches!(flow, Ok(ControlFlow::Continue(()))));
+        items
+    }
+
+    /// Reads `text` whole and through a tiny buffer (every line straddling fills), which must
+    /// come out the same.
+    fn read(text: &[u8]) -> Vec<Item> {
+        let items = read_with(text);
+        let small = read_with(std::io::BufReader::with_capacity(3, text));
+        assert_eq!(summary(&items), summary(&small));
         items
     }
 
@@ -247,6 +304,7 @@ mod tests {
             .map(|i| match i {
                 Item::Event { origin, bytes } => format!("ok {origin} {}", String::from_utf8_lossy(bytes)),
                 Item::Malformed { origin, .. } => format!("bad {origin}"),
+                Item::Lines { first, .. } => format!("lines from {first}"),
             })
             .collect()
     }

@@ -48,9 +48,13 @@ pub(crate) struct ReplayArgs {
     jobs: Option<u16>,
 }
 
-/// How many events are read and decided together: enough to amortise handing a batch to a
-/// worker, few enough that memory stays small (~0.5 MB of 2 KB events).
+/// How many events (arrays, documents) are read and decided together: enough to amortise
+/// handing a batch to a worker, few enough that memory stays small (~0.5 MB of 2 KB events).
+/// JSON Lines go by blocks of one read buffer instead.
 const BATCH: usize = 256;
+
+/// How much is read from an input at once.
+const READ_BUFFER: usize = 1 << 20;
 
 fn default_jobs() -> u16 {
     std::thread::available_parallelism().map_or(1, |n| u16::try_from(n.get()).unwrap_or(u16::MAX))
@@ -76,12 +80,12 @@ fn read_batches(sources: &[String], batches: &tokio::sync::mpsc::Sender<Vec<Item
     for name in sources {
         let flow = if name == "-" {
             let stdin = std::io::stdin();
-            let input = std::io::BufReader::with_capacity(1 << 16, stdin.lock());
+            let input = std::io::BufReader::with_capacity(READ_BUFFER, stdin.lock());
             read_events("<stdin>", input, |item| add(&mut batch, item, batches))
                 .context("reading events from stdin")?
         } else {
             let file = std::fs::File::open(name).with_context(|| format!("reading events from {name}"))?;
-            let input = std::io::BufReader::with_capacity(1 << 16, file);
+            let input = std::io::BufReader::with_capacity(READ_BUFFER, file);
             read_events(name, input, |item| add(&mut batch, item, batches))
                 .with_context(|| format!("reading events from {name}"))?
         };
@@ -96,8 +100,10 @@ fn read_batches(sources: &[String], batches: &tokio::sync::mpsc::Sender<Vec<Item
 }
 
 fn add(batch: &mut Vec<Item>, item: Item, batches: &tokio::sync::mpsc::Sender<Vec<Item>>) -> ControlFlow<()> {
+    // A block of lines is a batch's worth on its own.
+    let whole = matches!(item, Item::Lines { .. });
     batch.push(item);
-    if batch.len() < BATCH {
+    if batch.len() < BATCH && !whole {
         return ControlFlow::Continue(());
     }
     let full = std::mem::replace(batch, Vec::with_capacity(BATCH));
@@ -110,7 +116,11 @@ fn add(batch: &mut Vec<Item>, item: Item, batches: &tokio::sync::mpsc::Sender<Ve
 /// Decides a batch in order: checks each event's syntax, runs it, counts and reports it.
 async fn decide(pipeline: Pipeline, batch: Vec<Item>, report: Report) -> Decided {
     let mut decided = Decided::default();
+    let mut events = Vec::new();
     for item in batch {
+        item.into_events(|event| events.push(event));
+    }
+    for item in events {
         let (origin, id, outcome) = match item.checked() {
             Item::Event { origin, bytes } => {
                 let event = Event::from_bytes(bytes);
@@ -131,6 +141,8 @@ async fn decide(pipeline: Pipeline, batch: Vec<Item>, report: Report) -> Decided
                     error: cutover_core::StageError::permanent(message),
                 },
             ),
+            // Blocks were cut into events above.
+            Item::Lines { .. } => continue,
         };
         decided.summary.record(&outcome);
         // Writing into a Vec cannot fail.

@@ -69,7 +69,7 @@ pub(crate) async fn run(args: RuleArgs) -> anyhow::Result<ExitCode> {
             let file = std::fs::File::open(name).with_context(|| format!("reading {name}"))?;
             let mut items = Vec::new();
             let _ = read_events(name, std::io::BufReader::new(file), |item| {
-                items.push(item.checked());
+                item.into_events(|event| items.push(event.checked()));
                 std::ops::ControlFlow::<()>::Continue(())
             })
             .with_context(|| format!("reading {name}"))?;

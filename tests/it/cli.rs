@@ -214,11 +214,6 @@ fn replay_decides_events_while_stdin_is_still_open() {
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let stdout = child.stdout.take().unwrap();
-    // Two batches' worth, with the pipe left open: the reports must come before its end.
-    for line in noise_lines(600) {
-        writeln!(stdin, "{line}").unwrap();
-    }
-    stdin.flush().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
         let mut lines = std::io::BufReader::new(stdout).lines();
@@ -226,6 +221,11 @@ fn replay_decides_events_while_stdin_is_still_open() {
         tx.send(first).unwrap();
         lines.count()
     });
+    // Several reads' worth (read while written, so that no pipe fills up), with the pipe left open: the reports must come before its end.
+    for line in noise_lines(600) {
+        writeln!(stdin, "{line}").unwrap();
+    }
+    stdin.flush().unwrap();
     let first = rx
         .recv_timeout(std::time::Duration::from_secs(120))
         .expect("no report while stdin is open: replay waited for the end of its input")
