@@ -54,7 +54,7 @@ pub(crate) struct ReplayArgs {
 const BATCH: usize = 256;
 
 /// How much is read from an input at once.
-const READ_BUFFER: usize = 1 << 20;
+const READ_BUFFER: usize = 1 << 18;
 
 fn default_jobs() -> u16 {
     std::thread::available_parallelism().map_or(1, |n| u16::try_from(n.get()).unwrap_or(u16::MAX))
