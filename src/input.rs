@@ -1,80 +1,310 @@
-//! Reading events from files and stdin: JSON Lines, a JSON array, or single JSON documents.
+//! Reading events from files and stdin: JSON Lines, a JSON array, or single JSON documents,
+//! streamed from a buffered reader so that memory does not grow with the input.
+//!
+//! The reader only splits: JSON Lines are handed on unchecked, and [`Item::checked`] (run
+//! where the event is decided, in parallel when there are several jobs) checks each with
+//! [`cutover_pattern::check_json`], which fails exactly where a full parse fails but builds
+//! nothing. A torn line is thus a reported failure, never an event a prefilter silently drops.
+//! Where an event came from ([`Origin`]) is a shared name and a number, formatted only when
+//! it is reported.
 
-use serde::de::IgnoredAny;
+use std::fmt;
+use std::io::BufRead;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use serde::Deserializer as _;
+use serde::de::{IgnoredAny, SeqAccess, Visitor};
 use serde_json::value::RawValue;
+
+/// Where an event came from: `name:12` (a line), `name[3]` (an array element) or `name`.
+#[derive(Debug, Clone)]
+pub(crate) struct Origin {
+    name: Arc<str>,
+    place: Place,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Place {
+    Whole,
+    Line(u64),
+    Element(u64),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.place {
+            Place::Whole => write!(f, "{}", self.name),
+            Place::Line(n) => write!(f, "{}:{n}", self.name),
+            Place::Element(i) => write!(f, "{}[{i}]", self.name),
+        }
+    }
+}
 
 /// One item read from an input.
 #[derive(Debug)]
 pub(crate) enum Item {
-    /// A syntactically valid JSON document.
-    Event { origin: String, bytes: Vec<u8> },
+    /// One event's bytes (a JSON Lines event is checked only by [`Item::checked`]).
+    Event { origin: Origin, bytes: Arc<[u8]> },
     /// Something that is not JSON, with where it was.
-    Malformed { origin: String, message: String },
+    Malformed { origin: Origin, message: String },
+    /// Whole JSON Lines as read, the first of them line `first` of `name`: cut into events by
+    /// [`Item::into_events`] where they are decided, so that reading does no per-event work.
+    Lines {
+        name: Arc<str>,
+        first: u64,
+        text: Vec<u8>,
+    },
 }
 
-/// Splits `text` read from `name` into events.
-///
-/// A text starting with `[` is a JSON array of events; a text that is one JSON document is one
-/// event; anything else is read as JSON Lines, where each malformed line is reported with its
-/// number and the others still count.
-pub(crate) fn read_events(name: &str, text: &[u8]) -> Vec<Item> {
-    let trimmed = text.trim_ascii_start();
-    if trimmed.starts_with(b"[") {
-        return match serde_json::from_slice::<Vec<&RawValue>>(text) {
-            Ok(items) => items
-                .into_iter()
-                .enumerate()
-                .map(|(i, raw)| Item::Event {
-                    origin: format!("{name}[{i}]"),
-                    bytes: raw.get().as_bytes().to_vec(),
-                })
-                .collect(),
-            Err(e) => vec![Item::Malformed {
-                origin: format!("{name}:{}", e.line()),
-                message: format!("not a valid JSON array of events: {e}"),
-            }],
+impl Item {
+    /// The events of this item, in order: a [`Item::Lines`] block gives one per line that is
+    /// not blank; any other item is itself.
+    pub(crate) fn into_events(self, mut each: impl FnMut(Item)) {
+        let Item::Lines { name, first, text } = self else {
+            return each(self);
         };
+        let mut start = 0;
+        let lines = memchr::memchr_iter(b'\n', &text).chain(std::iter::once(text.len()));
+        for (number, end) in (first..).zip(lines) {
+            let line = text[start..end.max(start)].trim_ascii();
+            start = end + 1;
+            if !line.is_empty() {
+                each(Item::Event {
+                    origin: Origin {
+                        name: name.clone(),
+                        place: Place::Line(number),
+                    },
+                    bytes: Arc::from(line),
+                });
+            }
+        }
     }
-    if trimmed.is_empty() {
-        return Vec::new();
+
+    /// The item with its syntax checked: an event that is not one JSON document becomes
+    /// [`Item::Malformed`], saying where and why.
+    pub(crate) fn checked(self) -> Item {
+        match self {
+            Item::Event { origin, bytes } => match cutover_pattern::check_json(&bytes) {
+                Ok(()) => Item::Event { origin, bytes },
+                Err(e) => {
+                    let message = match origin.place {
+                        Place::Line(n) => format!("line {n}: not valid JSON: {e}"),
+                        _ => format!("not valid JSON: {e}"),
+                    };
+                    Item::Malformed { origin, message }
+                }
+            },
+            other => other,
+        }
     }
-    if serde_json::from_slice::<IgnoredAny>(text).is_ok() {
-        return vec![Item::Event {
-            origin: name.to_owned(),
-            bytes: text.to_vec(),
-        }];
-    }
-    let mut items = Vec::new();
-    for (i, line) in text.split(|&b| b == b'\n').enumerate() {
-        let line = line.trim_ascii();
-        if line.is_empty() {
+}
+
+/// Reads the events of `input` (called `name` in origins), handing each to `each` as soon as
+/// it is read, until the input ends or `each` breaks.
+///
+/// An input starting with `[` is a JSON array of events, read element by element; one that
+/// holds a single JSON document is one event; anything else is JSON Lines, where each
+/// malformed line is reported with its number and the others still count. Only a document
+/// whose first line is not JSON on its own (a pretty-printed event) is read whole, to tell it
+/// from JSON Lines whose first line is torn.
+pub(crate) fn read_events<B>(
+    name: &str,
+    mut input: impl BufRead,
+    mut each: impl FnMut(Item) -> ControlFlow<B>,
+) -> std::io::Result<ControlFlow<B>> {
+    let name: Arc<str> = Arc::from(name);
+    let at = |place| Origin {
+        name: name.clone(),
+        place,
+    };
+    let mut line = Vec::new();
+    let mut number = 0u64;
+    // Leading blank lines, and the shape.
+    loop {
+        let buffered = input.fill_buf()?;
+        let Some(start) = buffered.iter().position(|b| !b.is_ascii_whitespace()) else {
+            if buffered.is_empty() {
+                return Ok(ControlFlow::Continue(()));
+            }
+            number += newlines(buffered);
+            let all = buffered.len();
+            input.consume(all);
             continue;
+        };
+        number += newlines(&buffered[..start]);
+        let opens_array = buffered[start] == b'[';
+        input.consume(start);
+        if opens_array {
+            return read_array(input, number, &at, each);
         }
-        let origin = format!("{name}:{}", i + 1);
-        match serde_json::from_slice::<IgnoredAny>(line) {
-            Ok(_) => items.push(Item::Event {
-                origin,
-                bytes: line.to_vec(),
-            }),
-            Err(e) => items.push(Item::Malformed {
-                message: format!("line {}: not valid JSON: {e}", i + 1),
-                origin,
-            }),
+        input.read_until(b'\n', &mut line)?;
+        number += 1;
+        break;
+    }
+    let first = line.trim_ascii();
+    if cutover_pattern::check_json(first).is_err() {
+        let mut text = line;
+        input.read_to_end(&mut text)?;
+        if serde_json::from_slice::<IgnoredAny>(&text).is_ok() {
+            return Ok(each(Item::Event {
+                origin: at(Place::Whole),
+                bytes: Arc::from(text.trim_ascii()),
+            }));
+        }
+        return read_lines(&text[..], number - 1, &name, each);
+    }
+    // A first line followed by nothing but blanks is a one-document input.
+    let mut blank_lines = 0;
+    let alone = loop {
+        let buffered = input.fill_buf()?;
+        if buffered.is_empty() {
+            break true;
+        }
+        let blank = buffered.iter().position(|b| !b.is_ascii_whitespace());
+        let end = blank.unwrap_or(buffered.len());
+        blank_lines += newlines(&buffered[..end]);
+        input.consume(end);
+        if blank.is_some() {
+            break false;
+        }
+    };
+    let place = if alone { Place::Whole } else { Place::Line(number) };
+    if let ControlFlow::Break(b) = each(Item::Event {
+        origin: at(place),
+        bytes: Arc::from(first),
+    }) {
+        return Ok(ControlFlow::Break(b));
+    }
+    read_lines(input, number + blank_lines, &name, each)
+}
+
+fn newlines(bytes: &[u8]) -> u64 {
+    bytes.iter().filter(|&&b| b == b'\n').count() as u64
+}
+
+/// JSON Lines after line `number`, handed on in blocks of whole lines as the reader fills
+/// its buffer: reading only finds the last line end of each fill and counts the lines.
+fn read_lines<B>(
+    mut input: impl BufRead,
+    mut number: u64,
+    name: &Arc<str>,
+    mut each: impl FnMut(Item) -> ControlFlow<B>,
+) -> std::io::Result<ControlFlow<B>> {
+    let mut carry = Vec::new();
+    loop {
+        let buffered = input.fill_buf()?;
+        let used = buffered.len();
+        let block = match memchr::memrchr(b'\n', buffered) {
+            _ if used == 0 => std::mem::take(&mut carry),
+            None => {
+                carry.extend_from_slice(buffered);
+                input.consume(used);
+                continue;
+            }
+            Some(last) => {
+                let mut block = std::mem::take(&mut carry);
+                block.extend_from_slice(&buffered[..=last]);
+                carry.extend_from_slice(&buffered[last + 1..]);
+                block
+            }
+        };
+        input.consume(used);
+        if block.is_empty() {
+            return Ok(ControlFlow::Continue(()));
+        }
+        let first = number + 1;
+        number += memchr::memchr_iter(b'\n', &block).count() as u64;
+        let lines = Item::Lines {
+            name: name.clone(),
+            first,
+            text: block,
+        };
+        if let ControlFlow::Break(b) = each(lines) {
+            return Ok(ControlFlow::Break(b));
+        }
+        if used == 0 {
+            return Ok(ControlFlow::Continue(()));
         }
     }
-    items
+}
+
+/// A JSON array, element by element. An array torn part-way has its elements up to the tear
+/// decided and the tear reported.
+fn read_array<B>(
+    input: impl BufRead,
+    lines_before: u64,
+    at: &impl Fn(Place) -> Origin,
+    mut each: impl FnMut(Item) -> ControlFlow<B>,
+) -> std::io::Result<ControlFlow<B>> {
+    struct Elements<'f, F>(&'f mut F);
+    impl<'de, B, F: FnMut(u64, Box<RawValue>) -> ControlFlow<B>> Visitor<'de> for Elements<'_, F> {
+        type Value = ControlFlow<B>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON array of events")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut i = 0;
+            while let Some(raw) = seq.next_element::<Box<RawValue>>()? {
+                if let ControlFlow::Break(b) = (self.0)(i, raw) {
+                    return Ok(ControlFlow::Break(b));
+                }
+                i += 1;
+            }
+            Ok(ControlFlow::Continue(()))
+        }
+    }
+    let mut send = |i: u64, raw: Box<RawValue>| {
+        let bytes: Box<[u8]> = Box::<str>::from(raw).into_boxed_bytes();
+        each(Item::Event {
+            origin: at(Place::Element(i)),
+            bytes: Arc::from(bytes),
+        })
+    };
+    let mut reader = serde_json::Deserializer::from_reader(input);
+    let result = reader
+        .deserialize_seq(Elements(&mut send))
+        .and_then(|flow| reader.end().map(|()| flow));
+    match result {
+        Ok(flow) => Ok(flow),
+        Err(e) if e.is_io() => Err(e.into()),
+        Err(e) => Ok(each(Item::Malformed {
+            origin: at(Place::Line(lines_before + e.line() as u64)),
+            message: format!("not a valid JSON array of events: {e}"),
+        })),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn read_with(input: impl BufRead) -> Vec<Item> {
+        let mut items = Vec::new();
+        let flow = read_events("t", input, |item| {
+            item.into_events(|event| items.push(event.checked()));
+            ControlFlow::<()>::Continue(())
+        });
+        assert!(matches!(flow, Ok(ControlFlow::Continue(()))));
+        items
+    }
+
+    /// Reads `text` whole and through a tiny buffer (every line straddling fills), which must
+    /// come out the same.
+    fn read(text: &[u8]) -> Vec<Item> {
+        let items = read_with(text);
+        let small = read_with(std::io::BufReader::with_capacity(3, text));
+        assert_eq!(summary(&items), summary(&small));
+        items
+    }
+
     fn summary(items: &[Item]) -> Vec<String> {
         items
             .iter()
             .map(|i| match i {
-                Item::Event { origin, .. } => format!("ok {origin}"),
+                Item::Event { origin, bytes } => format!("ok {origin} {}", String::from_utf8_lossy(bytes)),
                 Item::Malformed { origin, .. } => format!("bad {origin}"),
+                Item::Lines { first, .. } => format!("lines from {first}"),
             })
             .collect()
     }
@@ -82,23 +312,64 @@ mod tests {
     #[test]
     fn reads_the_three_shapes() {
         assert_eq!(
-            summary(&read_events("a", b"{\"id\":1}\n{\"id\":2}\n")),
-            ["ok a:1", "ok a:2"]
+            summary(&read(b"{\"id\":1}\n{\"id\":2}\n")),
+            ["ok t:1 {\"id\":1}", "ok t:2 {\"id\":2}"]
         );
         assert_eq!(
-            summary(&read_events("a", b"[{\"id\":1},{\"id\":2}]")),
-            ["ok a[0]", "ok a[1]"]
+            summary(&read(b" [{\"id\":1}, {\"id\": 2}]\n")),
+            ["ok t[0] {\"id\":1}", "ok t[1] {\"id\": 2}"]
         );
-        assert_eq!(summary(&read_events("a", b"{\n \"id\": 1\n}\n")), ["ok a"]);
+        assert_eq!(summary(&read(b"\n{\n \"id\": 1\n}\n")), ["ok t {\n \"id\": 1\n}"]);
+        assert_eq!(summary(&read(b"{\"id\":1}\n\n")), ["ok t {\"id\":1}"]);
+        assert!(read(b"").is_empty());
+        assert!(read(b" \n\n  ").is_empty());
     }
 
     #[test]
     fn malformed_lines_are_reported_and_others_kept() {
-        let items = read_events("t.jsonl", b"{\"id\":1}\n{\"id\": \n\n{\"id\":3}\n");
-        assert_eq!(summary(&items), ["ok t.jsonl:1", "bad t.jsonl:2", "ok t.jsonl:4"]);
+        let items = read(b"\n{\"id\":1}\n{\"id\": \n\n {\"id\":3} \r\n");
+        assert_eq!(
+            summary(&items),
+            ["ok t:2 {\"id\":1}", "bad t:3", "ok t:5 {\"id\":3}"]
+        );
         let Item::Malformed { message, .. } = &items[1] else {
             unreachable!()
         };
-        assert!(message.starts_with("line 2: not valid JSON"), "{message}");
+        assert!(message.starts_with("line 3: not valid JSON"), "{message}");
+    }
+
+    #[test]
+    fn a_torn_first_line_is_reported_with_the_lines_after_it() {
+        let items = read(b"{\"id\": \n{\"id\":2}\n");
+        assert_eq!(summary(&items), ["bad t:1", "ok t:2 {\"id\":2}"]);
+    }
+
+    #[test]
+    fn a_torn_array_keeps_the_elements_before_the_tear_and_reports_it() {
+        let items = read(b"[{\"id\":1},\n{\"id\":2},\n{\"id\"");
+        assert_eq!(
+            summary(&items),
+            ["ok t[0] {\"id\":1}", "ok t[1] {\"id\":2}", "bad t:3"]
+        );
+        let items = read(b"[{\"id\":1}] trailing");
+        assert_eq!(summary(&items), ["ok t[0] {\"id\":1}", "bad t:1"]);
+    }
+
+    #[test]
+    fn reading_stops_when_the_consumer_breaks() {
+        // Nothing is read past the event the consumer stopped at.
+        let text = b"{\"id\":1}\n{\"id\":2}\n{\"id\":3}\n".repeat(1000);
+        let input = std::io::BufReader::with_capacity(16, &text[..]);
+        let mut seen = 0;
+        let flow = read_events("t", input, |_| {
+            seen += 1;
+            if seen == 3 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        assert!(matches!(flow, Ok(ControlFlow::Break(()))));
+        assert_eq!(seen, 3);
     }
 }

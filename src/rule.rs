@@ -66,8 +66,14 @@ pub(crate) async fn run(args: RuleArgs) -> anyhow::Result<ExitCode> {
         let pipeline = file.build(&spec.name, &cx).await?;
         let (mut events, mut seed_hits, mut compiled_hits, mut passed) = (0u64, 0u64, 0u64, 0u64);
         for name in &args.trace {
-            let text = std::fs::read(name).with_context(|| format!("reading {name}"))?;
-            for item in read_events(name, &text) {
+            let file = std::fs::File::open(name).with_context(|| format!("reading {name}"))?;
+            let mut items = Vec::new();
+            let _ = read_events(name, std::io::BufReader::new(file), |item| {
+                item.into_events(|event| items.push(event.checked()));
+                std::ops::ControlFlow::<()>::Continue(())
+            })
+            .with_context(|| format!("reading {name}"))?;
+            for item in items {
                 let Item::Event { bytes, .. } = item else { continue };
                 events += 1;
                 seed_hits += u64::from(seed.matches_json(&bytes).unwrap_or(false));

@@ -47,6 +47,18 @@ pub struct Metrics {
 impl Metrics {
     /// Adds `by` to a counter.
     pub fn add(&self, name: &str, labels: &[(&str, &str)], by: u64) {
+        // Counted once per event: find an existing counter without building its key.
+        if let Ok(mut map) = self.counters.lock() {
+            let same = |(n, l): &(String, Labels)| {
+                n == name
+                    && l.len() == labels.len()
+                    && l.iter().zip(labels).all(|((k, v), (k2, v2))| k == k2 && v == v2)
+            };
+            if let Some((_, value)) = map.iter_mut().find(|(key, _)| same(key)) {
+                *value += by;
+                return;
+            }
+        }
         let key = (
             name.to_owned(),
             labels

@@ -214,9 +214,10 @@ fn compile_object(
         }
         match value {
             Raw::Object(inner) => {
-                path.push(key.as_str().into());
+                let depth = path.len();
+                path.extend(key_names(key));
                 let result = compile_object(branches, path, inner, in_or);
-                path.pop();
+                path.truncate(depth);
                 result?;
             }
             Raw::Array(items) => {
@@ -224,16 +225,23 @@ fn compile_object(
                 if branches.is_empty() {
                     branches.push(Branch::default());
                 }
-                path.push(key.as_str().into());
+                let depth = path.len();
+                path.extend(key_names(key));
                 for b in branches.iter_mut() {
                     b.put(path, &leaf);
                 }
-                path.pop();
+                path.truncate(depth);
             }
             _ => return fail(format_args!("\"{key}\" must be an object or an array")),
         }
     }
     Ok(())
+}
+
+/// The field names a pattern key stands for: EventBridge joins nested names with `.`, so
+/// `"a.b"` is `a` → `b`.
+fn key_names(key: &str) -> impl Iterator<Item = Box<str>> + '_ {
+    key.split('.').map(Into::into)
 }
 
 /// Each alternative continues every branch built so far.

@@ -28,6 +28,7 @@
 //! # Code map
 //!
 //! - `raw`: JSON text to a tree that keeps duplicate keys.
+//! - `dotted`: field names with dots, split as EventBridge joins them.
 //! - `compile`: validation with AWS's messages; `$or` expanded into branches.
 //! - `eval`: matching (allocation-free).
 //! - `wildcard`, `cidr`: the two value matchers with their own syntax.
@@ -47,6 +48,9 @@
 //! - `exists` only sees leaf values: `exists: true` never matches an object.
 //! - A plain string value that is an IP address matches the same address
 //!   written differently (`2001:db8::1` vs `2001:0db8:0:0:0:0:0:1`).
+//! - Field names are joined with `.`, as EventBridge compiles them: a
+//!   pattern key `"a.b"` and the nested keys `a` → `b` name the same field,
+//!   in patterns and in events (`dotted`).
 //!
 //! Known differences from AWS: a wildcard is rejected as too complex when it
 //! has more than five `*` (AWS runs a state-machine complexity estimate
@@ -56,6 +60,7 @@
 mod cidr;
 mod compile;
 pub mod conformance;
+mod dotted;
 mod error;
 mod eval;
 mod prefilter;
@@ -65,7 +70,7 @@ mod wildcard;
 
 pub use error::{INVALID_EVENT_PATTERN, PatternError};
 pub use prefilter::Prefilter;
-pub use projection::{Projected, Projection};
+pub use projection::{Projected, Projection, check_json};
 
 use serde_json::Value;
 
@@ -106,8 +111,13 @@ impl Pattern {
         Ok(pattern)
     }
 
-    /// Whether the parsed event matches. Does not allocate.
+    /// Whether the parsed event matches. Does not allocate, unless the event has a field name
+    /// with a dot (`"a.b"`, which EventBridge reads as `a` → `b`).
     pub fn matches(&self, event: &Value) -> bool {
+        if dotted::has_dotted_key(event) {
+            let split = dotted::split_keys(event);
+            return self.branches.iter().any(|b| b.matches(&split));
+        }
         self.branches.iter().any(|b| b.matches(event))
     }
 

@@ -194,9 +194,10 @@ fn leaf_groups(leaf: &Leaf, key: &str) -> Groups {
             .collect();
         return vec![union];
     }
-    // Some value must still sit under this key.
+    // Some value must still sit under this key: its name ends a JSON key, either a whole one
+    // or the last part of a dotted one (`"a.key"`), so only the closing quote is required.
     if json_safe(key.as_bytes()) && !key.is_empty() {
-        return vec![vec![quoted(true, key.as_bytes(), true)]];
+        return vec![vec![quoted(false, key.as_bytes(), true)]];
     }
     Groups::new()
 }
@@ -262,7 +263,8 @@ mod tests {
             lits(r#"{"a": ["x", {"prefix": "y"}]}"#),
             vec![vec![r#""x""#.to_owned(), r#""y"#.to_owned()]]
         );
-        assert_eq!(lits(r#"{"a": ["x", 5]}"#), vec![vec![r#""a""#.to_owned()]]);
+        // The key ends a JSON key, whole or dotted (`"z.a"`): only its closing quote is required.
+        assert_eq!(lits(r#"{"a": ["x", 5]}"#), vec![vec![r#"a""#.to_owned()]]);
         assert!(lits(r#"{"a": ["x", {"exists": false}]}"#).is_empty());
     }
 

@@ -18,6 +18,7 @@ use std::fmt;
 use serde_json::{Map, Number, Value};
 
 use crate::Pattern;
+use crate::dotted::merge_dotted;
 use crate::eval::{Doc, Scalar};
 
 /// The union of the field paths of some patterns, as a tree of keys.
@@ -35,6 +36,15 @@ struct Node {
 impl Node {
     fn child(&self, key: &str) -> Option<&Node> {
         self.children.iter().find(|(k, _)| &**k == key).map(|(_, n)| n)
+    }
+
+    /// The node a dotted key (`a.b`) names, as EventBridge joins nested names; `None` for a
+    /// key without dots (see [`Node::child`]) or one the projection does not need.
+    fn descend(&self, key: &str) -> Option<&Node> {
+        if !key.contains('.') {
+            return None;
+        }
+        key.split('.').try_fold(self, |node, name| node.child(name))
     }
 
     fn insert(&mut self, path: &[Box<str>]) {
@@ -155,6 +165,24 @@ impl Projection {
     }
 }
 
+/// Checks that `event` is one JSON document, failing exactly where a full parse
+/// (`serde_json::from_slice::<Value>`) fails, without building anything: the check a host
+/// makes at its edge so that a torn event is reported, not silently dropped by a prefilter
+/// that never parses it. It steps over strings eight bytes at a time, several times faster
+/// than a `serde` pass that ignores the value.
+///
+/// ```
+/// assert!(cutover_pattern::check_json(br#"{"id": "1", "detail": [1, 2.5, null]}"#).is_ok());
+/// assert!(cutover_pattern::check_json(br#"{"id": "1", "detail": [1, 2"#).is_err());
+/// ```
+pub fn check_json(event: &[u8]) -> Result<(), serde_json::Error> {
+    // The empty projection keeps nothing and checks everything.
+    const NOTHING: Projection = Projection {
+        root: Node { children: Vec::new() },
+    };
+    NOTHING.parse(event).map(drop)
+}
+
 fn custom(message: impl fmt::Display) -> serde_json::Error {
     <serde_json::Error as serde::de::Error>::custom(message)
 }
@@ -249,6 +277,7 @@ impl<'a> Scanner<'a> {
             b'{' => {
                 self.enter()?;
                 let mut fields: Vec<(Cow<'a, str>, Projected<'a>)> = Vec::with_capacity(node.children.len());
+                let mut dotted = Vec::new();
                 if self.empty(b'}')? {
                     return Ok(Projected::Object(fields));
                 }
@@ -271,9 +300,19 @@ impl<'a> Scanner<'a> {
                                 None => fields.push((key, value)),
                             }
                         }
-                        None => self.skip()?,
+                        None => match node.descend(&key) {
+                            Some(child) => {
+                                let value = self.keep(child)?;
+                                dotted.push((key, value));
+                            }
+                            None => self.skip()?,
+                        },
                     }
                     if !self.more(b'}')? {
+                        // Dotted keys join what plain keys hold, whatever their order.
+                        for (key, value) in dotted {
+                            merge_dotted(&mut fields, key, value);
+                        }
                         return Ok(Projected::Object(fields));
                     }
                 }
@@ -797,6 +836,31 @@ mod tests {
             out
         }
 
+        /// Inserts, removes or cuts bytes at the given places.
+        fn damage(bytes: &mut Vec<u8>, edits: &[(prop::sample::Index, u8, u8)]) {
+            for (at, byte, kind) in edits {
+                let i = at.index(bytes.len() + 1);
+                match kind {
+                    0 => bytes.insert(i, *byte),
+                    1 if i < bytes.len() => {
+                        bytes.remove(i);
+                    }
+                    _ => bytes.truncate(i),
+                }
+            }
+        }
+
+        fn edge_check_agrees(bytes: &[u8]) -> Result<(), String> {
+            let full = serde_json::from_slice::<Value>(bytes).is_ok();
+            if check_json(bytes).is_ok() == full {
+                return Ok(());
+            }
+            Err(format!(
+                "full parse accepts: {full}, edge check does not agree: {}",
+                String::from_utf8_lossy(bytes)
+            ))
+        }
+
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -811,20 +875,37 @@ mod tests {
             }
 
             #[test]
+            fn the_edge_check_accepts_exactly_what_the_full_parse_accepts(
+                v in value(),
+                mask in prop::collection::vec(prop::bool::weighted(0.2), 0..5),
+                edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..3u8), 0..4),
+            ) {
+                let mut bytes = escaped(&v, &mask).into_bytes();
+                prop_assert_eq!(edge_check_agrees(&bytes), Ok(()));
+                damage(&mut bytes, &edits);
+                prop_assert_eq!(edge_check_agrees(&bytes), Ok(()));
+            }
+
+            #[test]
+            fn the_edge_check_agrees_with_the_full_parse_on_any_bytes(
+                bytes in prop::collection::vec(
+                    prop_oneof![Just(b'{'), Just(b'}'), Just(b'['), Just(b']'), Just(b'"'), Just(b':'),
+                        Just(b','), Just(b'\\'), Just(b'1'), Just(b'-'), Just(b'e'), Just(b'.'), Just(b' '),
+                        Just(b'n'), Just(b'u'), Just(b'l'), any::<u8>()],
+                    0..24,
+                ),
+            ) {
+                prop_assert_eq!(edge_check_agrees(&bytes), Ok(()));
+            }
+
+            #[test]
             fn damaged_events_fail_as_the_full_parse_does(
                 v in value(),
                 edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..3u8), 1..4),
             ) {
                 let p = tricky();
                 let mut bytes = v.to_string().into_bytes();
-                for (at, byte, kind) in edits {
-                    let i = at.index(bytes.len() + 1);
-                    match kind {
-                        0 => bytes.insert(i, byte),
-                        1 if i < bytes.len() => { bytes.remove(i); }
-                        _ => bytes.truncate(i),
-                    }
-                }
+                damage(&mut bytes, &edits);
                 prop_assert_eq!(agree(&p, &bytes), Ok(()), "{}", String::from_utf8_lossy(&bytes));
             }
         }

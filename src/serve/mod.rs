@@ -38,8 +38,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use cutover_core::{Event, Outcome, Pipeline, StageError};
-use serde::Deserialize;
-use serde_json::value::RawValue;
+use cutover_pattern::{Pattern, Projected, Projection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use self::dead_letter::DeadLetter;
@@ -350,23 +349,32 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-/// The fields of an event the host reads before the pipeline does.
-#[derive(Deserialize)]
-struct Head<'a> {
-    #[serde(borrow, default)]
-    id: Option<&'a RawValue>,
-}
+/// The one field of an event the host reads before the pipeline does: its `id`.
+static HEAD: std::sync::LazyLock<Projection> = std::sync::LazyLock::new(|| {
+    let id = Pattern::parse(r#"{"id": [{"exists": true}]}"#).expect("a valid pattern");
+    Projection::of([&id])
+});
 
 /// Checks that `raw` is one JSON object and returns its `id`, without building a JSON tree
-/// (the pipeline parses the event only if a stage needs fields beyond the raw bytes).
+/// (the pipeline parses the event only if a stage needs fields beyond the raw bytes). One
+/// scan that fails exactly where a full parse fails: a torn event is reported here, before a
+/// prefilter that never parses could drop it.
 pub(crate) fn read_event(raw: &[u8]) -> Result<Option<String>, String> {
     if !raw.trim_ascii_start().starts_with(b"{") {
         return Err("an event must be a JSON object".into());
     }
-    let head = serde_json::from_slice::<Head<'_>>(raw).map_err(|e| format!("not valid JSON: {e}"))?;
-    Ok(head
-        .id
-        .map(|id| serde_json::from_str::<String>(id.get()).unwrap_or_else(|_| id.get().to_owned())))
+    let head = HEAD.parse(raw).map_err(|e| format!("not valid JSON: {e}"))?;
+    let Projected::Object(fields) = head else {
+        return Ok(None);
+    };
+    Ok(fields
+        .into_iter()
+        .find(|(key, _)| key == "id")
+        .and_then(|(_, id)| match id {
+            Projected::Null => None,
+            Projected::String(s) => Some(s.into_owned()),
+            other => Some(other.to_value().to_string()),
+        }))
 }
 
 /// One event as a source received it.
@@ -666,6 +674,11 @@ mod tests {
         assert_eq!(read_event(br#"{"detail":{}}"#), Ok(None));
         assert_eq!(read_event(br#"{"id":"\u0041"}"#), Ok(Some("A".into())));
         assert_eq!(read_event(br#"{"id":7}"#), Ok(Some("7".into())));
+        assert_eq!(read_event(br#"{"id":null,"a":1}"#), Ok(None));
+        assert_eq!(read_event(br#"{"id":"x","id":"y"}"#), Ok(Some("y".into())));
+        // A torn or damaged event anywhere, not only in its id, is refused.
+        assert!(read_event(br#"{"id":"a","detail":{"x":[1,}}"#).is_err());
+        assert!(read_event(b"{\"id\":\"a\",\"d\":\"\xff\"}").is_err());
         assert!(read_event(b"[1]").unwrap_err().contains("JSON object"));
         assert!(read_event(b"{\"id\": ").unwrap_err().contains("not valid JSON"));
     }

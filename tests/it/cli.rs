@@ -149,3 +149,92 @@ fn replay_human_output_names_the_source_line() {
     );
     assert!(lines.next().unwrap().starts_with("1 events:"), "{stdout}");
 }
+
+/// Noise lines of the fixture trace (events the catsndogs filter drops), `n` of them.
+fn noise_lines(n: usize) -> Vec<String> {
+    let text = std::fs::read_to_string(crate::repo("tests/fixtures/two-revisions-trace.jsonl")).unwrap();
+    let noise: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("cats-green") && !l.trim().is_empty())
+        .collect();
+    (0..n).map(|i| noise[i % noise.len()].to_owned()).collect()
+}
+
+#[test]
+fn replay_with_several_jobs_reports_every_line_in_input_order() {
+    // More lines than one batch, so that several batches are decided at once; torn lines in
+    // different batches are failures where they are, never dropped.
+    let mut lines = noise_lines(700);
+    for at in [4, 299, 649] {
+        let half = lines[at].len() / 2;
+        lines[at].truncate(half);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.jsonl");
+    std::fs::write(&trace, lines.join("\n")).unwrap();
+    let replay = |jobs: &str| {
+        let (code, stdout, stderr) = run(cutover()
+            .args(["replay", "pipelines/catsndogs.toml", "--json", "--jobs", jobs])
+            .arg(&trace));
+        assert_eq!(code, 0, "{stderr}");
+        stdout
+    };
+    let one = replay("1");
+    let three = replay("3");
+    assert_eq!(one, three, "--jobs 3 reports differently from --jobs 1");
+    let reports: Vec<Value> = three.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(reports.len(), 701);
+    for (i, report) in reports[..700].iter().enumerate() {
+        let source = format!("{}:{}", trace.display(), i + 1);
+        assert_eq!(report["source"], source.as_str());
+        if [4, 299, 649].contains(&i) {
+            assert_eq!(report["outcome"], "failed", "{report}");
+            assert_eq!(report["stage"], "input", "{report}");
+            let reason = report["reason"].as_str().unwrap();
+            assert!(
+                reason.starts_with(&format!("line {}: not valid JSON", i + 1)),
+                "{reason}"
+            );
+        } else {
+            assert_eq!(report["outcome"], "dropped", "{report}");
+        }
+    }
+    assert_eq!(reports[700]["summary"]["failed"], 3);
+    assert_eq!(reports[700]["summary"]["dropped"]["filter"], 697);
+}
+
+#[test]
+fn replay_decides_events_while_stdin_is_still_open() {
+    use std::io::{BufRead, Write};
+    let mut child = cutover()
+        .args(["replay", "pipelines/catsndogs.toml", "--json", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let first = lines.next();
+        tx.send(first).unwrap();
+        lines.count()
+    });
+    // Several reads' worth (read while written, so that no pipe fills up), with the pipe left open: the reports must come before its end.
+    for line in noise_lines(600) {
+        writeln!(stdin, "{line}").unwrap();
+    }
+    stdin.flush().unwrap();
+    let first = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("no report while stdin is open: replay waited for the end of its input")
+        .unwrap()
+        .unwrap();
+    let first: Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(first["source"], "<stdin>:1");
+    assert_eq!(first["outcome"], "dropped");
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+    assert_eq!(reader.join().unwrap(), 600, "599 more reports and the summary");
+}

@@ -26,7 +26,8 @@ const WORDS: &[&str] = &[
     "dir/init/x",
     "\u{1}",
 ];
-const KEYS: &[&str] = &["a", "b", "detail", "name", "c d", "x\"y"];
+// Dotted keys name the same fields as nested ones (EventBridge joins names with `.`).
+const KEYS: &[&str] = &["a", "b", "detail", "name", "c d", "x\"y", "a.b", "detail.name"];
 
 fn word() -> impl Strategy<Value = String> {
     prop::sample::select(WORDS).prop_map(str::to_owned)

@@ -115,11 +115,9 @@ pub struct Notify {
 impl Stage for Notify {
     fn process<'a>(&'a self, event: Event, next: Next<'a>) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            let id = event.id().map(str::to_owned);
-            let message = self
-                .message
-                .as_ref()
-                .map(|t| t.render(&event).unwrap_or_else(|e| e.to_string()));
+            // Most events are dropped and never notified: read the event (id, message) only
+            // for an outcome that is, from a copy as it came in (a copy shares the bytes).
+            let entered = event.clone();
             let outcome = next.run(event).await;
             let kind = match outcome {
                 Outcome::Passed { .. } => OutcomeKind::Passed,
@@ -127,6 +125,11 @@ impl Stage for Notify {
                 Outcome::Failed { .. } => OutcomeKind::Failed,
             };
             if self.on.contains(&kind) {
+                let id = entered.id().map(str::to_owned);
+                let message = self
+                    .message
+                    .as_ref()
+                    .map(|t| t.render(&entered).unwrap_or_else(|e| e.to_string()));
                 let at = self
                     .clock
                     .now()
