@@ -517,10 +517,10 @@ async fn a_background_analysis_failing_mid_bake_rolls_back_on_step_functions() {
     let (status, _) = rig.ended(name).await;
     assert_eq!(status, "FAILED");
     assert_eq!(rig.bridge.weights(name), vec![10, 50, 0], "back to blue from 50%");
-    assert_eq!(
-        rig.bridge.calls_to(name, "cutover-error-rate"),
-        before + 1,
-        "the next background analysis found it"
+    // A background analysis found it (one answered healthy may have slipped in between).
+    assert!(
+        rig.bridge.calls_to(name, "cutover-error-rate") > before,
+        "a background analysis ran after the errors rose"
     );
     let status = &rig.cli_json("status", &[name])[0];
     assert_eq!(status["phase"], "rolled-back", "{status:#}");
