@@ -599,9 +599,14 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     };
     let drained = cx.background().drain();
     tokio::pin!(drained);
+    // Stopped from outside (Ctrl-C, `kill`): end here, so what the demo started (its servers,
+    // its Prometheus) ends with it.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             () = &mut drained => break,
+            _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+            _ = terminate.recv() => bail!("terminated"),
             () = tokio::time::sleep(Duration::from_millis(if out.tty { 50 } else { 20 })) => {
                 report_history(&executions_dir, &mut progress, dns, &out).await;
                 if let Some(scenario) = args.scenario

@@ -9,10 +9,10 @@ macro_rules! outln {
         let mut out = std::io::stdout().lock();
         if let Err(e) = writeln!(out, $($arg)*) {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
-                std::process::exit(0);
+                $crate::quit::exit(0);
             }
             eprintln!("error: cannot write to stdout: {e}");
-            std::process::exit(2);
+            $crate::quit::exit(2);
         }
     }};
 }
@@ -23,6 +23,7 @@ mod dlq_cmd;
 mod input;
 mod package;
 mod pattern_cmd;
+mod quit;
 mod replay;
 mod rollouts_cmd;
 mod rule;

@@ -63,7 +63,7 @@ pub(super) fn find_prometheus(given: Option<&Path>) -> Option<PathBuf> {
 /// A Prometheus server scraping green; stopped when dropped.
 #[derive(Debug)]
 pub(super) struct Prometheus {
-    child: tokio::process::Child,
+    child: crate::quit::OwnedChild,
     /// `http://127.0.0.1:PORT`.
     pub(super) url: String,
     _dir: tempfile::TempDir,
@@ -82,19 +82,19 @@ impl Prometheus {
                 "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: green\n    static_configs:\n      - targets: ['{target}']\n"
             ),
         )?;
-        let child = tokio::process::Command::new(binary)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        let mut prometheus = Prometheus {
+        let child = crate::quit::OwnedChild::spawn(
+            std::process::Command::new(binary)
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("data").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .with_context(|| format!("starting {}", binary.display()))?;
+        let prometheus = Prometheus {
             child,
             url: format!("http://127.0.0.1:{port}"),
             _dir: dir,
