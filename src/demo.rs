@@ -165,6 +165,25 @@ fn free_port() -> anyhow::Result<u16> {
     bail!("no loopback port free on both 127.0.0.1 and 127.0.0.2")
 }
 
+/// The loader of the demo's pipeline file: the embedded zone served on `dns`, and a control
+/// tick of 5 s — each 1 s tick of a wait costs a few milliseconds of bookkeeping, which the
+/// demo's speed-up multiplies.
+fn embedded_loader(dns: SocketAddr) -> Loader {
+    Loader::new()
+        .with_var(
+            "CUTOVER_PIPELINES__TRAFFIC_SHIFT__STAGES__1__ROUTER__LISTEN",
+            dns.to_string(),
+        )
+        .with_var(
+            "CUTOVER_PIPELINES__TRAFFIC_SHIFT__STAGES__1__ROUTER__SERVE",
+            "true",
+        )
+        .with_var(
+            "CUTOVER_PIPELINES__ECS_EVENTS__STAGES__START_STATE_MACHINE__CONTROL__TICK",
+            "5s",
+        )
+}
+
 /// A tiny web service: the cats page, or a 500 while `sick(path)` says so; with `counters`,
 /// it counts its answers and serves them at `/metrics`.
 async fn serve_page(
@@ -395,15 +414,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let http_port = free_port()?;
     let dns_port = free_port()?;
     let dns = SocketAddr::from((BLUE, dns_port));
-    let loader = Loader::new()
-        .with_var(
-            "CUTOVER_PIPELINES__TRAFFIC_SHIFT__STAGES__1__ROUTER__LISTEN",
-            dns.to_string(),
-        )
-        .with_var(
-            "CUTOVER_PIPELINES__TRAFFIC_SHIFT__STAGES__1__ROUTER__SERVE",
-            "true",
-        )
+    let loader = embedded_loader(dns)
         .with_var(
             "CUTOVER_PIPELINES__HEALTH_CHECK__STAGES__1__PROBE__URL",
             format!("http://{GREEN}:{http_port}/"),
@@ -413,12 +424,6 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .with_var(
             "CUTOVER_PIPELINES__ECS_EVENTS__STAGES__START_STATE_MACHINE__CONTROL__OBSERVE_SPLIT",
             "true",
-        )
-        // Each 1 s tick of a wait costs a few milliseconds of bookkeeping, which the demo's
-        // speed-up multiplies: it ticks every 5 s of its time instead.
-        .with_var(
-            "CUTOVER_PIPELINES__ECS_EVENTS__STAGES__START_STATE_MACHINE__CONTROL__TICK",
-            "5s",
         );
     let file = loader.load_file(pipelines_dir.join("catsndogs.toml"))?;
 

@@ -152,8 +152,8 @@ impl FileStore {
         })
     }
 
-    /// Every record in the directory (finished or not), by file name.
-    pub fn list(&self) -> Result<Vec<ExecutionRecord>, String> {
+    /// The record files of the directory, by file name.
+    fn record_paths(&self) -> Result<Vec<PathBuf>, String> {
         let mut paths = Vec::new();
         let rd = std::fs::read_dir(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
         for entry in rd {
@@ -163,6 +163,12 @@ impl FileStore {
             }
         }
         paths.sort();
+        Ok(paths)
+    }
+
+    /// Every record in the directory (finished or not), by file name.
+    pub fn list(&self) -> Result<Vec<ExecutionRecord>, String> {
+        let paths = self.record_paths()?;
         let mut out = Vec::new();
         for p in paths {
             // A record removed between the listing and the read is skipped.
@@ -176,15 +182,7 @@ impl FileStore {
     /// Every record in the directory without its history (only the small record files are
     /// read): what listing and scanning need, however long the histories have grown.
     pub fn headers(&self) -> Result<Vec<RecordHeader>, String> {
-        let mut paths = Vec::new();
-        let rd = std::fs::read_dir(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
-        for entry in rd {
-            let p = entry.map_err(|e| e.to_string())?.path();
-            if p.extension().and_then(|e| e.to_str()) == Some("json") {
-                paths.push(p);
-            }
-        }
-        paths.sort();
+        let paths = self.record_paths()?;
         let mut out = Vec::new();
         for p in paths {
             if let Some(h) = read_header(&p)? {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use cutover_asl::EventKind;
-use cutover_core::{Event, Loader, Outcome};
+use cutover_core::{Event, Outcome};
 use cutover_stages::state_machine::EngineClock;
 use cutover_stages::traffic_shift::dns::query_address;
 use cutover_stages::traffic_shift::local::WeightStore;
@@ -125,20 +125,7 @@ pub(super) async fn run(n: usize, speed: f64, out: &Reporter, root: &Path) -> an
     std::fs::write(pipelines_dir.join("canary.strategy.toml"), STRATEGY)?;
     let data = root.join("state");
     let dns = SocketAddr::from((BLUE, std::net::UdpSocket::bind((BLUE, 0))?.local_addr()?.port()));
-    let file = Loader::new()
-        .with_var(
-            "CUTOVER_PIPELINES__TRAFFIC_SHIFT__STAGES__1__ROUTER__LISTEN",
-            dns.to_string(),
-        )
-        .with_var(
-            "CUTOVER_PIPELINES__TRAFFIC_SHIFT__STAGES__1__ROUTER__SERVE",
-            "true",
-        )
-        .with_var(
-            "CUTOVER_PIPELINES__ECS_EVENTS__STAGES__START_STATE_MACHINE__CONTROL__TICK",
-            "5s",
-        )
-        .load_file(&file_path)?;
+    let file = super::embedded_loader(dns).load_file(&file_path)?;
 
     // Each service's green reads its own weights, so the sick one falls ill at 50%.
     let shift = file
