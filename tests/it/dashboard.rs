@@ -436,11 +436,18 @@ fn screenshot(browser: &Browser) {
     std::fs::write(&path, png).unwrap();
 }
 
-/// A running `cutover demo`, stopped on drop.
+/// A running `cutover demo`, stopped on drop: SIGTERM first, so it stops what it started.
 struct Demo(Child);
 
 impl Drop for Demo {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -449,7 +456,7 @@ impl Drop for Demo {
 #[test]
 fn the_demo_serves_its_dashboard_read_only_and_it_follows_the_canary_to_100_percent() {
     let mut child = crate::cutover()
-        .args(["demo", "--json", "--speed", "5"])
+        .args(["demo", "--json", "--speed", "5", "--no-prometheus"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

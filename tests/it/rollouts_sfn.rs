@@ -432,6 +432,8 @@ async fn a_newer_deployment_of_the_service_supersedes_the_running_rollout() {
     );
     let (status, _) = rig.ended(older).await;
     assert_eq!(status, "FAILED");
+    // The newer rollout's first shift follows the older's rollback; wait until it has happened.
+    rig.baking(newer, "Bake10").await;
     let r = rig.rollouts.status(older).await.unwrap();
     assert_eq!(r.phase, Phase::Aborted, "{r:#?}");
     assert_eq!(r.cause.as_deref(), Some("superseded by cats-green-13"));
