@@ -809,3 +809,63 @@ async fn route53_canary_walk_under_faults_reaches_every_weight_with_the_canarys_
         );
     }
 }
+
+/// Service slots in DynamoDB through a proxy that loses answers (the write applied, a 500
+/// returned): a claim tried again still learns which rollout it replaced, so the older one is
+/// superseded; and a deployment whose event arrives after a later one's never takes the slot.
+#[tokio::test]
+async fn service_slots_survive_lost_answers_and_stay_with_the_later_deployment() {
+    use cutover_stages::rollouts::{Claim, DynamoRolloutStore, RolloutStore};
+
+    let moto = moto::shared();
+    let direct = cutover_core::BuildContext::new("unused").with_aws(moto.aws());
+    let table = moto::unique("slots");
+    DynamoRolloutStore::create_table(&aws_sdk_dynamodb::Client::new(direct.aws_config().await), &table)
+        .await
+        .unwrap();
+    let taken = |previous: Option<&str>| Claim::Taken {
+        previous: previous.map(str::to_owned),
+    };
+    for seed in 0..4 {
+        let proxy = FaultProxy::start_with(
+            &moto.url,
+            seed,
+            0.5,
+            Duration::from_millis(200),
+            vec![Fault::ErrorAfter],
+            None,
+        )
+        .await;
+        let cx = cutover_core::BuildContext::new("unused").with_aws(cutover_core::AwsSettings {
+            max_attempts: Some(1),
+            ..cutover_core::AwsSettings::emulator(&proxy.url)
+        });
+        let store = DynamoRolloutStore::new(aws_sdk_dynamodb::Client::new(cx.aws_config().await), &table);
+        // Each claim is tried until it answers, as a redelivered event tries it again.
+        let claim = async |rollout: &str, at: i64| loop {
+            if let Ok(claim) = store.claim_service(&format!("cats-{seed}"), rollout, at).await {
+                break claim;
+            }
+        };
+        assert_eq!(claim("v2", 200).await, taken(None));
+        assert_eq!(claim("v3", 300).await, taken(Some("v2")), "seed {seed}");
+        assert_eq!(
+            claim("v1", 100).await,
+            Claim::Later {
+                holder: "v3".into(),
+                at: 300
+            },
+            "seed {seed}: a late event of an older deployment"
+        );
+        assert_eq!(
+            claim("v3", 300).await,
+            taken(Some("v2")),
+            "seed {seed}: asked again"
+        );
+        let (_, injected) = proxy.stats.snapshot();
+        assert!(
+            injected.values().sum::<u64>() > 0,
+            "seed {seed}: some answers were lost and the claims tried again"
+        );
+    }
+}

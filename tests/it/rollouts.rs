@@ -436,9 +436,10 @@ fn unknown_ambiguous_and_not_waiting_rollouts_are_clear_errors() {
     let none = rig.cli("status", &["cats-9"]);
     assert!(!none.status.success());
     assert!(text(&none).contains("no rollout \"cats-9\""), "{}", text(&none));
-    rig.deploy(10);
-    rig.deploy(11);
-    rig.wait_until(&version(11), "in Bake10", |s| in_wait(s, "Bake10"));
+    // One after the other: sent together, the daemon may start 11 first and 10 then
+    // supersedes it (events without a time are ordered by arrival).
+    rig.deploy_and_bake(10);
+    rig.deploy_and_bake(11);
     let ambiguous = rig.cli("status", &["cats-1"]);
     assert!(!ambiguous.status.success());
     assert!(

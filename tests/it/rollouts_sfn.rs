@@ -13,7 +13,7 @@ mod rig;
 use std::time::{Duration, Instant};
 
 use cutover_stages::rollouts::view::Phase;
-use cutover_stages::rollouts::{Action, RolloutStore};
+use cutover_stages::rollouts::{Action, Claim, RolloutStore};
 use serde_json::{Value, json};
 
 use self::rig::{CLUSTER, GROUP, PATIENCE, Rig, bake_of};
@@ -340,11 +340,12 @@ async fn retry_after_a_rollback_starts_a_linked_rollout_of_the_same_deployment()
     // The retry is the service's rollout now: a newer deployment would supersede it.
     assert_eq!(
         rig.store
-            .claim_service(&format!("{CLUSTER}|{GROUP}"), "probe")
+            .claim_service(&format!("{CLUSTER}|{GROUP}"), "probe", i64::MAX)
             .await
-            .unwrap()
-            .as_deref(),
-        Some(retry.as_str())
+            .unwrap(),
+        Claim::Taken {
+            previous: Some(retry.clone())
+        }
     );
 }
 

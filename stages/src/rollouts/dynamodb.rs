@@ -13,14 +13,14 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
-    ScalarAttributeType,
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
 };
 use cutover_core::{BoxFuture, StageError};
 use serde_json::{Map, Value};
 
-use super::{AuditEntry, CONTROL_SORT_KEY, Control, RolloutStore, control_key};
+use super::{AuditEntry, CONTROL_SORT_KEY, Claim, Control, RolloutStore, Slot, control_key};
 use crate::aws::{aws_error, string_attr as s};
 
 /// Control records, service slots and the audit log in a DynamoDB table.
@@ -178,24 +178,78 @@ impl DynamoRolloutStore {
         Ok(entries)
     }
 
-    async fn swap_service(&self, service: &str, rollout: &str) -> Result<Option<String>, StageError> {
+    async fn read_slot(&self, service: &str) -> Result<Option<Slot>, StageError> {
         let out = self
             .client
-            .update_item()
+            .get_item()
             .table_name(&self.table)
             .set_key(Some(key(format!("service#{service}"), "slot")))
-            .update_expression("SET rollout = :r")
-            .expression_attribute_values(":r", s(rollout))
-            .return_values(ReturnValue::AllOld)
+            .consistent_read(true)
             .send()
             .await
-            .map_err(|e| aws_error("dynamodb:UpdateItem", &e))?;
-        Ok(out
-            .attributes()
-            .and_then(|a| a.get("rollout"))
-            .and_then(|v| v.as_s().ok())
-            .filter(|previous| *previous != rollout)
-            .cloned())
+            .map_err(|e| aws_error("dynamodb:GetItem", &e))?;
+        let Some(item) = out.item() else {
+            return Ok(None);
+        };
+        let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
+        let Some(rollout) = text("rollout") else {
+            return Ok(None);
+        };
+        Ok(Some(Slot {
+            rollout,
+            // Slots written before they were ordered have no time: as old as can be.
+            at: item
+                .get("at")
+                .and_then(|v| v.as_n().ok())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(i64::MIN),
+            previous: text("previous"),
+        }))
+    }
+
+    /// Reads the slot, decides, and writes it only if nobody wrote it in between (optimistic:
+    /// a lost race reads again). A write whose answer was lost is found as the rollout's own
+    /// slot when tried again, with what it replaced.
+    async fn swap_service(&self, service: &str, rollout: &str, at: i64) -> Result<Claim, StageError> {
+        for _ in 0..16 {
+            let slot = self.read_slot(service).await?;
+            let (claim, Some(taken)) = Slot::claim(slot.as_ref(), rollout, at) else {
+                return Ok(Slot::claim(slot.as_ref(), rollout, at).0);
+            };
+            let mut item = key(format!("service#{service}"), "slot");
+            item.insert("rollout".into(), s(&taken.rollout));
+            item.insert("at".into(), AttributeValue::N(taken.at.to_string()));
+            if let Some(previous) = &taken.previous {
+                item.insert("previous".into(), s(previous));
+            }
+            let put = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item));
+            let put = match &slot {
+                Some(held) => put
+                    .condition_expression("rollout = :held")
+                    .expression_attribute_values(":held", s(&held.rollout)),
+                None => put.condition_expression("attribute_not_exists(rollout)"),
+            };
+            match put.send().await {
+                Ok(_) => return Ok(claim),
+                Err(e)
+                    if matches!(
+                        e.as_service_error(),
+                        Some(PutItemError::ConditionalCheckFailedException(_))
+                    ) =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(aws_error("dynamodb:PutItem", &e)),
+            }
+        }
+        Err(StageError::retryable(format!(
+            "the slot of service {service} kept changing while {rollout} claimed it; trying again later"
+        ))
+        .with_kind("Rollouts.Superseding"))
     }
 }
 
@@ -227,7 +281,8 @@ impl RolloutStore for DynamoRolloutStore {
         &'a self,
         service: &'a str,
         rollout: &'a str,
-    ) -> BoxFuture<'a, Result<Option<String>, StageError>> {
-        Box::pin(self.swap_service(service, rollout))
+        at: i64,
+    ) -> BoxFuture<'a, Result<Claim, StageError>> {
+        Box::pin(self.swap_service(service, rollout, at))
     }
 }

@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 
 use cutover_core::{BoxFuture, StageError};
 
-use super::{AuditEntry, Control, RolloutStore};
+use serde::{Deserialize, Serialize};
+
+use super::{AuditEntry, Claim, Control, RolloutStore, Slot};
 
 /// Control records, service slots and the audit log in a directory.
 #[derive(Debug, Clone)]
@@ -98,25 +100,50 @@ impl FileRolloutStore {
             .collect())
     }
 
-    fn swap_service(&self, service: &str, rollout: &str) -> Result<Option<String>, StageError> {
+    fn swap_service(&self, service: &str, rollout: &str, at: i64) -> Result<Claim, StageError> {
         let path = self.dir.join("services.json");
-        let swap = || -> io::Result<Option<String>> {
+        let swap = || -> io::Result<Claim> {
             fs::create_dir_all(&self.dir)?;
             let lock = File::create(self.dir.join("services.lock"))?;
             lock.lock()?;
-            let mut slots: BTreeMap<String, String> = match fs::read(&path) {
+            let mut slots: BTreeMap<String, SlotFile> = match fs::read(&path) {
                 Ok(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other)?,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
                 Err(e) => return Err(e),
             };
-            let previous = slots.insert(service.to_owned(), rollout.to_owned());
-            cutover_core::fs::write_atomically(
-                &path,
-                &serde_json::to_vec_pretty(&slots).map_err(io::Error::other)?,
-            )?;
-            Ok(previous.filter(|p| p != rollout))
+            let (claim, taken) = Slot::claim(slots.get(service).map(SlotFile::slot).as_ref(), rollout, at);
+            if let Some(taken) = taken {
+                slots.insert(service.to_owned(), SlotFile::Held(taken));
+                cutover_core::fs::write_atomically(
+                    &path,
+                    &serde_json::to_vec_pretty(&slots).map_err(io::Error::other)?,
+                )?;
+            }
+            Ok(claim)
         };
         swap().map_err(|e| io_error("update", &path, e))
+    }
+}
+
+/// One service's slot in `services.json`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum SlotFile {
+    Held(Slot),
+    /// Written before slots were ordered: just the holder, as old as can be.
+    Name(String),
+}
+
+impl SlotFile {
+    fn slot(&self) -> Slot {
+        match self {
+            SlotFile::Held(slot) => slot.clone(),
+            SlotFile::Name(rollout) => Slot {
+                rollout: rollout.clone(),
+                at: i64::MIN,
+                previous: None,
+            },
+        }
     }
 }
 
@@ -148,8 +175,9 @@ impl RolloutStore for FileRolloutStore {
         &'a self,
         service: &'a str,
         rollout: &'a str,
-    ) -> BoxFuture<'a, Result<Option<String>, StageError>> {
-        Box::pin(async move { self.swap_service(service, rollout) })
+        at: i64,
+    ) -> BoxFuture<'a, Result<Claim, StageError>> {
+        Box::pin(async move { self.swap_service(service, rollout, at) })
     }
 }
 
@@ -204,20 +232,54 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_service_slot_hands_over_to_the_newer_rollout() {
+    async fn a_service_slot_hands_over_to_the_later_deployment_only() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileRolloutStore::new(dir.path());
-        assert_eq!(store.claim_service("cats", "v2").await.unwrap(), None);
+        let taken = |previous: Option<&str>| Claim::Taken {
+            previous: previous.map(str::to_owned),
+        };
+        assert_eq!(store.claim_service("cats", "v2", 20).await.unwrap(), taken(None));
         assert_eq!(
-            store.claim_service("cats", "v2").await.unwrap(),
-            None,
+            store.claim_service("cats", "v2", 20).await.unwrap(),
+            taken(None),
             "its own slot"
         );
         assert_eq!(
-            store.claim_service("cats", "v3").await.unwrap().as_deref(),
-            Some("v2")
+            store.claim_service("cats", "v3", 30).await.unwrap(),
+            taken(Some("v2"))
         );
-        assert_eq!(store.claim_service("dogs", "v1").await.unwrap(), None);
+        assert_eq!(
+            store.claim_service("cats", "v3", 30).await.unwrap(),
+            taken(Some("v2")),
+            "a claim tried again (its answer lost) still learns what it replaced"
+        );
+        assert_eq!(
+            store.claim_service("cats", "v1", 10).await.unwrap(),
+            Claim::Later {
+                holder: "v3".into(),
+                at: 30
+            },
+            "an event delivered late does not hand the service back"
+        );
+        assert_eq!(
+            store.claim_service("cats", "v4", 30).await.unwrap(),
+            taken(Some("v3")),
+            "same time: the later arrival"
+        );
+        assert_eq!(store.claim_service("dogs", "v1", 5).await.unwrap(), taken(None));
+    }
+
+    #[tokio::test]
+    async fn slots_written_before_they_were_ordered_are_read_as_the_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("services.json"), r#"{"cats": "v2"}"#).unwrap();
+        let store = FileRolloutStore::new(dir.path());
+        assert_eq!(
+            store.claim_service("cats", "v3", 0).await.unwrap(),
+            Claim::Taken {
+                previous: Some("v2".into())
+            }
+        );
     }
 
     use serde_json::Value;

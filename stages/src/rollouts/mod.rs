@@ -190,13 +190,78 @@ pub trait RolloutStore: Send + Sync + fmt::Debug {
         rollout: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Vec<AuditEntry>, StageError>>;
 
-    /// Makes `rollout` the running rollout of `service` and returns the one it replaces, if any
-    /// (one atomic step, so of two deployments racing for a service each sees the other once).
+    /// Makes `rollout` the running rollout of `service` unless the slot's holder is a later
+    /// deployment (its `at` after this one's): one atomic step, so of two deployments racing
+    /// for a service each sees the other once, and an event delivered late cannot hand the
+    /// service back to an older version. `at` orders deployments: the time their event says
+    /// they happened (milliseconds since the epoch), not when it arrived.
     fn claim_service<'a>(
         &'a self,
         service: &'a str,
         rollout: &'a str,
-    ) -> BoxFuture<'a, Result<Option<String>, StageError>>;
+        at: i64,
+    ) -> BoxFuture<'a, Result<Claim, StageError>>;
+}
+
+/// What claiming a service's slot did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The slot is the rollout's now; it replaced `previous` (another rollout), if any.
+    Taken {
+        /// The rollout that held the slot before.
+        previous: Option<String>,
+    },
+    /// A later deployment holds the slot: this one is stale and must not start.
+    Later {
+        /// The rollout holding the slot.
+        holder: String,
+        /// Its deployment time (milliseconds since the epoch).
+        at: i64,
+    },
+}
+
+/// A service's slot: the rollout holding it, its deployment time, and the rollout it took the
+/// slot from (kept so that a claim retried after a lost answer still learns what it replaced).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slot {
+    /// The rollout holding the slot.
+    pub rollout: String,
+    /// Its deployment time (milliseconds since the epoch).
+    pub at: i64,
+    /// The rollout it replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
+}
+
+impl Slot {
+    /// What claiming this slot (`None`: empty) for `rollout`, deployed at `at`, comes to: the
+    /// claim, with the slot to write when the rollout takes it over.
+    pub fn claim(slot: Option<&Slot>, rollout: &str, at: i64) -> (Claim, Option<Slot>) {
+        match slot {
+            Some(held) if held.rollout == rollout => (
+                Claim::Taken {
+                    previous: held.previous.clone(),
+                },
+                None,
+            ),
+            Some(held) if held.at > at => (
+                Claim::Later {
+                    holder: held.rollout.clone(),
+                    at: held.at,
+                },
+                None,
+            ),
+            _ => {
+                let previous = slot.map(|held| held.rollout.clone());
+                let taken = Slot {
+                    rollout: rollout.to_owned(),
+                    at,
+                    previous: previous.clone(),
+                };
+                (Claim::Taken { previous }, Some(taken))
+            }
+        }
+    }
 }
 
 /// A unique id for a control action: time, process and a counter.

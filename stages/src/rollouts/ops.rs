@@ -326,7 +326,8 @@ impl Rollouts {
         // The new rollout is the service's now: the slot superseding uses, which the starting
         // stage wrote into the control block.
         if let Some(service) = service_of(&old.input) {
-            self.store.claim_service(&service, &name).await?;
+            let at = crate::state_machine::millis(self.clock.now());
+            self.store.claim_service(&service, &name, at).await?;
         }
         Ok(Acted {
             rollout: name,

@@ -41,7 +41,8 @@ pub struct ControlConfig {
     #[serde(default = "default_health_every", with = "cutover_core::duration")]
     pub health_every: Duration,
     /// One rollout per service: a newer deployment of a service whose rollout is still running
-    /// aborts that rollout (reason "superseded by …") and starts once it has rolled back. On
+    /// aborts that rollout (reason "superseded by …") and starts once it has rolled back; an
+    /// older one (its event's `time` before the holder's) arriving late starts nothing. On
     /// Step Functions this needs `table` (the slots live there).
     #[serde(default = "crate::fields::yes")]
     pub supersede: bool,

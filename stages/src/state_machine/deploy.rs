@@ -178,10 +178,11 @@ fn rollouts_table(deployment: Deployment, table: &str, cx: &DeployContext<'_>) -
         )
         .env(cx.override_var("control.table"), json!({"Ref": table}))
         .allow(Statement::new(
-            ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"],
+            ["dynamodb:GetItem", "dynamodb:PutItem"],
             [json!({"Fn::GetAtt": [table, "Arn"]})],
-            "one rollout per service: take the service's slot (UpdateItem), abort the rollout it \
-             held through its control record (GetItem, PutItem) and audit that (PutItem)",
+            "one rollout per service: read the service's slot and take it by a conditional write \
+             (GetItem, PutItem), abort the rollout it held through its control record (GetItem, \
+             PutItem) and audit that (PutItem)",
         ))
 }
 
@@ -279,11 +280,12 @@ mod tests {
             d.environment["CUTOVER_PIPELINES__E__STAGES__3__CONTROL__TABLE"],
             json!({"Ref": "EStartRolloutsTable"})
         );
-        assert!(
-            d.statements
-                .iter()
-                .any(|s| s.actions.iter().any(|a| a == "dynamodb:UpdateItem"))
-        );
+        let slots = d
+            .statements
+            .iter()
+            .find(|s| s.actions.iter().any(|a| a == "dynamodb:PutItem"))
+            .expect("the slot and control writes");
+        assert_eq!(slots.actions, ["dynamodb:GetItem", "dynamodb:PutItem"]);
         assert_eq!(
             d.timeout_secs, 90,
             "room to wait 60 s for a superseded rollout's rollback"

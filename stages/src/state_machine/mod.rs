@@ -52,7 +52,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::rollouts::ops::Rollouts;
-use crate::rollouts::{Action, AuditEntry, Control, DynamoRolloutStore, RolloutStore, action_id};
+use crate::rollouts::{Action, AuditEntry, Claim, Control, DynamoRolloutStore, RolloutStore, action_id};
 
 pub use self::control::{ControlConfig, DEFAULT_ROLLOUTS_TABLE, ReadControl};
 pub use self::local::{CoreClock, EngineClock, LocalEngine, PipelineTasks, VirtualTime, rollout_store};
@@ -508,17 +508,24 @@ const SUPERSEDE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 impl Supersede {
     /// Makes `name` the service's rollout; a still running older one is aborted (reason
     /// "superseded by `name`") and waited for, so the two never shift one record at once.
+    /// `Ok(Some(holder))` when a later deployment already holds the service (this event came
+    /// late): then nothing may start.
     async fn hand_over(
         &self,
         service: &str,
         name: &str,
+        at: i64,
         engine: &dyn StateMachineEngine,
-    ) -> Result<(), StageError> {
-        let Some(older) = self.rollouts.claim_service(service, name).await? else {
-            return Ok(());
+    ) -> Result<Option<String>, StageError> {
+        let older = match self.rollouts.claim_service(service, name, at).await? {
+            Claim::Later { holder, .. } => return Ok(Some(holder)),
+            Claim::Taken { previous: None } => return Ok(None),
+            Claim::Taken {
+                previous: Some(older),
+            } => older,
         };
         if engine.status(&older).await?.as_deref() != Some("RUNNING") {
-            return Ok(());
+            return Ok(None);
         }
         let now = self.clock.now();
         let at = cutover_asl::timestamp::format_system(now);
@@ -556,7 +563,7 @@ impl Supersede {
             // On virtual time the sleep above takes no real time: do not spin meanwhile.
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             if engine.status(&older).await?.as_deref() != Some("RUNNING") {
-                return Ok(());
+                return Ok(None);
             }
             if std::time::Instant::now() >= deadline {
                 return Err(StageError::retryable(format!(
@@ -567,6 +574,19 @@ impl Supersede {
             }
         }
     }
+}
+
+/// When the event says its deployment happened (its `time`, as EventBridge sets it), in
+/// milliseconds since the epoch: what orders two deployments of a service, whatever order their
+/// events arrive in.
+fn deployed_at(event: &Event) -> Option<i64> {
+    let time = event.json().ok()?.get("time")?.as_str()?;
+    i64::try_from(cutover_asl::timestamp::parse(time)? / 1_000_000).ok()
+}
+
+/// A clock reading in milliseconds since the epoch.
+pub(crate) fn millis(t: std::time::SystemTime) -> i64 {
+    i64::try_from(cutover_asl::timestamp::to_nanos(t) / 1_000_000).unwrap_or(i64::MAX)
 }
 
 impl StartStateMachine {
@@ -647,10 +667,22 @@ impl Stage for StartStateMachine {
                 Ok(n) => n,
                 Err(e) => return Outcome::failed(e),
             };
-            if let (Some(supersede), Some(service)) = (&self.supersede, &service)
-                && let Err(e) = supersede.hand_over(service, &name, self.engine.as_ref()).await
-            {
-                return Outcome::failed(e);
+            if let (Some(supersede), Some(service)) = (&self.supersede, &service) {
+                let at = deployed_at(&event).unwrap_or_else(|| millis(supersede.clock.now()));
+                match supersede
+                    .hand_over(service, &name, at, self.engine.as_ref())
+                    .await
+                {
+                    Err(e) => return Outcome::failed(e),
+                    Ok(Some(later)) => {
+                        tracing::warn!(rollout = %name, later = %later, "a later deployment of {service} holds it: not started");
+                        return Outcome::dropped(format!(
+                            "stale: a later deployment of {service} ({later}) already holds its rollout slot; \
+                             this event arrived after it"
+                        ));
+                    }
+                    Ok(None) => {}
+                }
             }
             match self.engine.start(&name, &input).await {
                 Err(e) => Outcome::failed(e),

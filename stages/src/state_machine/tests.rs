@@ -434,3 +434,39 @@ async fn the_retention_is_configured_on_the_engine_and_applied_when_built() {
         "keep_finished = \"0s\": removed at build"
     );
 }
+
+#[tokio::test]
+async fn an_event_arriving_after_a_later_deployments_starts_nothing() {
+    let run = setup(&pipeline_file("late", None, false), None).await;
+    let deployed = |id: &str, revision: u32, time: &str| {
+        Event::from_value(json!({
+            "id": id,
+            "time": time,
+            "detail": {"clusterArn": "c", "group": "service:cats-green", "taskDefinitionArn": format!("td:{revision}"), "taskArn": id}
+        }))
+    };
+    let newer = run.pipeline.run(deployed("e3", 3, "2027-01-15T10:00:00Z")).await;
+    assert!(newer.is_passed(), "{newer}");
+    let late = run.pipeline.run(deployed("e2", 2, "2027-01-15T09:59:00Z")).await;
+    let Outcome::Dropped { reason, .. } = &late else {
+        panic!("a late event of an older deployment must not start: {late}")
+    };
+    assert!(reason.contains("stale") && reason.contains("e3"), "{reason}");
+    let later = run.pipeline.run(deployed("e4", 4, "2027-01-15T10:01:00Z")).await;
+    assert!(later.is_passed(), "a later deployment still takes over: {later}");
+    run.cx.background().drain().await;
+    let started: Vec<String> = cutover_asl::FileStore::new(run.cx.data_path("executions"))
+        .unwrap()
+        .list()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            serde_json::to_value(r).unwrap()["name"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert!(!started.iter().any(|n| n == "e2"), "{started:?}");
+    assert_eq!(started.len(), 2, "{started:?}");
+}
