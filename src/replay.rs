@@ -226,7 +226,10 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             temp.path().to_owned()
         }
     };
-    let mut cx = file.build_context().with_data_dir(data_dir);
+    let mut cx = file
+        .build_context()
+        .with_data_dir(data_dir)
+        .with_scratch_data(args.state.is_none());
     if !args.real_time {
         let virtual_time =
             cutover_stages::state_machine::VirtualTime::starting_at(std::time::SystemTime::now());

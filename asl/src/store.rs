@@ -139,6 +139,9 @@ pub struct FileStore {
     /// Events known to be in each history file (by record path), so a save
     /// appends only the new ones.
     appended: Arc<Mutex<HashMap<PathBuf, usize>>>,
+    /// Whether writes are synced to disk before they count (off only for a directory deleted
+    /// when the process ends, where no write has to survive a crash).
+    sync: bool,
 }
 
 impl FileStore {
@@ -149,7 +152,16 @@ impl FileStore {
         Ok(FileStore {
             dir,
             appended: Arc::default(),
+            sync: true,
         })
+    }
+
+    /// Does not sync writes to disk: for a scratch directory that is deleted when the process
+    /// ends (a replay's), where a crash loses the directory anyway. Files are still replaced
+    /// atomically, so readers never see a torn one.
+    pub fn without_sync(mut self) -> FileStore {
+        self.sync = false;
+        self
     }
 
     /// The record files of the directory, by file name.
@@ -273,7 +285,9 @@ impl FileStore {
                 }
                 f.write_all(&text)
                     .map_err(|e| format!("{}: {e}", file.display()))?;
-                f.sync_data().map_err(|e| format!("{}: {e}", file.display()))?;
+                if self.sync {
+                    f.sync_data().map_err(|e| format!("{}: {e}", file.display()))?;
+                }
             }
             // First save by this store (or a history that shrank): write the
             // whole file, which also drops lines a crash left past the count.
@@ -283,7 +297,7 @@ impl FileStore {
                     serde_json::to_writer(&mut text, event).map_err(|e| e.to_string())?;
                     text.push(b'\n');
                 }
-                write_atomically(&file, &text)?;
+                write_atomically(&file, &text, self.sync)?;
             }
         }
         appended.insert(path.to_owned(), history.len());
@@ -360,7 +374,7 @@ fn history_path(path: &Path) -> PathBuf {
 /// `path`, synced first: a crash leaves the old file or the new one, never a
 /// torn one. The temporary name is no other writer's (thread or process),
 /// so a rename never publishes someone else's half-written file.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
+fn write_atomically(path: &Path, bytes: &[u8], sync: bool) -> Result<(), String> {
     let tmp = path.with_extension(format!(
         "{}.{}.{}.tmp",
         path.extension().and_then(|e| e.to_str()).unwrap_or("json"),
@@ -371,7 +385,9 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
         let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
         f.write_all(bytes)
             .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        f.sync_all().map_err(|e| format!("{}: {e}", tmp.display()))?;
+        if sync {
+            f.sync_all().map_err(|e| format!("{}: {e}", tmp.display()))?;
+        }
     }
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -461,7 +477,7 @@ impl ExecutionStore for FileStore {
         let path = self.file_for(&record.execution_arn);
         self.save_history(&path, &record.history)?;
         let text = serde_json::to_vec_pretty(&Header::of(record)).map_err(|e| e.to_string())?;
-        write_atomically(&path, &text)
+        write_atomically(&path, &text, self.sync)
     }
     fn load(&self, id: &str) -> Result<Option<ExecutionRecord>, String> {
         read_record(&self.file_for(id))

@@ -240,6 +240,7 @@ pub struct BuildContext {
     background: Background,
     siblings: Option<Arc<Siblings>>,
     building: Arc<[String]>,
+    scratch: bool,
 }
 
 impl Default for BuildContext {
@@ -261,6 +262,7 @@ impl BuildContext {
             background: Background::default(),
             siblings: None,
             building: Arc::from(Vec::new()),
+            scratch: false,
         }
     }
 
@@ -331,6 +333,19 @@ impl BuildContext {
     pub fn with_base_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.base_dir = dir.into();
         self
+    }
+
+    /// Marks the data directory as scratch: it is deleted when the process ends (a `replay`
+    /// without `--state`), so embedded backends need not sync what they write there to disk.
+    pub fn with_scratch_data(mut self, scratch: bool) -> Self {
+        self.scratch = scratch;
+        self
+    }
+
+    /// Whether the data directory outlives the process: when it does not, no write to it needs
+    /// to survive a crash.
+    pub fn data_is_scratch(&self) -> bool {
+        self.scratch
     }
 
     /// Keeps embedded backends' files in `dir`.

@@ -202,8 +202,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         host.rollouts = Some(crate::rollouts_cmd::rollouts_of(&file, &name, &cx, true).await?);
     }
     // Rollout notifications (`notify` of the start-state-machine stage): watchers that stop
-    // with the daemon.
-    let _notifiers = notifiers(&file, &name, &cx, host.rollouts.as_ref())?;
+    // with the daemon. Each knows what was already told before the first event is taken, so
+    // every rollout an event of this run starts is told.
+    let _notifiers = notifiers(&file, &name, &cx, host.rollouts.as_ref()).await?;
     let host = Arc::new(host);
     let shutdown = on_signal()?;
     let mut signalled = shutdown.clone();
@@ -770,7 +771,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// One running watcher per `notify` entry of the pipeline's start-state-machine stage.
-fn notifiers(
+async fn notifiers(
     file: &cutover_core::PipelineFile,
     pipeline: &str,
     cx: &cutover_core::BuildContext,
@@ -791,7 +792,8 @@ fn notifiers(
     for (i, notify) in stage.notify.iter().enumerate() {
         let notifier = notify.notifier(i, rollouts.clone(), cx)?;
         tracing::info!(url = %notify.url, "cutover serve: notifying rollout events");
-        running.push(AbortOnDrop(tokio::spawn(notifier.run())));
+        let started = notifier.start().await;
+        running.push(AbortOnDrop(tokio::spawn(started.follow())));
     }
     Ok(running)
 }

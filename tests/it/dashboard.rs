@@ -308,6 +308,10 @@ fn the_dashboard_shows_a_canary_live_and_aborts_it_with_the_operators_key() {
         Stdio::null(),
     );
     let addr = daemon.addr().to_owned();
+    // The browser first: its start takes seconds on a loaded machine, and the bakes below are
+    // counted from the event.
+    let driver = Driver::start();
+    let browser = Browser::open(&driver);
     let page = request(&addr, "GET", "/ui/", &[], b"");
     assert_eq!(page.status, 200, "the page needs no credentials");
     assert!(page.headers.contains("default-src 'self'"), "{}", page.headers);
@@ -321,8 +325,6 @@ fn the_dashboard_shows_a_canary_live_and_aborts_it_with_the_operators_key() {
     assert_eq!(posted.status, 200, "{}", posted.body);
     let id = version(21);
 
-    let driver = Driver::start();
-    let browser = Browser::open(&driver);
     browser.go(&format!("http://{addr}/ui/"));
     // Without a key the daemon shows nothing, and the page says why.
     browser.wait_text("#notice", 10, "that credentials are needed", |t| {
@@ -455,8 +457,11 @@ impl Drop for Demo {
 
 #[test]
 fn the_demo_serves_its_dashboard_read_only_and_it_follows_the_canary_to_100_percent() {
+    // The browser first, and 20 s bakes: each step is seen while it lasts on a loaded machine.
+    let driver = Driver::start();
+    let browser = Browser::open(&driver);
     let mut child = crate::cutover()
-        .args(["demo", "--json", "--speed", "5", "--no-prometheus"])
+        .args(["demo", "--json", "--speed", "3", "--no-prometheus"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -492,8 +497,6 @@ fn the_demo_serves_its_dashboard_read_only_and_it_follows_the_canary_to_100_perc
     );
     assert_eq!(refused.status, 405, "read-only: {}", refused.body);
 
-    let driver = Driver::start();
-    let browser = Browser::open(&driver);
     browser.go(&url);
     browser.wait_text("#rollouts", 30, "the demo's rollout", |t| {
         t.contains("cats-green")

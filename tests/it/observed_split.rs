@@ -14,7 +14,8 @@ use std::time::SystemTime;
 use cutover_asl::{EventKind, ExecutionStatus, FileStore};
 use cutover_core::{Event, Loader, Outcome};
 use cutover_stages::state_machine::VirtualTime;
-use cutover_stages::traffic_shift::dns::query_address;
+use cutover_stages::traffic_shift::dns::{LocalDnsServer, query_address};
+use cutover_stages::traffic_shift::weights::{RecordSpec, WeightStore};
 
 use crate::{fixture, repo};
 
@@ -39,12 +40,22 @@ fn green_page() -> u16 {
     port
 }
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// An embedded DNS server on a port it took itself, for the router to join (its `listen` set
+/// to this address): binding a free port and handing its number on would race other sockets
+/// for it, UDP and TCP.
+fn dns_server(dir: &std::path::Path) -> Arc<LocalDnsServer> {
+    let holder = WeightStore::open(
+        RecordSpec {
+            zone: "holder.invalid".into(),
+            record: "holder.invalid".into(),
+            blue: vec!["127.0.0.1".parse().unwrap()],
+            green: vec!["127.0.0.2".parse().unwrap()],
+            ttl: 5,
+        },
+        dir.join("holder.json"),
+    )
+    .unwrap();
+    LocalDnsServer::shared(SocketAddr::from(([127, 0, 0, 1], 0)), holder).unwrap()
 }
 
 struct Run {
@@ -62,7 +73,8 @@ struct Run {
 /// keep asking the embedded DNS server for www.catsndogs.lol.
 async fn deploy(extra: &[(&str, &str)]) -> Run {
     let data = tempfile::tempdir().unwrap();
-    let dns = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+    let server = dns_server(data.path());
+    let dns = server.local_addr();
     let mut loader = Loader::new()
         .with_var(
             "CUTOVER_PIPELINES__TRAFFIC_SHIFT__STAGES__1__ROUTER__LISTEN",

@@ -136,20 +136,35 @@ async fn setup(bake: u64) -> (tempfile::TempDir, std::path::PathBuf, Vec<Value>)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_bake_exits_promptly_and_restarts_keep_the_schedule() {
-    let (data, file, events) = setup(6).await;
+    let (data, file, events) = setup(15).await;
     let dir = data.path().to_owned();
     tokio::task::spawn_blocking(move || {
-        // Three stops and restarts, each a second or two into a 6 s bake, stdin open.
+        // Three stops and restarts, each a second or so into a 15 s bake (room for three
+        // restarts on a loaded machine before the bake would end), stdin open.
         let mut daemon = Daemon::start(&file, &dir, &events);
         for round in 0..3 {
             wait_for_bake(&dir);
+            // A restarted daemon is stopped only once it drives the rollouts again (before
+            // that, it may not even handle the signal yet).
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !records(&dir)
+                .iter()
+                .all(|r| count(r, "ExecutionResumed") == round)
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "round {round}: not resumed: {:#?}",
+                    records(&dir)
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
             std::thread::sleep(Duration::from_millis(1200));
             let (took, status) = daemon.terminate();
             println!("round {round}: SIGTERM mid-bake → exit in {took:?} ({status})");
             assert!(status.success(), "round {round}: {status}");
             assert!(
                 took < Duration::from_secs(5),
-                "round {round}: the daemon waited {took:?}, not for the 6 s bake"
+                "round {round}: the daemon waited {took:?}, not for the 15 s bake"
             );
             assert!(records(&dir).iter().all(|r| r["status"] == "RUNNING"));
             // The restarted daemon gets every event again (all duplicates now).
@@ -175,7 +190,7 @@ async fn sigterm_mid_bake_exits_promptly_and_restarts_keep_the_schedule() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_daemon_takes_over_the_rollouts_the_first_releases() {
-    let (data, file, events) = setup(4).await;
+    let (data, file, events) = setup(10).await;
     let dir = data.path().to_owned();
     tokio::task::spawn_blocking(move || {
         let mut old = Daemon::start(&file, &dir, &events);

@@ -307,7 +307,11 @@ fn black_hole() -> TcpListener {
 /// Lets one health check through a held [`black_hole`]: answers its request 503 (green is
 /// unhealthy), so the check ends when the test says, not when a timer runs out.
 fn open_gate(hole: &TcpListener) {
-    let (mut conn, _) = hole.accept().unwrap();
+    answer_503(hole.accept().unwrap().0);
+}
+
+/// Answers a health check held at a [`black_hole`] (accepted earlier) 503.
+fn answer_503(mut conn: std::net::TcpStream) {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
@@ -542,6 +546,9 @@ fn sigterm_finishes_in_flight_events_and_a_retryable_failure_answers_503() {
         })
     };
     wait_in_flight(&addr, 1);
+    // Its health check has connected: the first event holds the dedup claim (in flight alone
+    // does not prove it: the request is admitted before its task claims).
+    let (held, _) = hole.accept().unwrap();
 
     // The same task again while the first is still in its health check: dedup says "in
     // progress, retry later", so the sender is told to retry and nothing is dead-lettered.
@@ -563,7 +570,7 @@ fn sigterm_finishes_in_flight_events_and_a_retryable_failure_answers_503() {
     // Still in flight after the signal; now let its health check end.
     std::thread::sleep(Duration::from_millis(200));
     assert!(!slow.is_finished(), "answered before its health check ended");
-    open_gate(&hole);
+    answer_503(held);
     let (response, answered) = slow.join().unwrap();
     assert_eq!(response.status, 200, "{response:?}");
     let result = &response.json()["results"][0];

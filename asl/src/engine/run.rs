@@ -334,13 +334,18 @@ impl Run<'_> {
                 }
                 match states::run(self, st, input).await? {
                     Flow::Next(n, out) => {
-                        // A Pass or Choice runs at once and decides the same again, and a Wait
+                        // A Pass or Choice runs at once and decides the same again, a Task
+                        // that only reads (a DynamoDB GetItem) reads again, and a Wait
                         // checkpoints itself with its deadline: before those the last
                         // checkpoint stands (a crash runs the state that led there again, as
                         // any state a crash interrupts runs again). A rollout's waits tick
                         // through such states every second; each checkpoint is a synced write.
-                        if top && !matches!(m.states[n].kind, Kind::Pass(_) | Kind::Choice(_) | Kind::Wait(_))
-                        {
+                        let repeatable = match &m.states[n].kind {
+                            Kind::Pass(_) | Kind::Choice(_) | Kind::Wait(_) => true,
+                            Kind::Task(task) => reads_only(&task.resource),
+                            _ => false,
+                        };
+                        if top && !repeatable {
                             self.save(Some(&m.states[n].name), Some(&out))
                                 .map_err(Stop::Fatal)?;
                         }
@@ -370,4 +375,10 @@ impl Run<'_> {
         let top = self.top_state.lock().unwrap_or_else(|e| e.into_inner()).clone();
         top.as_deref() == Some(state)
     }
+}
+
+/// Whether a Task `resource` only reads, so running it again after a crash changes nothing:
+/// the DynamoDB `GetItem` integration (a rollout's control read, every tick).
+pub(crate) fn reads_only(resource: &str) -> bool {
+    resource == "arn:aws:states:::dynamodb:getItem"
 }

@@ -36,9 +36,10 @@ mod dynamodb;
 mod sqlite;
 mod store;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use cutover_core::{
@@ -48,6 +49,7 @@ use cutover_core::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
 
 pub use self::dynamodb::{DynamoStore, KEY_ATTRIBUTE, TTL_ATTRIBUTE};
 pub use self::sqlite::SqliteStore;
@@ -375,6 +377,29 @@ pub struct Dedup {
     metrics: Metrics,
     owner: String,
     attempts: AtomicU64,
+    /// The claims this stage holds right now, each with what wakes the events of this process
+    /// waiting on it when it settles: they learn at once instead of at their next poll (other
+    /// processes' waiters still poll).
+    held: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
+}
+
+/// A claim this stage holds: when dropped (its outcome recorded, or the attempt abandoned), the
+/// waiters of this process are woken.
+struct Held {
+    key: String,
+    notify: Arc<Notify>,
+    held: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if held.get(&self.key).is_some_and(|n| Arc::ptr_eq(n, &self.notify)) {
+            held.remove(&self.key);
+        }
+        // Under the lock: a waiter that found the claim held has enabled its wake-up already.
+        self.notify.notify_waiters();
+    }
 }
 
 impl Dedup {
@@ -387,6 +412,7 @@ impl Dedup {
             metrics: Metrics::default(),
             owner: owner_prefix(),
             attempts: AtomicU64::new(0),
+            held: Arc::default(),
         }
     }
 
@@ -456,7 +482,10 @@ impl Dedup {
                         self.metrics.add("cutover_dedup_takeovers_total", &[], 1);
                         tracing::warn!(stage = "dedup", %key, previous, "took over this event's own earlier claim");
                     }
-                    return self.run_claimed(event, next, record).await;
+                    let held = self.hold(&key);
+                    let outcome = self.run_claimed(event, next, record).await;
+                    drop(held);
+                    return outcome;
                 }
                 Ok(Claim::Lost(existing)) => existing,
             };
@@ -482,7 +511,7 @@ impl Dedup {
                     let alive = seen.owner == existing.owner && existing.lease_expires > seen.lease_expires;
                     return in_progress(&existing, &hash, unix(self.clock.as_ref()), alive);
                 }
-                tokio::time::sleep(poll_interval(polls)).await;
+                self.wait_for(&key, polls).await;
                 polls += 1;
                 match self.store.get(&key).await {
                     // A failed poll changes nothing: poll again until the wait ends.
@@ -493,6 +522,53 @@ impl Dedup {
                     Ok(_) => break,
                 }
             }
+        }
+    }
+
+    /// Marks `key` as claimed by this stage until the returned guard is dropped.
+    fn hold(&self, key: &str) -> Held {
+        let notify = Arc::new(Notify::new());
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_owned(), notify.clone());
+        Held {
+            key: key.to_owned(),
+            notify,
+            held: self.held.clone(),
+        }
+    }
+
+    /// Waits before polling another event's claim on `key` again: until this process's claimer
+    /// settles it (at once), or the poll interval. The first wait of an event whose claimer is
+    /// not (or no longer) in this process is skipped: the claim may have settled between the
+    /// claim and this look, and a read tells.
+    async fn wait_for(&self, key: &str, polls: u32) {
+        let notify = self
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned();
+        let Some(notify) = notify else {
+            if polls > 0 {
+                tokio::time::sleep(poll_interval(polls)).await;
+            }
+            return;
+        };
+        let settled = notify.notified();
+        tokio::pin!(settled);
+        {
+            // Enabled under the lock the claimer wakes under: no wake-up falls between.
+            let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            if !held.get(key).is_some_and(|n| Arc::ptr_eq(n, &notify)) {
+                return;
+            }
+            settled.as_mut().enable();
+        }
+        tokio::select! {
+            () = &mut settled => {}
+            () = tokio::time::sleep(poll_interval(polls)) => {}
         }
     }
 

@@ -107,6 +107,38 @@ async fn fixture(store: &str, downstream: Arc<Downstream>) -> Fixture {
 
 const STORES: [&str; 2] = ["memory", "local"];
 
+/// A duplicate waiting on a claim this process holds learns the outcome when the claim
+/// settles, not at its next poll (100 ms later at first): on paused time, the duplicate ends
+/// when the claimer's 30 ms chain does.
+#[tokio::test(start_paused = true)]
+async fn a_duplicate_waiting_in_the_same_process_is_woken_when_the_claim_settles() {
+    let down = Arc::new(Downstream {
+        calls: AtomicUsize::new(0),
+        outcome: started(),
+        delay: Duration::from_millis(30),
+    });
+    let f = fixture("memory", down).await;
+    let start = tokio::time::Instant::now();
+    let first = tokio::spawn({
+        let p = f.pipeline.clone();
+        async move { p.run(event("t1", 7)).await }
+    });
+    // The duplicate arrives once the first holds the claim.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let second = f.pipeline.run(event("t2", 7)).await;
+    let waited = start.elapsed();
+    assert!(first.await.unwrap().is_passed());
+    let Outcome::Dropped { reason, .. } = &second else {
+        panic!("{second}")
+    };
+    assert!(reason.contains("result arn:exec:1"), "{reason}");
+    assert_eq!(
+        waited,
+        Duration::from_millis(30),
+        "woken when the claim settled, not at a poll"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_events_of_one_deployment_pass_exactly_once() {
     for store in STORES {
@@ -325,7 +357,10 @@ async fn a_duplicate_of_a_live_claim_is_settled_and_of_a_dead_one_retried() {
             let p = p.clone();
             async move { p.run(event("a", 1)).await }
         });
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Once the first holds the claim (its chain has begun), not after a fixed sleep.
+        while down.calls.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let dup = p.run(event("b", 1)).await;
         let Outcome::Dropped { reason, .. } = &dup else {
             panic!("{store}: {dup}")

@@ -191,7 +191,14 @@ impl Notifier {
     /// Runs until dropped (the daemon aborts it at shutdown). On its very first run it starts
     /// from now: what rollouts already did is not told again.
     pub async fn run(self) {
-        let mut seen = match self.load() {
+        self.start().await.follow().await
+    }
+
+    /// What was already told: the record, or on the very first run what rollouts did until
+    /// now (not told). A host awaits this before it takes events, so that everything its events
+    /// start is told.
+    pub async fn start(self) -> Started {
+        let seen = match self.load() {
             Some(seen) => seen,
             None => {
                 let mut seen = Seen::new();
@@ -200,6 +207,11 @@ impl Notifier {
                 seen
             }
         };
+        Started { notifier: self, seen }
+    }
+
+    /// Tells what rollouts do from `seen` on, every `every`, until dropped.
+    async fn follow_from(&self, mut seen: Seen) {
         loop {
             match self.round(&mut seen, true).await {
                 Ok(true) => self.save(&seen),
@@ -280,6 +292,20 @@ impl Notifier {
         if let Err(e) = cutover_core::fs::write_atomically(&self.seen_path, &bytes) {
             tracing::warn!(path = %self.seen_path.display(), error = %e, "rollout notifications: cannot record what was sent");
         }
+    }
+}
+
+/// A notifier that knows what was already told: [`follow`](Started::follow) tells the rest.
+#[derive(Debug)]
+pub struct Started {
+    notifier: Notifier,
+    seen: Seen,
+}
+
+impl Started {
+    /// Tells what rollouts do, every `every`, until dropped.
+    pub async fn follow(self) {
+        self.notifier.follow_from(self.seen).await
     }
 }
 

@@ -246,10 +246,14 @@ impl LocalEngine {
                     .with_metrics(cx.metrics().clone()),
             );
         }
-        let store = Arc::new(
-            FileStore::new(cx.data_path("executions"))
-                .map_err(|m| BuildError::Backend(format!("execution store: {m}")))?,
-        );
+        let store = FileStore::new(cx.data_path("executions"))
+            .map_err(|m| BuildError::Backend(format!("execution store: {m}")))?;
+        // A scratch directory (a replay's) is gone after a crash: checkpoints need no sync.
+        let store = Arc::new(if cx.data_is_scratch() {
+            store.without_sync()
+        } else {
+            store
+        });
         let engine = Engine::new(
             Arc::new(tasks),
             Arc::new(CoreClock(cx.clock())),
