@@ -280,3 +280,88 @@ impl Engine {
         run.drive(m, idx, input, started).await
     }
 }
+
+#[cfg(test)]
+mod checkpoint_tests {
+    use std::sync::{Arc, Mutex};
+
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::clock::VirtualClock;
+    use crate::definition::Definition;
+    use crate::store::{ExecutionRecord, ExecutionStore, MemoryStore};
+
+    /// Records the state each checkpoint resumes at.
+    #[derive(Debug, Default)]
+    struct Checkpoints {
+        inner: MemoryStore,
+        at: Mutex<Vec<String>>,
+    }
+
+    impl ExecutionStore for Checkpoints {
+        fn save(&self, record: &ExecutionRecord) -> Result<(), String> {
+            if let Some(next) = &record.next_state {
+                self.at.lock().unwrap().push(next.clone());
+            }
+            self.inner.save(record)
+        }
+        fn load(&self, id: &str) -> Result<Option<ExecutionRecord>, String> {
+            self.inner.load(id)
+        }
+        fn list_unfinished(&self) -> Result<Vec<ExecutionRecord>, String> {
+            self.inner.list_unfinished()
+        }
+    }
+
+    #[derive(Debug)]
+    struct Answer;
+
+    impl TaskHandler for Answer {
+        fn invoke<'a>(
+            &'a self,
+            _resource: &'a str,
+            _input: Value,
+            _cx: TaskContext<'a>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, TaskFailure>> + Send + 'a>>
+        {
+            Box::pin(async { Ok(json!({})) })
+        }
+    }
+
+    /// A read-only Task (DynamoDB getItem) checkpoints only when a state with effects ran since
+    /// the last checkpoint; a tick loop of Wait → read → Choice checkpoints once per tick.
+    #[tokio::test]
+    async fn a_read_only_task_checkpoints_only_after_effects() {
+        let def = Definition::parse(
+            &json!({
+                "StartAt": "Shift",
+                "States": {
+                    "Shift": {"Type": "Task", "Resource": "arn:aws:lambda:us-east-1:1:function:shift", "ResultPath": null, "Next": "Read"},
+                    "Read": {"Type": "Task", "Resource": "arn:aws:states:::dynamodb:getItem", "ResultPath": null, "Next": "Count"},
+                    "Count": {"Type": "Pass", "Parameters": {"n.$": "States.MathAdd($.n, 1)"}, "Next": "More"},
+                    "More": {"Type": "Choice", "Choices": [{"Variable": "$.n", "NumericLessThan": 3, "Next": "Tick"}], "Default": "Done"},
+                    "Tick": {"Type": "Wait", "Seconds": 1, "Next": "Read"},
+                    "Done": {"Type": "Succeed"}
+                }
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let store = Arc::new(Checkpoints::default());
+        let engine = Engine::new(
+            Arc::new(Answer),
+            Arc::new(VirtualClock::new()),
+            Some(store.clone()),
+        );
+        let out = engine
+            .start(Arc::new(def.with_name("m")), "e", json!({"n": 0}))
+            .await
+            .unwrap();
+        assert_eq!(out.status, crate::store::ExecutionStatus::Succeeded);
+        let at = store.at.lock().unwrap().clone();
+        // Start; before the first read (the shift's effect is recorded); each tick's deadline,
+        // not the reads after it; the end.
+        assert_eq!(at, ["Shift", "Read", "Tick", "Tick", "Done"], "{at:?}");
+    }
+}

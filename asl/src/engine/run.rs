@@ -312,6 +312,10 @@ impl Run<'_> {
         Box::pin(async move {
             let mut idx = start;
             let mut input = input;
+            // Whether a state with effects (not Pass, Choice or a read-only Task) ended since
+            // the last checkpoint: then even a read-only Task checkpoints first, or a crash
+            // would run those effects again.
+            let mut unsaved = false;
             loop {
                 let st = &m.states[idx];
                 let events = self
@@ -334,20 +338,29 @@ impl Run<'_> {
                 }
                 match states::run(self, st, input).await? {
                     Flow::Next(n, out) => {
+                        match &st.kind {
+                            // A top-level Wait checkpointed itself with its deadline.
+                            Kind::Wait(_) => unsaved = false,
+                            kind if !repeatable(kind) => unsaved = true,
+                            _ => {}
+                        }
                         // A Pass or Choice runs at once and decides the same again, a Task
                         // that only reads (a DynamoDB GetItem) reads again, and a Wait
                         // checkpoints itself with its deadline: before those the last
                         // checkpoint stands (a crash runs the state that led there again, as
-                        // any state a crash interrupts runs again). A rollout's waits tick
-                        // through such states every second; each checkpoint is a synced write.
-                        let repeatable = match &m.states[n].kind {
-                            Kind::Pass(_) | Kind::Choice(_) | Kind::Wait(_) => true,
-                            Kind::Task(task) => reads_only(&task.resource),
-                            _ => false,
+                        // any state a crash interrupts runs again) — unless a state with effects
+                        // ran since, which a read-only Task's checkpoint then records. A
+                        // rollout's waits tick through such states every second; each
+                        // checkpoint is a synced write.
+                        let checkpoint = match &m.states[n].kind {
+                            Kind::Pass(_) | Kind::Choice(_) | Kind::Wait(_) => false,
+                            Kind::Task(task) if reads_only(&task.resource) => unsaved,
+                            _ => true,
                         };
-                        if top && !repeatable {
+                        if top && checkpoint {
                             self.save(Some(&m.states[n].name), Some(&out))
                                 .map_err(Stop::Fatal)?;
+                            unsaved = false;
                         }
                         idx = n;
                         input = out;
@@ -374,6 +387,16 @@ impl Run<'_> {
     pub(crate) fn is_top_state(&self, state: &str) -> bool {
         let top = self.top_state.lock().unwrap_or_else(|e| e.into_inner()).clone();
         top.as_deref() == Some(state)
+    }
+}
+
+/// Whether running a state of this kind again after a crash changes nothing outside the
+/// execution: a Pass, a Choice, a Wait (its deadline is kept) or a read-only Task.
+fn repeatable(kind: &Kind) -> bool {
+    match kind {
+        Kind::Pass(_) | Kind::Choice(_) | Kind::Wait(_) => true,
+        Kind::Task(task) => reads_only(&task.resource),
+        _ => false,
     }
 }
 
