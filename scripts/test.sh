@@ -117,24 +117,39 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-port=$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-set -m  # job control: the background server gets a process group of its own
-"$CUTOVER_MOTO_SERVER" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
-moto_pid=$!
-set +m
-echo "$CUTOVER_MOTO_SERVER on port $port (scripts/test.sh)" >"$pid_dir/$moto_pid"
-
-for _ in $(seq 1 100); do
-  if "$VENV/bin/python" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/moto-api/')" 2>/dev/null; then
-    break
+# A port free a moment ago may be taken before moto binds it: then moto exits, and another
+# port is tried (three times).
+ready=""
+for attempt in 1 2 3; do
+  port=$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  set -m  # job control: the background server gets a process group of its own
+  "$CUTOVER_MOTO_SERVER" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
+  moto_pid=$!
+  set +m
+  echo "$CUTOVER_MOTO_SERVER on port $port (scripts/test.sh)" >"$pid_dir/$moto_pid"
+  for _ in $(seq 1 150); do
+    if "$VENV/bin/python" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/moto-api/')" 2>/dev/null; then
+      ready=yes
+      break 2
+    fi
+    if ! kill -0 "$moto_pid" 2>/dev/null; then
+      echo "test.sh: moto_server exited (attempt $attempt, port $port):" >&2
+      cat "$log" >&2
+      moto_pid=""
+      break
+    fi
+    sleep 0.2
+  done
+  if [ -n "$moto_pid" ]; then  # alive but not answering: stop it before the next attempt
+    kill -s TERM -- "-$moto_pid" 2>/dev/null || true
+    wait "$moto_pid" 2>/dev/null || true
+    moto_pid=""
   fi
-  if ! kill -0 "$moto_pid" 2>/dev/null; then
-    echo "test.sh: moto_server exited; see $log" >&2
-    cat "$log" >&2
-    exit 1
-  fi
-  sleep 0.2
 done
+if [ -z "$ready" ]; then
+  echo "test.sh: moto_server did not start; see $log" >&2
+  exit 1
+fi
 export CUTOVER_MOTO_URL="http://127.0.0.1:$port"
 echo "test.sh: moto_server $MOTO_VERSION on $CUTOVER_MOTO_URL (log: $log)" >&2
 

@@ -38,12 +38,22 @@ impl Driver {
             "{CHROMEDRIVER} is missing: run ./scripts/test.sh (it installs the Debian packages \
              chromium and chromium-driver) or apt-get install chromium chromium-driver"
         );
-        // A port free a moment ago; chromedriver says when it listens on it.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // A port free a moment ago; chromedriver says when it listens on it. Taken meanwhile
+        // (chromedriver exits), another is tried.
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            if let Some(driver) = Driver::start_on(port) {
+                return driver;
+            }
+        }
+        panic!("chromedriver did not start on any of three ports");
+    }
+
+    fn start_on(port: u16) -> Option<Driver> {
         let mut child = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             // A group of its own, with the browsers it starts: all stopped on drop.
@@ -59,18 +69,19 @@ impl Driver {
                 let _ = tx.send(line);
             }
         });
+        let driver = Driver {
+            child,
+            addr: format!("127.0.0.1:{port}"),
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(line) if line.contains("started successfully") => break,
+                Ok(line) if line.contains("started successfully") => return Some(driver),
                 Ok(_) => {}
-                Err(e) => panic!("chromedriver did not start: {e}"),
+                // Exited (its port taken) or silent: stopped on drop, another port is tried.
+                Err(_) => return None,
             }
-        }
-        Driver {
-            child,
-            addr: format!("127.0.0.1:{port}"),
         }
     }
 }
