@@ -165,6 +165,22 @@ fn free_port() -> anyhow::Result<u16> {
     bail!("no loopback port free on both 127.0.0.1 and 127.0.0.2")
 }
 
+/// The demo's `ecs-events` pipeline, its context on data directory `data` and a clock running
+/// `speed` times faster than the wall clock.
+async fn build_scaled(
+    file: &cutover_core::PipelineFile,
+    data: &Path,
+    speed: f64,
+) -> anyhow::Result<(cutover_core::BuildContext, cutover_core::Pipeline)> {
+    let clock = EngineClock(Arc::new(cutover_asl::ScaledClock::new(speed)));
+    let cx = file
+        .build_context()
+        .with_data_dir(data)
+        .with_clock(Arc::new(clock));
+    let pipeline = file.build("ecs-events", &cx).await?;
+    Ok((cx, pipeline))
+}
+
 /// The loader of the demo's pipeline file: the embedded zone served on `dns`, and a control
 /// tick of 5 s — each 1 s tick of a wait costs a few milliseconds of bookkeeping, which the
 /// demo's speed-up multiplies.
@@ -472,12 +488,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     };
 
     let speed = args.speed;
-    let clock = EngineClock(Arc::new(cutover_asl::ScaledClock::new(speed)));
-    let cx = file
-        .build_context()
-        .with_data_dir(&data)
-        .with_clock(Arc::new(clock));
-    let pipeline = file.build("ecs-events", &cx).await?;
+    let (cx, pipeline) = build_scaled(&file, &data, speed).await?;
     out.say(
         &format!(
             "cutover demo: blue http://{BLUE}:{http_port}/ (cats v2), green http://{GREEN}:{http_port}/ (cats v3), \

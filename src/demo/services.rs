@@ -11,13 +11,11 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use cutover_asl::EventKind;
 use cutover_core::{Event, Outcome};
-use cutover_stages::state_machine::EngineClock;
 use cutover_stages::traffic_shift::dns::query_address;
 use cutover_stages::traffic_shift::local::WeightStore;
 use cutover_stages::traffic_shift::{RouterConfig, TrafficShiftConfig};
@@ -161,12 +159,7 @@ pub(super) async fn run(n: usize, speed: f64, out: &Reporter, root: &Path) -> an
         )
         .await?;
     }
-    let clock = EngineClock(Arc::new(cutover_asl::ScaledClock::new(speed)));
-    let cx = file
-        .build_context()
-        .with_data_dir(&data)
-        .with_clock(Arc::new(clock));
-    let pipeline = file.build("ecs-events", &cx).await?;
+    let (cx, pipeline) = super::build_scaled(&file, &data, speed).await?;
     let sick = services.last().map(|s| s.name.clone()).unwrap_or_default();
     out.say(
         &format!(

@@ -122,17 +122,13 @@ impl Canary {
     }
 
     fn wait_until(&self, id: &str, what: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + limit;
-        loop {
-            let status = self.status(id);
-            if let Some(s) = &status
-                && done(s)
-            {
-                return s.clone();
-            }
-            assert!(Instant::now() < deadline, "{id}: never {what}: {status:#?}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        crate::wait_for_status(
+            limit,
+            Duration::from_millis(200),
+            &format!("{id}: {what}"),
+            || self.status(id),
+            done,
+        )
     }
 
     fn weights(&self) -> (u64, u64) {

@@ -63,6 +63,28 @@ pub(crate) fn execution_records(dir: &std::path::Path) -> Vec<serde_json::Value>
         .collect()
 }
 
+/// Asks `status` every `every` until its answer satisfies `done`, within `limit`; that answer.
+/// Panics with `what` it waited for and the last answer.
+pub(crate) fn wait_for_status(
+    limit: std::time::Duration,
+    every: std::time::Duration,
+    what: &str,
+    status: impl Fn() -> Option<serde_json::Value>,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let status = status();
+        if let Some(s) = &status
+            && done(s)
+        {
+            return s.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "never {what}: {status:#?}");
+        std::thread::sleep(every);
+    }
+}
+
 /// Echoes a child's stderr, each line prefixed `  daemon: `, so a failing test shows it.
 pub(crate) fn echo_stderr(child: &mut std::process::Child) {
     use std::io::BufRead;

@@ -191,17 +191,13 @@ probe = {{ type = "http", url = "http://127.0.0.1:{port}/", timeout = "1s", inte
 
     /// Waits (up to a minute) until the rollout `id` satisfies `done`; its last status.
     pub(crate) fn wait_until(&self, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let status = self.status(id);
-            if let Some(s) = &status
-                && done(s)
-            {
-                return s.clone();
-            }
-            assert!(Instant::now() < deadline, "{id}: never {what}: {status:#?}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        crate::wait_for_status(
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            &format!("{id}: {what}"),
+            || self.status(id),
+            done,
+        )
     }
 
     /// The weights the embedded router serves now: (blue, green).

@@ -352,11 +352,8 @@ impl Run<'_> {
                         // ran since, which a read-only Task's checkpoint then records. A
                         // rollout's waits tick through such states every second; each
                         // checkpoint is a synced write.
-                        let checkpoint = match &m.states[n].kind {
-                            Kind::Pass(_) | Kind::Choice(_) | Kind::Wait(_) => false,
-                            Kind::Task(task) if reads_only(&task.resource) => unsaved,
-                            _ => true,
-                        };
+                        let next = &m.states[n].kind;
+                        let checkpoint = !repeatable(next) || (unsaved && matches!(next, Kind::Task(_)));
                         if top && checkpoint {
                             self.save(Some(&m.states[n].name), Some(&out))
                                 .map_err(Stop::Fatal)?;

@@ -380,15 +380,18 @@ pub struct Dedup {
     /// The claims this stage holds right now, each with what wakes the events of this process
     /// waiting on it when it settles: they learn at once instead of at their next poll (other
     /// processes' waiters still poll).
-    held: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
+    held: HeldClaims,
 }
+
+/// The claims a stage holds, by key, each with what wakes its waiters.
+type HeldClaims = Arc<Mutex<HashMap<String, Arc<Notify>>>>;
 
 /// A claim this stage holds: when dropped (its outcome recorded, or the attempt abandoned), the
 /// waiters of this process are woken.
 struct Held {
     key: String,
     notify: Arc<Notify>,
-    held: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
+    held: HeldClaims,
 }
 
 impl Drop for Held {

@@ -466,18 +466,23 @@ mod tests {
              probes = { observed-split = { type = \"observed-split\", source = { type = \"dns\", record = \"www.catsndogs.lol\" } } }",
         )
         .unwrap();
-        let cx = cutover_core::DeployContext {
-            file: "x.toml",
+        let cx = deploy_cx();
+        let e = cfg.deployment(&cx).unwrap_err();
+        assert_eq!(e.field, "probes.observed-split.source");
+        assert!(e.message.contains("type = \"prometheus\""), "{}", e.message);
+    }
+
+    /// The deployment context of the first stage of pipeline `health-check`.
+    fn deploy_cx() -> cutover_core::DeployContext<'static> {
+        cutover_core::DeployContext {
+            file: "cutover.toml",
             base_dir: std::path::Path::new("."),
             pipeline: "health-check",
             stage_index: 1,
             stage_name: "health-check",
             pipelines: &[],
             service: None,
-        };
-        let e = cfg.deployment(&cx).unwrap_err();
-        assert_eq!(e.field, "probes.observed-split.source");
-        assert!(e.message.contains("type = \"prometheus\""), "{}", e.message);
+        }
     }
 
     #[test]
@@ -512,15 +517,7 @@ mod tests {
 
     #[test]
     fn cloudwatch_probes_get_least_privilege_and_a_timeout_covering_every_measurement() {
-        let cx = cutover_core::DeployContext {
-            file: "cutover.toml",
-            base_dir: std::path::Path::new("."),
-            pipeline: "health-check",
-            stage_index: 1,
-            stage_name: "health-check",
-            pipelines: &[],
-            service: None,
-        };
+        let cx = deploy_cx();
         let alarm: HealthCheckConfig = toml::from_str(
             "probe = { type = \"cloudwatch-alarm\", alarms = [\"cats-5xx\"], count = 3, interval = \"1m\" }",
         )

@@ -213,8 +213,9 @@ impl DynamoRolloutStore {
     async fn swap_service(&self, service: &str, rollout: &str, at: i64) -> Result<Claim, StageError> {
         for _ in 0..16 {
             let slot = self.read_slot(service).await?;
-            let (claim, Some(taken)) = Slot::claim(slot.as_ref(), rollout, at) else {
-                return Ok(Slot::claim(slot.as_ref(), rollout, at).0);
+            let (claim, taken) = Slot::claim(slot.as_ref(), rollout, at);
+            let Some(taken) = taken else {
+                return Ok(claim);
             };
             let mut item = key(format!("service#{service}"), "slot");
             item.insert("rollout".into(), s(&taken.rollout));
