@@ -1,17 +1,21 @@
 //! Reading events from files and stdin: JSON Lines, a JSON array, or single JSON documents,
 //! streamed from a buffered reader so that memory does not grow with the input.
 //!
-//! The reader only splits: JSON Lines are handed on unchecked, and [`Item::checked`] (run
-//! where the event is decided, in parallel when there are several jobs) checks each with
-//! [`cutover_pattern::check_json`], which fails exactly where a full parse fails but builds
-//! nothing. A torn line is thus a reported failure, never an event a prefilter silently drops.
-//! Where an event came from ([`Origin`]) is a shared name and a number, formatted only when
-//! it is reported.
+//! The reader only splits: JSON Lines are read straight into blocks of whole lines (buffers
+//! handed back through [`Blocks`] when their events are done, so reading allocates a few, not
+//! one per read) and handed on unchecked; a block's events share it instead of each copying its
+//! line. [`Item::checked`] (run where the event is decided, in parallel when there are several
+//! jobs) checks each with [`cutover_pattern::check_json`], which fails exactly where a full
+//! parse fails but builds nothing. A torn line is thus a reported failure, never an event a
+//! prefilter silently drops. Where an event came from ([`Origin`]) is a shared name and a
+//! number, formatted only when it is reported.
 
 use std::fmt;
 use std::io::BufRead;
-use std::ops::ControlFlow;
-use std::sync::Arc;
+use std::ops::{ControlFlow, Range};
+use std::sync::{Arc, Mutex};
+
+use cutover_core::Event;
 
 use serde::Deserializer as _;
 use serde::de::{IgnoredAny, SeqAccess, Visitor};
@@ -41,11 +45,35 @@ impl fmt::Display for Origin {
     }
 }
 
+/// An event's bytes: its own, or a line of a block of lines (shared, not copied).
+#[derive(Debug)]
+pub(crate) enum Bytes {
+    Own(Arc<[u8]>),
+    Line(Arc<Vec<u8>>, Range<usize>),
+}
+
+impl Bytes {
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Own(bytes) => bytes,
+            Bytes::Line(block, range) => &block[range.clone()],
+        }
+    }
+
+    /// The event these bytes are.
+    pub(crate) fn into_event(self) -> Event {
+        match self {
+            Bytes::Own(bytes) => Event::from_bytes(bytes),
+            Bytes::Line(block, range) => Event::from_shared(block, range),
+        }
+    }
+}
+
 /// One item read from an input.
 #[derive(Debug)]
 pub(crate) enum Item {
     /// One event's bytes (a JSON Lines event is checked only by [`Item::checked`]).
-    Event { origin: Origin, bytes: Arc<[u8]> },
+    Event { origin: Origin, bytes: Bytes },
     /// Something that is not JSON, with where it was.
     Malformed { origin: Origin, message: String },
     /// Whole JSON Lines as read, the first of them line `first` of `name`: cut into events by
@@ -59,15 +87,18 @@ pub(crate) enum Item {
 
 impl Item {
     /// The events of this item, in order: a [`Item::Lines`] block gives one per line that is
-    /// not blank; any other item is itself.
-    pub(crate) fn into_events(self, mut each: impl FnMut(Item)) {
+    /// not blank, and is returned (shared with its events) so that it can be handed back to
+    /// [`Blocks`] once they are done; any other item is itself.
+    pub(crate) fn into_events(self, mut each: impl FnMut(Item)) -> Option<Arc<Vec<u8>>> {
         let Item::Lines { name, first, text } = self else {
-            return each(self);
+            each(self);
+            return None;
         };
+        let block = Arc::new(text);
         let mut start = 0;
-        let lines = memchr::memchr_iter(b'\n', &text).chain(std::iter::once(text.len()));
+        let lines = memchr::memchr_iter(b'\n', &block).chain(std::iter::once(block.len()));
         for (number, end) in (first..).zip(lines) {
-            let line = text[start..end.max(start)].trim_ascii();
+            let line = trimmed(&block, start..end.max(start));
             start = end + 1;
             if !line.is_empty() {
                 each(Item::Event {
@@ -75,17 +106,18 @@ impl Item {
                         name: name.clone(),
                         place: Place::Line(number),
                     },
-                    bytes: Arc::from(line),
+                    bytes: Bytes::Line(block.clone(), line),
                 });
             }
         }
+        Some(block)
     }
 
     /// The item with its syntax checked: an event that is not one JSON document becomes
     /// [`Item::Malformed`], saying where and why.
     pub(crate) fn checked(self) -> Item {
         match self {
-            Item::Event { origin, bytes } => match cutover_pattern::check_json(&bytes) {
+            Item::Event { origin, bytes } => match cutover_pattern::check_json(bytes.as_slice()) {
                 Ok(()) => Item::Event { origin, bytes },
                 Err(e) => {
                     let message = match origin.place {
@@ -96,6 +128,50 @@ impl Item {
                 }
             },
             other => other,
+        }
+    }
+}
+
+/// `range` of `bytes` without its leading and trailing ASCII whitespace.
+fn trimmed(bytes: &[u8], range: Range<usize>) -> Range<usize> {
+    let line = &bytes[range.clone()];
+    let start = range.start + (line.len() - line.trim_ascii_start().len());
+    let end = range.end - (line.len() - line.trim_ascii_end().len());
+    start..end.max(start)
+}
+
+/// How many bytes a block of lines holds (more when one line is longer).
+const BLOCK: usize = 1 << 18;
+
+/// Blocks kept for reuse: enough for the blocks in flight of a few jobs.
+const KEPT_BLOCKS: usize = 16;
+
+/// Buffers for blocks of lines, handed back when their events are done: reading reuses them
+/// instead of allocating (and having the kernel zero) a fresh one for every read.
+#[derive(Debug, Default)]
+pub(crate) struct Blocks {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+impl Blocks {
+    /// A buffer whose whole length is usable (at least [`BLOCK`] bytes).
+    fn take(&self) -> Vec<u8> {
+        let mut block = self
+            .free
+            .lock()
+            .ok()
+            .and_then(|mut free| free.pop())
+            .unwrap_or_default();
+        block.resize(block.capacity().max(BLOCK), 0);
+        block
+    }
+
+    /// Hands a block back once its events are done (one still shared is left to be freed).
+    pub(crate) fn give(&self, block: Arc<Vec<u8>>) {
+        if let (Ok(block), Ok(mut free)) = (Arc::try_unwrap(block), self.free.lock())
+            && free.len() < KEPT_BLOCKS
+        {
+            free.push(block);
         }
     }
 }
@@ -111,6 +187,7 @@ impl Item {
 pub(crate) fn read_events<B>(
     name: &str,
     mut input: impl BufRead,
+    blocks: &Blocks,
     mut each: impl FnMut(Item) -> ControlFlow<B>,
 ) -> std::io::Result<ControlFlow<B>> {
     let name: Arc<str> = Arc::from(name);
@@ -149,10 +226,10 @@ pub(crate) fn read_events<B>(
         if serde_json::from_slice::<IgnoredAny>(&text).is_ok() {
             return Ok(each(Item::Event {
                 origin: at(Place::Whole),
-                bytes: Arc::from(text.trim_ascii()),
+                bytes: Bytes::Own(Arc::from(text.trim_ascii())),
             }));
         }
-        return read_lines(&text[..], number - 1, &name, each);
+        return read_lines(&text[..], number - 1, &name, blocks, each);
     }
     // A first line followed by nothing but blanks is a one-document input.
     let mut blank_lines = 0;
@@ -172,58 +249,79 @@ pub(crate) fn read_events<B>(
     let place = if alone { Place::Whole } else { Place::Line(number) };
     if let ControlFlow::Break(b) = each(Item::Event {
         origin: at(place),
-        bytes: Arc::from(first),
+        bytes: Bytes::Own(Arc::from(first)),
     }) {
         return Ok(ControlFlow::Break(b));
     }
-    read_lines(input, number + blank_lines, &name, each)
+    read_lines(input, number + blank_lines, &name, blocks, each)
 }
 
 fn newlines(bytes: &[u8]) -> u64 {
     bytes.iter().filter(|&&b| b == b'\n').count() as u64
 }
 
-/// JSON Lines after line `number`, handed on in blocks of whole lines as the reader fills
-/// its buffer: reading only finds the last line end of each fill and counts the lines.
+/// JSON Lines after line `number`, handed on in blocks of whole lines as they are read: each
+/// read goes straight into a block (after the part line the last one ended with); reading only
+/// finds the last line end and counts the lines.
 fn read_lines<B>(
     mut input: impl BufRead,
     mut number: u64,
     name: &Arc<str>,
+    blocks: &Blocks,
     mut each: impl FnMut(Item) -> ControlFlow<B>,
 ) -> std::io::Result<ControlFlow<B>> {
-    let mut carry = Vec::new();
+    // What the reader holds already comes first; then reads bypass its buffer.
+    let mut carry = input.fill_buf()?.to_vec();
+    input.consume(carry.len());
     loop {
-        let buffered = input.fill_buf()?;
-        let used = buffered.len();
-        let block = match memchr::memrchr(b'\n', buffered) {
-            _ if used == 0 => std::mem::take(&mut carry),
-            None => {
-                carry.extend_from_slice(buffered);
-                input.consume(used);
-                continue;
-            }
-            Some(last) => {
-                let mut block = std::mem::take(&mut carry);
-                block.extend_from_slice(&buffered[..=last]);
-                carry.extend_from_slice(&buffered[last + 1..]);
-                block
-            }
-        };
-        input.consume(used);
-        if block.is_empty() {
-            return Ok(ControlFlow::Continue(()));
+        let mut block = blocks.take();
+        if block.len() < carry.len() * 2 {
+            block.resize(carry.len() * 2, 0);
         }
-        let first = number + 1;
-        number += memchr::memchr_iter(b'\n', &block).count() as u64;
-        let lines = Item::Lines {
-            name: name.clone(),
-            first,
-            text: block,
-        };
-        if let ControlFlow::Break(b) = each(lines) {
-            return Ok(ControlFlow::Break(b));
+        block[..carry.len()].copy_from_slice(&carry);
+        let mut filled = carry.len();
+        carry.clear();
+        // Read until the block holds a line end (one read, unless a line outgrows the block).
+        let mut end = false;
+        loop {
+            if filled == block.len() {
+                block.resize(block.len() * 2, 0);
+            }
+            let read = match input.read(&mut block[filled..]) {
+                Ok(read) => read,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if read == 0 {
+                end = true;
+                break;
+            }
+            let line_end = memchr::memchr(b'\n', &block[filled..filled + read]).is_some();
+            filled += read;
+            if line_end {
+                break;
+            }
         }
-        if used == 0 {
+        let whole = if end {
+            filled
+        } else {
+            memchr::memrchr(b'\n', &block[..filled]).map_or(0, |last| last + 1)
+        };
+        carry.extend_from_slice(&block[whole..filled]);
+        block.truncate(whole);
+        if !block.is_empty() {
+            let first = number + 1;
+            number += memchr::memchr_iter(b'\n', &block).count() as u64;
+            let lines = Item::Lines {
+                name: name.clone(),
+                first,
+                text: block,
+            };
+            if let ControlFlow::Break(b) = each(lines) {
+                return Ok(ControlFlow::Break(b));
+            }
+        }
+        if end {
             return Ok(ControlFlow::Continue(()));
         }
     }
@@ -258,7 +356,7 @@ fn read_array<B>(
         let bytes: Box<[u8]> = Box::<str>::from(raw).into_boxed_bytes();
         each(Item::Event {
             origin: at(Place::Element(i)),
-            bytes: Arc::from(bytes),
+            bytes: Bytes::Own(Arc::from(bytes)),
         })
     };
     let mut reader = serde_json::Deserializer::from_reader(input);
@@ -281,7 +379,7 @@ mod tests {
 
     fn read_with(input: impl BufRead) -> Vec<Item> {
         let mut items = Vec::new();
-        let flow = read_events("t", input, |item| {
+        let flow = read_events("t", input, &Blocks::default(), |item| {
             item.into_events(|event| items.push(event.checked()));
             ControlFlow::<()>::Continue(())
         });
@@ -302,7 +400,9 @@ mod tests {
         items
             .iter()
             .map(|i| match i {
-                Item::Event { origin, bytes } => format!("ok {origin} {}", String::from_utf8_lossy(bytes)),
+                Item::Event { origin, bytes } => {
+                    format!("ok {origin} {}", String::from_utf8_lossy(bytes.as_slice()))
+                }
                 Item::Malformed { origin, .. } => format!("bad {origin}"),
                 Item::Lines { first, .. } => format!("lines from {first}"),
             })
@@ -356,12 +456,50 @@ mod tests {
     }
 
     #[test]
+    fn a_line_longer_than_a_block_is_one_event() {
+        let long = format!("{{\"id\":\"{}\"}}", "x".repeat(3 * BLOCK));
+        let text = format!("{{\"id\":1}}\n{long}\n{{\"id\":3}}\n");
+        let input = std::io::BufReader::with_capacity(64, text.as_bytes());
+        let items = read_with(input);
+        assert_eq!(items.len(), 3);
+        let Item::Event { origin, bytes } = &items[1] else {
+            panic!("{:?}", summary(&items))
+        };
+        assert_eq!(origin.to_string(), "t:2");
+        assert_eq!(bytes.as_slice(), long.as_bytes());
+    }
+
+    #[test]
+    fn a_block_is_shared_by_its_events_and_reused_once_they_are_done() {
+        let blocks = Blocks::default();
+        let mut events = Vec::new();
+        let mut read = Vec::new();
+        let text = b"{\"id\":1}\n{\"id\":2}\n".repeat(100);
+        let flow = read_events("t", &text[..], &blocks, |item| {
+            read.extend(item.into_events(|event| events.push(event)));
+            ControlFlow::<()>::Continue(())
+        });
+        assert!(flow.is_ok());
+        assert_eq!((events.len(), read.len()), (200, 1));
+        let block = read.pop().unwrap();
+        let at = block.as_ptr();
+        // Still shared with events: not kept for reuse.
+        blocks.give(block.clone());
+        assert!(blocks.free.lock().unwrap().is_empty());
+        drop(events);
+        blocks.give(block);
+        let again = blocks.take();
+        assert_eq!(again.as_ptr(), at);
+        assert!(again.len() >= BLOCK);
+    }
+
+    #[test]
     fn reading_stops_when_the_consumer_breaks() {
-        // Nothing is read past the event the consumer stopped at.
-        let text = b"{\"id\":1}\n{\"id\":2}\n{\"id\":3}\n".repeat(1000);
+        // Nothing is read past the item the consumer stopped at (the first line, then blocks).
+        let text = b"{\"id\":1}\n{\"id\":2}\n{\"id\":3}\n".repeat(BLOCK / 8);
         let input = std::io::BufReader::with_capacity(16, &text[..]);
         let mut seen = 0;
-        let flow = read_events("t", input, |_| {
+        let flow = read_events("t", input, &Blocks::default(), |_| {
             seen += 1;
             if seen == 3 {
                 ControlFlow::Break(())

@@ -5,13 +5,14 @@ use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
-use cutover_core::{Event, Loader, Outcome, Pipeline};
+use cutover_core::{Loader, Outcome, Pipeline};
 use serde_json::{Value, json};
 
-use crate::input::{Item, read_events};
+use crate::input::{Blocks, Item, read_events};
 
 /// Arguments of `cutover replay`.
 #[derive(Debug, Args)]
@@ -53,8 +54,9 @@ pub(crate) struct ReplayArgs {
 /// JSON Lines go by blocks of one read buffer instead.
 const BATCH: usize = 256;
 
-/// How much is read from an input at once.
-const READ_BUFFER: usize = 1 << 18;
+/// The reader's own buffer: only the start of an input goes through it (its shape is told
+/// there); JSON Lines are then read straight into blocks ([`Blocks`]).
+const READ_BUFFER: usize = 1 << 16;
 
 fn default_jobs() -> u16 {
     std::thread::available_parallelism().map_or(1, |n| u16::try_from(n.get()).unwrap_or(u16::MAX))
@@ -75,18 +77,22 @@ struct Decided {
 }
 
 /// Reads every source in turn, sending batches of events; stops early when nobody receives.
-fn read_batches(sources: &[String], batches: &tokio::sync::mpsc::Sender<Vec<Item>>) -> anyhow::Result<()> {
+fn read_batches(
+    sources: &[String],
+    blocks: &Blocks,
+    batches: &tokio::sync::mpsc::Sender<Vec<Item>>,
+) -> anyhow::Result<()> {
     let mut batch = Vec::with_capacity(BATCH);
     for name in sources {
         let flow = if name == "-" {
             let stdin = std::io::stdin();
             let input = std::io::BufReader::with_capacity(READ_BUFFER, stdin.lock());
-            read_events("<stdin>", input, |item| add(&mut batch, item, batches))
+            read_events("<stdin>", input, blocks, |item| add(&mut batch, item, batches))
                 .context("reading events from stdin")?
         } else {
             let file = std::fs::File::open(name).with_context(|| format!("reading events from {name}"))?;
             let input = std::io::BufReader::with_capacity(READ_BUFFER, file);
-            read_events(name, input, |item| add(&mut batch, item, batches))
+            read_events(name, input, blocks, |item| add(&mut batch, item, batches))
                 .with_context(|| format!("reading events from {name}"))?
         };
         if flow.is_break() {
@@ -113,17 +119,19 @@ fn add(batch: &mut Vec<Item>, item: Item, batches: &tokio::sync::mpsc::Sender<Ve
     }
 }
 
-/// Decides a batch in order: checks each event's syntax, runs it, counts and reports it.
-async fn decide(pipeline: Pipeline, batch: Vec<Item>, report: Report) -> Decided {
+/// Decides a batch in order: checks each event's syntax, runs it, counts and reports it; hands
+/// its blocks back when it is done.
+async fn decide(pipeline: Pipeline, batch: Vec<Item>, report: Report, blocks: Arc<Blocks>) -> Decided {
     let mut decided = Decided::default();
     let mut events = Vec::new();
+    let mut read = Vec::new();
     for item in batch {
-        item.into_events(|event| events.push(event));
+        read.extend(item.into_events(|event| events.push(event)));
     }
     for item in events {
         let (origin, id, outcome) = match item.checked() {
             Item::Event { origin, bytes } => {
-                let event = Event::from_bytes(bytes);
+                let event = bytes.into_event();
                 if let Report::Summary = report {
                     let outcome = pipeline.run(event).await;
                     decided.summary.record(&outcome);
@@ -160,6 +168,9 @@ async fn decide(pipeline: Pipeline, batch: Vec<Item>, report: Report) -> Decided
             ),
         };
     }
+    for block in read {
+        blocks.give(block);
+    }
     decided
 }
 
@@ -185,7 +196,13 @@ impl Summary {
         self.events += 1;
         match outcome {
             Outcome::Passed { .. } => self.passed += 1,
-            Outcome::Dropped { stage, .. } => *self.dropped.entry(stage.clone()).or_default() += 1,
+            // Counted for nearly every event: the stage's name is copied only the first time.
+            Outcome::Dropped { stage, .. } => match self.dropped.get_mut(stage) {
+                Some(n) => *n += 1,
+                None => {
+                    self.dropped.insert(stage.clone(), 1);
+                }
+            },
             Outcome::Failed { .. } => self.failed += 1,
         }
     }
@@ -251,16 +268,24 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     // The reader thread sends batches of consecutive events; up to `jobs` batches are decided
     // at once, and their reports written in input order. Memory holds a few batches, whatever
     // the size of the input.
-    let (batches, mut received) = tokio::sync::mpsc::channel(jobs);
+    // Two batches queued per job: the reader rarely waits for a worker, nor a worker for it.
+    let (batches, mut received) = tokio::sync::mpsc::channel(2 * jobs);
     let sources = args.events.clone();
-    let reader = std::thread::spawn(move || read_batches(&sources, &batches));
+    let blocks = Arc::new(Blocks::default());
+    let reading = blocks.clone();
+    let reader = std::thread::spawn(move || read_batches(&sources, &reading, &batches));
     let mut deciding = std::collections::VecDeque::new();
     let mut open = true;
     loop {
         while open && deciding.len() < jobs {
             match received.recv().await {
                 Some(batch) => {
-                    deciding.push_back(tokio::spawn(decide(pipeline.clone(), batch, report)));
+                    deciding.push_back(tokio::spawn(decide(
+                        pipeline.clone(),
+                        batch,
+                        report,
+                        blocks.clone(),
+                    )));
                 }
                 None => open = false,
             }

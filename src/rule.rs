@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use cutover_core::{BuildContext, Event, Loader};
+use cutover_core::{BuildContext, Loader};
 use cutover_pattern::Pattern;
 use serde_json::{Value, json};
 
@@ -68,7 +68,8 @@ pub(crate) async fn run(args: RuleArgs) -> anyhow::Result<ExitCode> {
         for name in &args.trace {
             let file = std::fs::File::open(name).with_context(|| format!("reading {name}"))?;
             let mut items = Vec::new();
-            let _ = read_events(name, std::io::BufReader::new(file), |item| {
+            let blocks = crate::input::Blocks::default();
+            let _ = read_events(name, std::io::BufReader::new(file), &blocks, |item| {
                 item.into_events(|event| items.push(event.checked()));
                 std::ops::ControlFlow::<()>::Continue(())
             })
@@ -76,10 +77,10 @@ pub(crate) async fn run(args: RuleArgs) -> anyhow::Result<ExitCode> {
             for item in items {
                 let Item::Event { bytes, .. } = item else { continue };
                 events += 1;
-                seed_hits += u64::from(seed.matches_json(&bytes).unwrap_or(false));
-                if compiled.matches_json(&bytes).unwrap_or(false) {
+                seed_hits += u64::from(seed.matches_json(bytes.as_slice()).unwrap_or(false));
+                if compiled.matches_json(bytes.as_slice()).unwrap_or(false) {
                     compiled_hits += 1;
-                    passed += u64::from(pipeline.run(Event::from_bytes(bytes)).await.is_passed());
+                    passed += u64::from(pipeline.run(bytes.into_event()).await.is_passed());
                 }
             }
         }

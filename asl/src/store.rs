@@ -139,9 +139,9 @@ pub struct FileStore {
     /// Events known to be in each history file (by record path), so a save
     /// appends only the new ones.
     appended: Arc<Mutex<HashMap<PathBuf, usize>>>,
-    /// Whether writes are synced to disk before they count (off only for a directory deleted
-    /// when the process ends, where no write has to survive a crash).
-    sync: bool,
+    /// A scratch directory: records only, written in place and not synced (see
+    /// [`FileStore::scratch`]).
+    scratch: bool,
 }
 
 impl FileStore {
@@ -152,15 +152,19 @@ impl FileStore {
         Ok(FileStore {
             dir,
             appended: Arc::default(),
-            sync: true,
+            scratch: false,
         })
     }
 
-    /// Does not sync writes to disk: for a scratch directory that is deleted when the process
-    /// ends (a replay's), where a crash loses the directory anyway. Files are still replaced
-    /// atomically, so readers never see a torn one.
-    pub fn without_sync(mut self) -> FileStore {
-        self.sync = false;
+    /// For a scratch directory that only this process uses and that is deleted when it ends
+    /// (a replay's): an execution's record is written when it starts and when it ends, without
+    /// its history and not at every checkpoint between (a rollout checkpoints every second of
+    /// its bakes: that was most of what a replayed rollout cost); writes are not synced, since
+    /// a crash loses the directory anyway; and files are rewritten in place, not through a
+    /// temporary file and a rename, since nobody reads them while they are written. Loading a
+    /// record gives it without its history.
+    pub fn scratch(mut self) -> FileStore {
+        self.scratch = true;
         self
     }
 
@@ -285,9 +289,7 @@ impl FileStore {
                 }
                 f.write_all(&text)
                     .map_err(|e| format!("{}: {e}", file.display()))?;
-                if self.sync {
-                    f.sync_data().map_err(|e| format!("{}: {e}", file.display()))?;
-                }
+                f.sync_data().map_err(|e| format!("{}: {e}", file.display()))?;
             }
             // First save by this store (or a history that shrank): write the
             // whole file, which also drops lines a crash left past the count.
@@ -297,11 +299,20 @@ impl FileStore {
                     serde_json::to_writer(&mut text, event).map_err(|e| e.to_string())?;
                     text.push(b'\n');
                 }
-                write_atomically(&file, &text, self.sync)?;
+                self.write(&file, &text)?;
             }
         }
         appended.insert(path.to_owned(), history.len());
         Ok(())
+    }
+
+    /// Replaces the file at `path` with `bytes`: atomically and synced, or for a scratch
+    /// store in place.
+    fn write(&self, path: &Path, bytes: &[u8]) -> Result<(), String> {
+        if self.scratch {
+            return std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()));
+        }
+        write_atomically(path, bytes)
     }
 
     fn file_for(&self, id: &str) -> PathBuf {
@@ -374,7 +385,7 @@ fn history_path(path: &Path) -> PathBuf {
 /// `path`, synced first: a crash leaves the old file or the new one, never a
 /// torn one. The temporary name is no other writer's (thread or process),
 /// so a rename never publishes someone else's half-written file.
-fn write_atomically(path: &Path, bytes: &[u8], sync: bool) -> Result<(), String> {
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let tmp = path.with_extension(format!(
         "{}.{}.{}.tmp",
         path.extension().and_then(|e| e.to_str()).unwrap_or("json"),
@@ -385,9 +396,7 @@ fn write_atomically(path: &Path, bytes: &[u8], sync: bool) -> Result<(), String>
         let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
         f.write_all(bytes)
             .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        if sync {
-            f.sync_all().map_err(|e| format!("{}: {e}", tmp.display()))?;
-        }
+        f.sync_all().map_err(|e| format!("{}: {e}", tmp.display()))?;
     }
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -448,10 +457,13 @@ fn read_record(path: &Path) -> Result<Option<ExecutionRecord>, String> {
     let mut history = Vec::new();
     if let Some(n) = history_len {
         let file = history_path(path);
-        let f = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-        for line in std::io::BufReader::new(f).lines().take(n as usize) {
-            let line = line.map_err(|e| format!("{}: {e}", file.display()))?;
-            history.push(serde_json::from_str(&line).map_err(|e| format!("{}: {e}", file.display()))?);
+        // An empty history may have no file (a scratch store writes none).
+        if n > 0 {
+            let f = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            for line in std::io::BufReader::new(f).lines().take(n as usize) {
+                let line = line.map_err(|e| format!("{}: {e}", file.display()))?;
+                history.push(serde_json::from_str(&line).map_err(|e| format!("{}: {e}", file.display()))?);
+            }
         }
         if history.len() as u64 != n {
             return Err(format!(
@@ -475,9 +487,29 @@ fn read_record(path: &Path) -> Result<Option<ExecutionRecord>, String> {
 impl ExecutionStore for FileStore {
     fn save(&self, record: &ExecutionRecord) -> Result<(), String> {
         let path = self.file_for(&record.execution_arn);
+        if self.scratch {
+            // A scratch directory keeps each execution's record, written when it starts (a
+            // start is then known by its name and input) and when it ends, without its history:
+            // the checkpoints between serve a resume after a crash, which a scratch directory
+            // does not survive, and the history readers in other processes, which it has none
+            // of.
+            let started = self
+                .appended
+                .lock()
+                .map_err(|e| e.to_string())?
+                .insert(path.clone(), 0)
+                .is_some();
+            if started && record.status == ExecutionStatus::Running {
+                return Ok(());
+            }
+            let mut header = Header::of(record);
+            header.history_len = 0;
+            let text = serde_json::to_vec_pretty(&header).map_err(|e| e.to_string())?;
+            return self.write(&path, &text);
+        }
         self.save_history(&path, &record.history)?;
         let text = serde_json::to_vec_pretty(&Header::of(record)).map_err(|e| e.to_string())?;
-        write_atomically(&path, &text, self.sync)
+        self.write(&path, &text)
     }
     fn load(&self, id: &str) -> Result<Option<ExecutionRecord>, String> {
         read_record(&self.file_for(id))
@@ -580,6 +612,35 @@ mod tests {
         assert_eq!(again.load(&id).unwrap(), Some(record(41)));
         assert_eq!(again.list().unwrap(), vec![record(41)]);
         assert_eq!(again.list_unfinished().unwrap(), vec![record(41)]);
+    }
+
+    #[test]
+    fn a_scratch_store_writes_an_execution_when_it_starts_and_ends_without_its_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path()).unwrap().scratch();
+        let id = record(0).execution_arn;
+        let without_history = |mut r: ExecutionRecord| {
+            r.history.clear();
+            r
+        };
+        // The start is written: a second start by the same name finds it, input and all.
+        store.save(&record(1)).unwrap();
+        assert_eq!(store.load(&id).unwrap(), Some(without_history(record(1))));
+        // Checkpoints while it runs are not.
+        let mut later = record(7);
+        later.next_state = Some("T".into());
+        store.save(&later).unwrap();
+        assert_eq!(store.load(&id).unwrap().unwrap().next_state.as_deref(), Some("S"));
+        // The end is.
+        let mut ended = record(9);
+        ended.status = ExecutionStatus::Succeeded;
+        ended.next_state = None;
+        ended.output = Some(serde_json::json!({"done": true}));
+        store.save(&ended).unwrap();
+        assert_eq!(store.load(&id).unwrap(), Some(without_history(ended)));
+        assert!(!history_path(&store.file_for(&id)).exists());
+        // Only the record: no temporary files left beside it.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -335,15 +335,16 @@ impl BuildContext {
         self
     }
 
-    /// Marks the data directory as scratch: it is deleted when the process ends (a `replay`
-    /// without `--state`), so embedded backends need not sync what they write there to disk.
+    /// Marks the data directory as scratch: only this process uses it and it is deleted when
+    /// the process ends (a `replay` without `--state`), so embedded backends need not sync what
+    /// they write there, nor replace files atomically for readers that cannot exist.
     pub fn with_scratch_data(mut self, scratch: bool) -> Self {
         self.scratch = scratch;
         self
     }
 
-    /// Whether the data directory outlives the process: when it does not, no write to it needs
-    /// to survive a crash.
+    /// Whether the data directory is scratch ([`BuildContext::with_scratch_data`]): when it is,
+    /// no write to it needs to survive a crash or be read by another process.
     pub fn data_is_scratch(&self) -> bool {
         self.scratch
     }

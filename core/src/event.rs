@@ -16,6 +16,7 @@
 
 pub mod ecs;
 
+use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
 use serde_json::{Map, Value};
@@ -28,10 +29,27 @@ pub const CONTEXT_ROOT: &str = "context";
 /// One event on its way through a pipeline.
 #[derive(Debug, Clone)]
 pub struct Event {
-    raw: Arc<[u8]>,
+    raw: Raw,
     parsed: OnceLock<Result<Arc<Value>, EventError>>,
     context: Map<String, Value>,
     origin: Option<Arc<str>>,
+}
+
+/// An event's bytes: its own, or a range of a block that holds several events as they were
+/// read (shared, not copied: the block is freed with the last event that uses it).
+#[derive(Debug, Clone)]
+enum Raw {
+    Own(Arc<[u8]>),
+    Shared(Arc<Vec<u8>>, Range<usize>),
+}
+
+impl Raw {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Raw::Own(bytes) => bytes,
+            Raw::Shared(block, range) => &block[range.clone()],
+        }
+    }
 }
 
 /// Why an event's bytes could not be read as JSON.
@@ -53,7 +71,7 @@ impl Event {
     /// An event from the bytes it arrived with; nothing is parsed yet.
     pub fn from_bytes(raw: impl Into<Arc<[u8]>>) -> Self {
         Self {
-            raw: raw.into(),
+            raw: Raw::Own(raw.into()),
             parsed: OnceLock::new(),
             context: Map::new(),
             origin: None,
@@ -67,8 +85,29 @@ impl Event {
         let parsed = OnceLock::new();
         let _ = parsed.set(Ok(Arc::new(value)));
         Self {
-            raw: raw.into(),
+            raw: Raw::Own(raw.into()),
             parsed,
+            context: Map::new(),
+            origin: None,
+        }
+    }
+
+    /// An event that is bytes `range` of `block`, a buffer holding several events as they were
+    /// read (lines of a file): the block is shared, not copied, and freed when its last event
+    /// is. A range past the block's end is cut at the end.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// let block = Arc::new(b"{\"id\":\"1\"}\n{\"id\":\"2\"}\n".to_vec());
+    /// let second = cutover_core::Event::from_shared(block, 11..21);
+    /// assert_eq!(second.id(), Some("2"));
+    /// ```
+    pub fn from_shared(block: Arc<Vec<u8>>, range: Range<usize>) -> Self {
+        let end = range.end.min(block.len());
+        let start = range.start.min(end);
+        Self {
+            raw: Raw::Shared(block, start..end),
+            parsed: OnceLock::new(),
             context: Map::new(),
             origin: None,
         }
@@ -87,14 +126,14 @@ impl Event {
 
     /// The bytes as received.
     pub fn raw(&self) -> &[u8] {
-        &self.raw
+        self.raw.bytes()
     }
 
     /// The event parsed as JSON; parsed once, on first use.
     pub fn json(&self) -> Result<&Value, EventError> {
         self.parsed
             .get_or_init(|| {
-                serde_json::from_slice::<Value>(&self.raw)
+                serde_json::from_slice::<Value>(self.raw.bytes())
                     .map(Arc::new)
                     .map_err(|e| EventError::from_json(&e))
             })

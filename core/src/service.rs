@@ -51,28 +51,37 @@ impl PerService {
 
     /// The first service whose instance passes the event, or why none does.
     async fn select(&self, event: &Event) -> Result<&Instance, String> {
-        let mut why = Vec::new();
+        let mut why = Vec::with_capacity(self.instances.len());
         for instance in &self.instances {
             match instance.stage.process(event.clone(), Next::end()).await {
                 Outcome::Passed { .. } => return Ok(instance),
                 Outcome::Dropped { reason, .. } => why.push((instance.service.as_str(), reason)),
-                Outcome::Failed { error, .. } => why.push((instance.service.as_str(), error.to_string())),
+                Outcome::Failed { error, .. } => why.push((instance.service.as_str(), error.message)),
             }
         }
         // A condition every service shares (the cluster, the status) is said once.
-        if let Some((_, first)) = why.first()
-            && why.iter().all(|(_, r)| r == first)
-        {
-            return Err(first.clone());
+        if !why.is_empty() && why.iter().all(|(_, r)| *r == why[0].1) {
+            return Err(why.swap_remove(0).1);
         }
-        let mut reasons: Vec<String> = why.iter().map(|(s, r)| format!("{s}: {r}")).collect();
-        let more = reasons.len().saturating_sub(REASONS_SHOWN);
-        reasons.truncate(REASONS_SHOWN);
-        let mut why = format!("matches no service ({})", reasons.join("; "));
+        // Said of nearly every event a trace holds: written in one go, not formatted.
+        let more = why.len().saturating_sub(REASONS_SHOWN);
+        why.truncate(REASONS_SHOWN);
+        let mut text =
+            String::with_capacity(64 + why.iter().map(|(s, r)| s.len() + r.len() + 4).sum::<usize>());
+        text.push_str("matches no service (");
+        for (i, (service, reason)) in why.iter().enumerate() {
+            if i > 0 {
+                text.push_str("; ");
+            }
+            text.push_str(service);
+            text.push_str(": ");
+            text.push_str(reason);
+        }
+        text.push(')');
         if more > 0 {
-            why.push_str(&format!(" and {more} more"));
+            text.push_str(&format!(" and {more} more"));
         }
-        Err(why)
+        Err(text)
     }
 }
 

@@ -508,6 +508,9 @@ impl StageConfig for FilterConfig {
 struct Compiled {
     condition: Condition,
     pattern: Pattern,
+    /// Why an event whose bytes rule the condition out is dropped: said of most events, so
+    /// written once.
+    unseen: String,
 }
 
 /// The runtime `filter` stage.
@@ -541,6 +544,7 @@ impl Filter {
             let compiled =
                 Pattern::from_value(&c.pattern).map_err(|e| BuildError::field(c.option, e.to_string()))?;
             conditions.push(Compiled {
+                unseen: c.mismatch(None),
                 condition: c,
                 pattern: compiled,
             });
@@ -565,7 +569,7 @@ impl Filter {
         // Phase 1: raw bytes only.
         for c in &self.conditions {
             if !c.pattern.prefilter().may_match(event.raw()) {
-                return Ok(Decision::Drop(c.condition.mismatch(None)));
+                return Ok(Decision::Drop(c.unseen.clone()));
             }
         }
         // Phase 2: the fields the conditions read, parsed from the bytes (no copies, and the

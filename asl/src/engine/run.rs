@@ -193,9 +193,10 @@ impl Run<'_> {
         error: Option<String>,
         cause: Option<String>,
     ) -> Result<ExecutionOutcome, EngineError> {
-        // The execution is over: hand the history out instead of copying it.
+        // The execution is over: the history is lent to the record for the save, then handed
+        // out, never copied (a rollout's runs to thousands of events).
         let history = std::mem::take(&mut self.history.lock().unwrap_or_else(|e| e.into_inner()).events);
-        let outcome = ExecutionOutcome {
+        let mut outcome = ExecutionOutcome {
             execution_arn: self.arn.clone(),
             status,
             output,
@@ -216,9 +217,11 @@ impl Run<'_> {
                 output: outcome.output.clone(),
                 error: outcome.error.clone(),
                 cause: outcome.cause.clone(),
-                history: outcome.history.clone(),
+                history: std::mem::take(&mut outcome.history),
             };
-            store.save(&rec).map_err(EngineError::Store)?;
+            let saved = store.save(&rec);
+            outcome.history = rec.history;
+            saved.map_err(EngineError::Store)?;
         }
         Ok(outcome)
     }

@@ -248,9 +248,9 @@ impl LocalEngine {
         }
         let store = FileStore::new(cx.data_path("executions"))
             .map_err(|m| BuildError::Backend(format!("execution store: {m}")))?;
-        // A scratch directory (a replay's) is gone after a crash: checkpoints need no sync.
+        // A scratch directory (a replay's) is gone after a crash and has no other reader.
         let store = Arc::new(if cx.data_is_scratch() {
-            store.without_sync()
+            store.scratch()
         } else {
             store
         });
@@ -404,8 +404,8 @@ impl LocalEngine {
             let metrics = self.metrics.clone();
             self.background.spawn(async move {
                 match engine.resume(def, &record.execution_arn).await {
-                    Ok(outcome) => {
-                        record_outcome(&metrics, &outcome);
+                    Ok(mut outcome) => {
+                        record_outcome(&metrics, &mut outcome);
                         tracing::info!(execution = %outcome.execution_arn, status = ?outcome.status, "resumed execution finished");
                     }
                     Err(EngineError::AlreadyRunning(arn)) => {
@@ -461,11 +461,11 @@ impl StateMachineEngine for LocalEngine {
             let metrics = self.metrics.clone();
             let input_owned = input.clone();
             if self.wait {
-                let outcome = engine
+                let mut outcome = engine
                     .start_reserved(def, reservation, input_owned)
                     .await
                     .map_err(|e| StageError::permanent(format!("execution {name}: {e}")))?;
-                record_outcome(&metrics, &outcome);
+                record_outcome(&metrics, &mut outcome);
                 return Ok(Started::New {
                     arn: outcome.execution_arn,
                     status: Some(status_name(&outcome.status)),
@@ -474,8 +474,8 @@ impl StateMachineEngine for LocalEngine {
             let arn_for_log = arn.clone();
             self.background.spawn(async move {
                 match engine.start_reserved(def, reservation, input_owned).await {
-                    Ok(outcome) => {
-                        record_outcome(&metrics, &outcome);
+                    Ok(mut outcome) => {
+                        record_outcome(&metrics, &mut outcome);
                         tracing::info!(execution = %outcome.execution_arn, status = ?outcome.status, "execution finished");
                     }
                     Err(error) => tracing::error!(execution = %arn_for_log, %error, "execution could not run"),
@@ -496,11 +496,11 @@ impl StateMachineEngine for LocalEngine {
     }
 }
 
-/// An execution's history as rollout entries.
 /// Counts a finished rollout by how it ended (`cutover_rollouts_total`) and records how long
-/// its steps took (`cutover_rollout_step_seconds`: each wait, shift, check and rollback).
-fn record_outcome(metrics: &cutover_core::Metrics, outcome: &cutover_asl::ExecutionOutcome) {
-    let history = entries(&outcome.history);
+/// its steps took (`cutover_rollout_step_seconds`: each wait, shift, check and rollback). Takes
+/// the outcome's history (it is not needed after).
+fn record_outcome(metrics: &cutover_core::Metrics, outcome: &mut cutover_asl::ExecutionOutcome) {
+    let history = entries(std::mem::take(&mut outcome.history));
     let rollout = crate::rollouts::view::Rollout::from_history("", &outcome.execution_arn, &history, None);
     metrics.add(
         "cutover_rollouts_total",
@@ -522,34 +522,30 @@ fn record_outcome(metrics: &cutover_core::Metrics, outcome: &cutover_asl::Execut
     }
 }
 
-fn entries(history: &[cutover_asl::HistoryEvent]) -> Vec<Entry> {
+/// An execution's history as rollout entries, its inputs and outputs moved, not copied (a
+/// rollout's history holds hundreds of them).
+fn entries(history: Vec<cutover_asl::HistoryEvent>) -> Vec<Entry> {
     use cutover_asl::EventKind;
-    let ended = |status: &str, error: &Option<String>, cause: &Option<String>| Happened::Ended {
+    let ended = |status: &str, error: Option<String>, cause: Option<String>| Happened::Ended {
         status: status.to_owned(),
-        error: error.clone(),
-        cause: cause.clone(),
+        error,
+        cause,
     };
     history
-        .iter()
+        .into_iter()
         .filter_map(|e| {
-            let what = match &e.kind {
-                EventKind::ExecutionStarted { input } => Happened::Started { input: input.clone() },
-                EventKind::StateEntered { name, input } => Happened::Entered {
-                    state: name.clone(),
-                    input: input.clone(),
-                },
-                EventKind::StateExited { name, output } => Happened::Exited {
-                    state: name.clone(),
-                    output: output.clone(),
-                },
-                EventKind::ExecutionSucceeded { .. } => ended("SUCCEEDED", &None, &None),
+            let what = match e.kind {
+                EventKind::ExecutionStarted { input } => Happened::Started { input },
+                EventKind::StateEntered { name, input } => Happened::Entered { state: name, input },
+                EventKind::StateExited { name, output } => Happened::Exited { state: name, output },
+                EventKind::ExecutionSucceeded { .. } => ended("SUCCEEDED", None, None),
                 EventKind::ExecutionFailed { error, cause } => ended("FAILED", error, cause),
                 EventKind::ExecutionTimedOut { error, cause } => ended("TIMED_OUT", error, cause),
-                EventKind::ExecutionAborted { cause } => ended("ABORTED", &None, cause),
+                EventKind::ExecutionAborted { cause } => ended("ABORTED", None, cause),
                 _ => return None,
             };
             Some(Entry {
-                at: e.timestamp.clone(),
+                at: e.timestamp,
                 what,
             })
         })
@@ -594,7 +590,7 @@ impl RolloutSource for LocalEngine {
                     .map_err(store_error)?
                 {
                     Some((events, offset)) => {
-                        read.entries.extend(entries(&events));
+                        read.entries.extend(entries(events));
                         read.events = header.history_len;
                         read.offset = offset;
                     }
@@ -603,7 +599,7 @@ impl RolloutSource for LocalEngine {
                         let Some(record) = self.store.load(&arn).map_err(store_error)? else {
                             return Ok(None);
                         };
-                        return Ok(Some((arn, entries(&record.history))));
+                        return Ok(Some((arn, entries(record.history))));
                     }
                 }
                 if let Ok(mut cached) = self.histories.lock() {
