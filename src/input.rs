@@ -141,7 +141,7 @@ fn trimmed(bytes: &[u8], range: Range<usize>) -> Range<usize> {
 }
 
 /// How many bytes a block of lines holds (more when one line is longer).
-const BLOCK: usize = 1 << 18;
+const BLOCK: usize = 1 << 19;
 
 /// Blocks kept for reuse: enough for the blocks in flight of a few jobs.
 const KEPT_BLOCKS: usize = 16;

@@ -231,10 +231,15 @@ impl StageConfig for DedupConfig {
         Box::pin(async move {
             let store: Arc<dyn DedupStore> = match &self.store {
                 StoreConfig::Memory => Arc::new(MemoryStore::default()),
-                StoreConfig::Local { path } => Arc::new(
-                    SqliteStore::open(&cx.data_path(path), unix(cx.clock().as_ref()))
-                        .map_err(|e| BuildError::field("store.path", e.to_string()))?,
-                ),
+                StoreConfig::Local { path } => {
+                    let (path, now) = (cx.data_path(path), unix(cx.clock().as_ref()));
+                    let store = if cx.data_is_scratch() {
+                        SqliteStore::open_scratch(&path, now)
+                    } else {
+                        SqliteStore::open(&path, now)
+                    };
+                    Arc::new(store.map_err(|e| BuildError::field("store.path", e.to_string()))?)
+                }
                 StoreConfig::Dynamodb { table } => {
                     let client = aws_sdk_dynamodb::Client::new(cx.aws_config().await);
                     Arc::new(DynamoStore::new(client, table))

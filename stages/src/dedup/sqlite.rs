@@ -62,6 +62,16 @@ fn db_error(path: &Path, e: &rusqlite::Error) -> StageError {
 impl SqliteStore {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path, now: i64) -> Result<Self, crate::Error> {
+        Self::open_with(path, now, false)
+    }
+
+    /// Opens the store at `path` in a scratch directory (a replay's: one process, deleted at
+    /// exit), whose writes need not survive a crash: SQLite does not sync them.
+    pub fn open_scratch(path: &Path, now: i64) -> Result<Self, crate::Error> {
+        Self::open_with(path, now, true)
+    }
+
+    fn open_with(path: &Path, now: i64, scratch: bool) -> Result<Self, crate::Error> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|error| crate::Error::CreateDir {
                 path: dir.to_owned(),
@@ -80,7 +90,7 @@ impl SqliteStore {
         // deadlock otherwise), so the setup retries them until the busy timeout is spent.
         let setup = |conn: &mut Connection| -> Result<(), rusqlite::Error> {
             conn.pragma_update(None, "journal_mode", "WAL")?;
-            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            conn.pragma_update(None, "synchronous", if scratch { "OFF" } else { "NORMAL" })?;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute_batch(SCHEMA)?;
             tx.execute("DELETE FROM dedup WHERE expires <= ?1", [now])?;
