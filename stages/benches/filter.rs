@@ -161,6 +161,13 @@ fn bench(c: &mut Criterion) {
     g.bench_function("typed borrowed parse + checks", |b| {
         b.iter(|| black_box(events.iter().filter(|e| typed_decision(e)).count()))
     });
+    // What replay and the daemon check of every event at their edge (issue 15).
+    g.bench_function("edge check (check_json)", |b| {
+        b.iter(|| {
+            let checked = events.iter().filter(|e| cutover_pattern::check_json(e).is_ok());
+            black_box(checked.count())
+        })
+    });
     let finder = memchr::memmem::Finder::new("\"cats-green\"");
     g.bench_function("memmem scan (ceiling)", |b| {
         b.iter(|| black_box(events.iter().filter(|e| finder.find(e).is_some()).count()))
