@@ -66,7 +66,8 @@ impl SqliteStore {
     }
 
     /// Opens the store at `path` in a scratch directory (a replay's: one process, deleted at
-    /// exit), whose writes need not survive a crash: SQLite does not sync them.
+    /// exit), whose writes need not survive a crash: SQLite neither syncs them nor keeps a
+    /// write-ahead log.
     pub fn open_scratch(path: &Path, now: i64) -> Result<Self, crate::Error> {
         Self::open_with(path, now, true)
     }
@@ -89,7 +90,9 @@ impl SqliteStore {
         // schema; SQLite reports some of those conflicts as busy without waiting (it would
         // deadlock otherwise), so the setup retries them until the busy timeout is spent.
         let setup = |conn: &mut Connection| -> Result<(), rusqlite::Error> {
-            conn.pragma_update(None, "journal_mode", "WAL")?;
+            // A scratch store has one connection and no crash to survive: its journal stays in
+            // memory (no WAL file to create, map and checkpoint at close).
+            conn.pragma_update(None, "journal_mode", if scratch { "MEMORY" } else { "WAL" })?;
             conn.pragma_update(None, "synchronous", if scratch { "OFF" } else { "NORMAL" })?;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute_batch(SCHEMA)?;

@@ -267,9 +267,11 @@ async fn a_claim_whose_answers_were_all_lost_is_taken_over_by_the_retry_of_the_s
 #[tokio::test]
 async fn a_retried_write_of_the_same_claim_recognises_itself() {
     let dir = tempfile::tempdir().unwrap();
-    let stores: [Arc<dyn DedupStore>; 2] = [
+    let stores: [Arc<dyn DedupStore>; 3] = [
         Arc::new(MemoryStore::default()),
         Arc::new(SqliteStore::open(&dir.path().join("d.sqlite"), 0).unwrap()),
+        // A replay's (no sync, journal in memory): the same contract.
+        Arc::new(SqliteStore::open_scratch(&dir.path().join("scratch.sqlite"), 0).unwrap()),
     ];
     for store in stores {
         let mine = Record {
