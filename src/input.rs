@@ -46,10 +46,16 @@ impl fmt::Display for Origin {
 }
 
 /// An event's bytes: its own, or a line of a block of lines (shared, not copied).
-#[derive(Debug)]
 pub(crate) enum Bytes {
     Own(Arc<[u8]>),
     Line(Arc<Vec<u8>>, Range<usize>),
+}
+
+impl fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The event's bytes, not the whole block it shares.
+        write!(f, "{:?}", String::from_utf8_lossy(self.as_slice()))
+    }
 }
 
 impl Bytes {
@@ -57,6 +63,15 @@ impl Bytes {
         match self {
             Bytes::Own(bytes) => bytes,
             Bytes::Line(block, range) => &block[range.clone()],
+        }
+    }
+
+    /// The same bytes, no longer sharing a block: for a reader that keeps every event (a
+    /// block holds up to a read's worth of input, whatever of it the event uses).
+    pub(crate) fn detached(self) -> Bytes {
+        match self {
+            Bytes::Line(..) => Bytes::Own(Arc::from(self.as_slice())),
+            own => own,
         }
     }
 
@@ -166,10 +181,12 @@ impl Blocks {
         block
     }
 
-    /// Hands a block back once its events are done (one still shared is left to be freed).
+    /// Hands a block back once its events are done (one still shared is left to be freed, and
+    /// so is one a long line grew: blocks stay the size of a read).
     pub(crate) fn give(&self, block: Arc<Vec<u8>>) {
         if let (Ok(block), Ok(mut free)) = (Arc::try_unwrap(block), self.free.lock())
             && free.len() < KEPT_BLOCKS
+            && block.capacity() <= 2 * BLOCK
         {
             free.push(block);
         }
@@ -275,31 +292,36 @@ fn read_lines<B>(
     input.consume(carry.len());
     loop {
         let mut block = blocks.take();
-        if block.len() < carry.len() * 2 {
-            block.resize(carry.len() * 2, 0);
+        if block.len() < carry.len() + BLOCK / 2 {
+            block.resize(carry.len() + BLOCK / 2, 0);
         }
         block[..carry.len()].copy_from_slice(&carry);
         let mut filled = carry.len();
-        carry.clear();
-        // Read until the block holds a line end (one read, unless a line outgrows the block).
+        // Read until the block holds a line end (one read, unless a line outgrows the block);
+        // whole lines the reader held already go on at once (a live stream's first lines must
+        // not wait for the next).
         let mut end = false;
-        loop {
-            if filled == block.len() {
-                block.resize(block.len() * 2, 0);
-            }
-            let read = match input.read(&mut block[filled..]) {
-                Ok(read) => read,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            if read == 0 {
-                end = true;
-                break;
-            }
-            let line_end = memchr::memchr(b'\n', &block[filled..filled + read]).is_some();
-            filled += read;
-            if line_end {
-                break;
+        let holds_line = memchr::memchr(b'\n', &carry).is_some();
+        carry.clear();
+        if !holds_line {
+            loop {
+                if filled == block.len() {
+                    block.resize(block.len() * 2, 0);
+                }
+                let read = match input.read(&mut block[filled..]) {
+                    Ok(read) => read,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                if read == 0 {
+                    end = true;
+                    break;
+                }
+                let line_end = memchr::memchr(b'\n', &block[filled..filled + read]).is_some();
+                filled += read;
+                if line_end {
+                    break;
+                }
             }
         }
         let whole = if end {
@@ -491,6 +513,51 @@ mod tests {
         let again = blocks.take();
         assert_eq!(again.as_ptr(), at);
         assert!(again.len() >= BLOCK);
+    }
+
+    #[test]
+    fn lines_the_reader_holds_go_on_before_it_reads_again() {
+        // A live stream: two lines arrive, then nothing until the consumer has them both.
+        struct Live {
+            reads: usize,
+            seen: Arc<Mutex<usize>>,
+        }
+        impl std::io::Read for Live {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                self.reads += 1;
+                if self.reads == 1 {
+                    let chunk = b"{\"id\":1}\n{\"id\":2}\n";
+                    buf[..chunk.len()].copy_from_slice(chunk);
+                    return Ok(chunk.len());
+                }
+                assert_eq!(
+                    *self.seen.lock().unwrap(),
+                    2,
+                    "read again before the lines went on"
+                );
+                Ok(0)
+            }
+        }
+        let seen = Arc::new(Mutex::new(0));
+        let live = Live {
+            reads: 0,
+            seen: seen.clone(),
+        };
+        let flow = read_events("t", std::io::BufReader::new(live), &Blocks::default(), |item| {
+            item.into_events(|_| *seen.lock().unwrap() += 1);
+            ControlFlow::<()>::Continue(())
+        });
+        assert!(matches!(flow, Ok(ControlFlow::Continue(()))));
+        assert_eq!(*seen.lock().unwrap(), 2);
+    }
+
+    #[test]
+    fn a_block_a_long_line_grew_is_not_kept() {
+        let blocks = Blocks::default();
+        blocks.give(Arc::new(vec![0; 4 * BLOCK]));
+        assert!(blocks.free.lock().unwrap().is_empty());
+        blocks.give(Arc::new(vec![0; BLOCK]));
+        assert_eq!(blocks.free.lock().unwrap().len(), 1);
     }
 
     #[test]

@@ -70,7 +70,16 @@ pub(crate) async fn run(args: RuleArgs) -> anyhow::Result<ExitCode> {
             let mut items = Vec::new();
             let blocks = crate::input::Blocks::default();
             let _ = read_events(name, std::io::BufReader::new(file), &blocks, |item| {
-                item.into_events(|event| items.push(event.checked()));
+                // Every event is kept: each its own bytes, not a share of a read's block.
+                item.into_events(|event| {
+                    items.push(match event.checked() {
+                        Item::Event { origin, bytes } => Item::Event {
+                            origin,
+                            bytes: bytes.detached(),
+                        },
+                        other => other,
+                    })
+                });
                 std::ops::ControlFlow::<()>::Continue(())
             })
             .with_context(|| format!("reading {name}"))?;

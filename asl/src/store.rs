@@ -139,8 +139,7 @@ pub struct FileStore {
     /// Events known to be in each history file (by record path), so a save
     /// appends only the new ones.
     appended: Arc<Mutex<HashMap<PathBuf, usize>>>,
-    /// A scratch directory: records only, written in place and not synced (see
-    /// [`FileStore::scratch`]).
+    /// A scratch directory: records only, not synced (see [`FileStore::scratch`]).
     scratch: bool,
 }
 
@@ -159,10 +158,10 @@ impl FileStore {
     /// For a scratch directory that only this process uses and that is deleted when it ends
     /// (a replay's): an execution's record is written when it starts and when it ends, without
     /// its history and not at every checkpoint between (a rollout checkpoints every second of
-    /// its bakes: that was most of what a replayed rollout cost); writes are not synced, since
-    /// a crash loses the directory anyway; and files are rewritten in place, not through a
-    /// temporary file and a rename, since nobody reads them while they are written. Loading a
-    /// record gives it without its history.
+    /// its bakes: that was most of what a replayed rollout cost), and writes are not synced,
+    /// since a crash loses the directory anyway. Records are still replaced atomically: this
+    /// process reads them while its executions run. Loading a record gives it without its
+    /// history.
     pub fn scratch(mut self) -> FileStore {
         self.scratch = true;
         self
@@ -306,13 +305,11 @@ impl FileStore {
         Ok(())
     }
 
-    /// Replaces the file at `path` with `bytes`: atomically and synced, or for a scratch
-    /// store in place.
+    /// Replaces the file at `path` with `bytes` atomically (readers in this process, such as
+    /// a duplicate start or a superseding rollout reading a status, never see a torn file),
+    /// synced unless the store is scratch.
     fn write(&self, path: &Path, bytes: &[u8]) -> Result<(), String> {
-        if self.scratch {
-            return std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()));
-        }
-        write_atomically(path, bytes)
+        write_atomically(path, bytes, !self.scratch)
     }
 
     fn file_for(&self, id: &str) -> PathBuf {
@@ -382,10 +379,11 @@ fn history_path(path: &Path) -> PathBuf {
 }
 
 /// Writes `bytes` to a temporary file beside `path` and renames it over
-/// `path`, synced first: a crash leaves the old file or the new one, never a
-/// torn one. The temporary name is no other writer's (thread or process),
-/// so a rename never publishes someone else's half-written file.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
+/// `path`, synced first (with `sync`): a crash leaves the old file or the new
+/// one, never a torn one, and a reader never sees a half-written one. The
+/// temporary name is no other writer's (thread or process), so a rename never
+/// publishes someone else's half-written file.
+fn write_atomically(path: &Path, bytes: &[u8], sync: bool) -> Result<(), String> {
     let tmp = path.with_extension(format!(
         "{}.{}.{}.tmp",
         path.extension().and_then(|e| e.to_str()).unwrap_or("json"),
@@ -396,7 +394,9 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
         let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
         f.write_all(bytes)
             .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        f.sync_all().map_err(|e| format!("{}: {e}", tmp.display()))?;
+        if sync {
+            f.sync_all().map_err(|e| format!("{}: {e}", tmp.display()))?;
+        }
     }
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -639,7 +639,7 @@ mod tests {
         store.save(&ended).unwrap();
         assert_eq!(store.load(&id).unwrap(), Some(without_history(ended)));
         assert!(!history_path(&store.file_for(&id)).exists());
-        // Only the record: no temporary files left beside it.
+        // Only the record: no history, no temporary files left beside it.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 

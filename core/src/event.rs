@@ -37,10 +37,17 @@ pub struct Event {
 
 /// An event's bytes: its own, or a range of a block that holds several events as they were
 /// read (shared, not copied: the block is freed with the last event that uses it).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum Raw {
     Own(Arc<[u8]>),
     Shared(Arc<Vec<u8>>, Range<usize>),
+}
+
+impl std::fmt::Debug for Raw {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The event's bytes, not the whole block it shares.
+        write!(f, "{:?}", String::from_utf8_lossy(self.bytes()))
+    }
 }
 
 impl Raw {

@@ -90,8 +90,9 @@ impl SqliteStore {
         // schema; SQLite reports some of those conflicts as busy without waiting (it would
         // deadlock otherwise), so the setup retries them until the busy timeout is spent.
         let setup = |conn: &mut Connection| -> Result<(), rusqlite::Error> {
-            // A scratch store has one connection and no crash to survive: its journal stays in
-            // memory (no WAL file to create, map and checkpoint at close).
+            // A scratch store has one process and no crash to survive: its journal stays in
+            // memory (no WAL file to create, map and checkpoint at close). Several connections
+            // (one per service) still take turns through the busy timeout.
             conn.pragma_update(None, "journal_mode", if scratch { "MEMORY" } else { "WAL" })?;
             conn.pragma_update(None, "synchronous", if scratch { "OFF" } else { "NORMAL" })?;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;

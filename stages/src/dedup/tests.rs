@@ -551,3 +551,31 @@ fn config_round_trips_and_validates_key_fields() {
     );
     assert_eq!(errors[1].field, "ttl");
 }
+
+#[tokio::test]
+async fn only_a_store_inside_a_scratch_directory_is_scratch() {
+    // A replay's scratch directory: its own store keeps no write-ahead log; a store named by an
+    // absolute path is a real one, opened as durably as ever (WAL), scratch replay or not.
+    let scratch = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let real = elsewhere.path().join("real.sqlite");
+    let cx = cutover_core::BuildContext::default()
+        .with_data_dir(scratch.path())
+        .with_scratch_data(true);
+    let inside: DedupConfig = toml::from_str("store = { type = \"local\", path = \"d.sqlite\" }").unwrap();
+    let outside: DedupConfig = toml::from_str(&format!(
+        "store = {{ type = \"local\", path = {:?} }}",
+        real.display().to_string()
+    ))
+    .unwrap();
+    let _inside = inside.build(&cx).await.unwrap();
+    let _outside = outside.build(&cx).await.unwrap();
+    let journal = |db: &std::path::Path| -> String {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        conn.query_row("PRAGMA journal_mode", [], |row| row.get(0))
+            .unwrap()
+    };
+    assert_eq!(journal(&real), "wal");
+    assert!(scratch.path().join("d.sqlite").exists());
+    assert!(!scratch.path().join("d.sqlite-wal").exists());
+}
