@@ -3,7 +3,7 @@
 //! a restarted process resumes them from their last completed state.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -151,7 +151,27 @@ struct ReadHistory {
 /// How often the executions kept past their retention are looked for.
 const RETENTION_SCAN: Duration = Duration::from_secs(3600);
 
-fn read_definition(path: &Path) -> Result<Definition, String> {
+/// The definition at `path`, parsed (a strategy file compiled) once for the same text: a file's
+/// pipelines are validated, then built, and each reads its definition.
+fn read_definition(path: &Path) -> Result<Arc<Definition>, String> {
+    type Read = (PathBuf, String, Arc<Definition>);
+    static LAST: std::sync::Mutex<Option<Read>> = std::sync::Mutex::new(None);
+    let source = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if let Ok(last) = LAST.lock()
+        && let Some((p, text, definition)) = last.as_ref()
+        && p == path
+        && *text == source
+    {
+        return Ok(definition.clone());
+    }
+    let definition = Arc::new(parse_definition(path)?);
+    if let Ok(mut last) = LAST.lock() {
+        *last = Some((path.to_owned(), source, definition.clone()));
+    }
+    Ok(definition)
+}
+
+fn parse_definition(path: &Path) -> Result<Definition, String> {
     let text = super::strategy::definition_text(path)?;
     let name = path
         .file_name()
@@ -222,10 +242,8 @@ impl LocalEngine {
         resume: bool,
         keep_finished: Option<Duration>,
     ) -> Result<Self, BuildError> {
-        let definition = Arc::new(
-            read_definition(&cx.config_path(definition))
-                .map_err(|m| BuildError::field("engine.definition", m))?,
-        );
+        let definition = read_definition(&cx.config_path(definition))
+            .map_err(|m| BuildError::field("engine.definition", m))?;
         let mut tasks = PipelineTasks::default();
         for (resource, target) in resources {
             let pipeline = match target {
