@@ -651,3 +651,25 @@ impl RolloutSource for LocalEngine {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_definition_is_read_anew_when_its_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.asl.json");
+        let machine = |state: &str| {
+            format!(r#"{{"StartAt":"{state}","States":{{"{state}":{{"Type":"Pass","End":true}}}}}}"#)
+        };
+        std::fs::write(&path, machine("A")).unwrap();
+        let first = read_definition(&path).unwrap();
+        assert!(format!("{first:?}").contains("\"A\""), "{first:?}");
+        // Same path, same length, new text: never the remembered one.
+        std::fs::write(&path, machine("B")).unwrap();
+        let second = read_definition(&path).unwrap();
+        assert!(format!("{second:?}").contains("\"B\""), "{second:?}");
+        assert!(!format!("{second:?}").contains("\"A\""), "{second:?}");
+    }
+}
