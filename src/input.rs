@@ -45,50 +45,12 @@ impl fmt::Display for Origin {
     }
 }
 
-/// An event's bytes: its own, or a line of a block of lines (shared, not copied).
-pub(crate) enum Bytes {
-    Own(Arc<[u8]>),
-    Line(Arc<Vec<u8>>, Range<usize>),
-}
-
-impl fmt::Debug for Bytes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The event's bytes, not the whole block it shares.
-        write!(f, "{:?}", String::from_utf8_lossy(self.as_slice()))
-    }
-}
-
-impl Bytes {
-    pub(crate) fn as_slice(&self) -> &[u8] {
-        match self {
-            Bytes::Own(bytes) => bytes,
-            Bytes::Line(block, range) => &block[range.clone()],
-        }
-    }
-
-    /// The same bytes, no longer sharing a block: for a reader that keeps every event (a
-    /// block holds up to a read's worth of input, whatever of it the event uses).
-    pub(crate) fn detached(self) -> Bytes {
-        match self {
-            Bytes::Line(..) => Bytes::Own(Arc::from(self.as_slice())),
-            own => own,
-        }
-    }
-
-    /// The event these bytes are.
-    pub(crate) fn into_event(self) -> Event {
-        match self {
-            Bytes::Own(bytes) => Event::from_bytes(bytes),
-            Bytes::Line(block, range) => Event::from_shared(block, range),
-        }
-    }
-}
-
 /// One item read from an input.
 #[derive(Debug)]
 pub(crate) enum Item {
-    /// One event's bytes (a JSON Lines event is checked only by [`Item::checked`]).
-    Event { origin: Origin, bytes: Bytes },
+    /// One event, its bytes unparsed (a JSON Lines event shares its block, and is checked
+    /// only by [`Item::checked`]).
+    Event { origin: Origin, event: Event },
     /// Something that is not JSON, with where it was.
     Malformed { origin: Origin, message: String },
     /// Whole JSON Lines as read, the first of them line `first` of `name`: cut into events by
@@ -121,7 +83,7 @@ impl Item {
                         name: name.clone(),
                         place: Place::Line(number),
                     },
-                    bytes: Bytes::Line(block.clone(), line),
+                    event: Event::from_shared(block.clone(), line),
                 });
             }
         }
@@ -132,8 +94,8 @@ impl Item {
     /// [`Item::Malformed`], saying where and why.
     pub(crate) fn checked(self) -> Item {
         match self {
-            Item::Event { origin, bytes } => match cutover_pattern::check_json(bytes.as_slice()) {
-                Ok(()) => Item::Event { origin, bytes },
+            Item::Event { origin, event } => match cutover_pattern::check_json(event.raw()) {
+                Ok(()) => Item::Event { origin, event },
                 Err(e) => {
                     let message = match origin.place {
                         Place::Line(n) => format!("line {n}: not valid JSON: {e}"),
@@ -243,7 +205,7 @@ pub(crate) fn read_events<B>(
         if serde_json::from_slice::<IgnoredAny>(&text).is_ok() {
             return Ok(each(Item::Event {
                 origin: at(Place::Whole),
-                bytes: Bytes::Own(Arc::from(text.trim_ascii())),
+                event: Event::from_bytes(text.trim_ascii()),
             }));
         }
         return read_lines(&text[..], number - 1, &name, blocks, each);
@@ -266,7 +228,7 @@ pub(crate) fn read_events<B>(
     let place = if alone { Place::Whole } else { Place::Line(number) };
     if let ControlFlow::Break(b) = each(Item::Event {
         origin: at(place),
-        bytes: Bytes::Own(Arc::from(first)),
+        event: Event::from_bytes(first),
     }) {
         return Ok(ControlFlow::Break(b));
     }
@@ -378,7 +340,7 @@ fn read_array<B>(
         let bytes: Box<[u8]> = Box::<str>::from(raw).into_boxed_bytes();
         each(Item::Event {
             origin: at(Place::Element(i)),
-            bytes: Bytes::Own(Arc::from(bytes)),
+            event: Event::from_bytes(bytes),
         })
     };
     let mut reader = serde_json::Deserializer::from_reader(input);
@@ -422,8 +384,8 @@ mod tests {
         items
             .iter()
             .map(|i| match i {
-                Item::Event { origin, bytes } => {
-                    format!("ok {origin} {}", String::from_utf8_lossy(bytes.as_slice()))
+                Item::Event { origin, event } => {
+                    format!("ok {origin} {}", String::from_utf8_lossy(event.raw()))
                 }
                 Item::Malformed { origin, .. } => format!("bad {origin}"),
                 Item::Lines { first, .. } => format!("lines from {first}"),
@@ -484,11 +446,11 @@ mod tests {
         let input = std::io::BufReader::with_capacity(64, text.as_bytes());
         let items = read_with(input);
         assert_eq!(items.len(), 3);
-        let Item::Event { origin, bytes } = &items[1] else {
+        let Item::Event { origin, event } = &items[1] else {
             panic!("{:?}", summary(&items))
         };
         assert_eq!(origin.to_string(), "t:2");
-        assert_eq!(bytes.as_slice(), long.as_bytes());
+        assert_eq!(event.raw(), long.as_bytes());
     }
 
     #[test]

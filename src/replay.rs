@@ -130,8 +130,7 @@ async fn decide(pipeline: Pipeline, batch: Vec<Item>, report: Report, blocks: Ar
     }
     for item in events {
         let (origin, id, outcome) = match item.checked() {
-            Item::Event { origin, bytes } => {
-                let event = bytes.into_event();
+            Item::Event { origin, event } => {
                 if let Report::Summary = report {
                     let outcome = pipeline.run(event).await;
                     decided.summary.record(&outcome);

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use cutover_core::{BuildContext, Loader};
+use cutover_core::{BuildContext, Event, Loader};
 use cutover_pattern::Pattern;
 use serde_json::{Value, json};
 
@@ -73,9 +73,9 @@ pub(crate) async fn run(args: RuleArgs) -> anyhow::Result<ExitCode> {
                 // Every event is kept: each its own bytes, not a share of a read's block.
                 item.into_events(|event| {
                     items.push(match event.checked() {
-                        Item::Event { origin, bytes } => Item::Event {
+                        Item::Event { origin, event } => Item::Event {
                             origin,
-                            bytes: bytes.detached(),
+                            event: Event::from_bytes(event.raw()),
                         },
                         other => other,
                     })
@@ -84,12 +84,12 @@ pub(crate) async fn run(args: RuleArgs) -> anyhow::Result<ExitCode> {
             })
             .with_context(|| format!("reading {name}"))?;
             for item in items {
-                let Item::Event { bytes, .. } = item else { continue };
+                let Item::Event { event, .. } = item else { continue };
                 events += 1;
-                seed_hits += u64::from(seed.matches_json(bytes.as_slice()).unwrap_or(false));
-                if compiled.matches_json(bytes.as_slice()).unwrap_or(false) {
+                seed_hits += u64::from(seed.matches_json(event.raw()).unwrap_or(false));
+                if compiled.matches_json(event.raw()).unwrap_or(false) {
                     compiled_hits += 1;
-                    passed += u64::from(pipeline.run(bytes.into_event()).await.is_passed());
+                    passed += u64::from(pipeline.run(event).await.is_passed());
                 }
             }
         }
