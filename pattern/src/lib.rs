@@ -33,6 +33,8 @@
 //! - `eval`: matching (allocation-free).
 //! - `wildcard`, `cidr`: the two value matchers with their own syntax.
 //! - `prefilter`: the byte literals required by a pattern ([`Prefilter`]).
+//! - `projection`: reads only the fields patterns name; [`check_json`], the edge check.
+//! - `quick`: the edge check's quick pass (bit masks of 64-byte blocks, tokens walked).
 //! - [`conformance`]: runs recorded EventBridge cases (JSON Lines).
 //!
 //! # Semantics worth knowing
@@ -65,6 +67,7 @@ mod error;
 mod eval;
 mod prefilter;
 mod projection;
+mod quick;
 mod raw;
 mod wildcard;
 
