@@ -43,7 +43,9 @@ struct Masks {
     control: u64,
 }
 
-/// The masks of `block`, or `None` if it holds a backslash (an escape).
+/// The masks of `block`, or `None` if it holds a backslash (an escape). Control characters
+/// are rare (none in compact JSON; line ends and tabs between the tokens of pretty JSON):
+/// their mask is built only for a block that has one.
 fn classify(block: &[u8; 64]) -> Option<Masks> {
     let splat = u8x16::splat;
     let mut m = Masks {
@@ -52,18 +54,28 @@ fn classify(block: &[u8; 64]) -> Option<Masks> {
         control: 0,
     };
     let mut backslash = splat(0);
+    let mut control = splat(0);
+    let mut lanes = [splat(0); 4];
     for (k, lane) in block.chunks_exact(16).enumerate() {
         let mut bytes = [0u8; 16];
         bytes.copy_from_slice(lane);
         let v = u8x16::new(bytes);
+        lanes[k] = v;
         let bits = |found: u8x16| u64::from(found.move_mask() as u16) << (16 * k);
-        let blank = v.min(splat(0x20)).cmp_eq(v);
         m.quote |= bits(v.cmp_eq(splat(b'"')));
-        m.blank |= bits(blank);
-        m.control |= bits(blank ^ v.cmp_eq(splat(b' ')));
+        m.blank |= bits(v.min(splat(0x20)).cmp_eq(v));
+        control |= v.min(splat(0x1F)).cmp_eq(v);
         backslash |= v.cmp_eq(splat(b'\\'));
     }
-    (!backslash.any()).then_some(m)
+    if backslash.any() {
+        return None;
+    }
+    if control.any() {
+        for (k, v) in lanes.into_iter().enumerate() {
+            m.control |= u64::from(v.min(splat(0x1F)).cmp_eq(v).move_mask() as u16) << (16 * k);
+        }
+    }
+    Some(m)
 }
 
 /// Bit `i` of the result is the XOR of bits `0..=i` of `x`.
