@@ -11,6 +11,17 @@ static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 /// Writes `bytes` to a temporary file beside `path` (a name no other thread or process uses),
 /// syncs it, renames it over `path` and syncs the directory, creating the directory first.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace(path, bytes, true)
+}
+
+/// [`write_atomically`] without the syncs: readers still see the old file or the new one, but
+/// a crash may lose either. For files in a scratch data directory
+/// ([`crate::BuildContext::data_is_scratch`]), which outlive neither the process nor a crash.
+pub fn write_atomically_unsynced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace(path, bytes, false)
+}
+
+fn replace(path: &Path, bytes: &[u8], synced: bool) -> io::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -25,10 +36,15 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let written = (|| {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;
-        file.sync_all()?;
+        if synced {
+            file.sync_all()?;
+        }
         std::fs::rename(&tmp, path)?;
         // The rename itself must survive a crash.
-        std::fs::File::open(dir)?.sync_all()
+        if synced {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);

@@ -23,6 +23,8 @@ use super::{AuditEntry, Claim, Control, RolloutStore, Slot};
 #[derive(Debug, Clone)]
 pub struct FileRolloutStore {
     dir: PathBuf,
+    /// Whether writes are synced to disk (not in a scratch directory).
+    synced: bool,
 }
 
 fn io_error(what: &str, path: &Path, e: io::Error) -> StageError {
@@ -33,7 +35,28 @@ fn io_error(what: &str, path: &Path, e: io::Error) -> StageError {
 impl FileRolloutStore {
     /// The store in `dir` (created when first written).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self {
+            dir: dir.into(),
+            synced: true,
+        }
+    }
+
+    /// The store in `dir` of a scratch data directory
+    /// ([`cutover_core::BuildContext::data_is_scratch`]): files are still replaced atomically,
+    /// but nothing is synced to disk.
+    pub fn scratch(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            synced: false,
+        }
+    }
+
+    fn replace(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        if self.synced {
+            cutover_core::fs::write_atomically(path, bytes)
+        } else {
+            cutover_core::fs::write_atomically_unsynced(path, bytes)
+        }
     }
 
     /// Its directory.
@@ -68,7 +91,7 @@ impl FileRolloutStore {
     /// Replaces the control record of `rollout` (synchronously).
     pub fn write_control(&self, rollout: &str, control: &Control) -> Result<(), StageError> {
         let path = self.control_path(rollout);
-        cutover_core::fs::write_atomically(&path, &serde_json::to_vec_pretty(control).unwrap_or_default())
+        self.replace(&path, &serde_json::to_vec_pretty(control).unwrap_or_default())
             .map_err(|e| io_error("write", &path, e))
     }
 
@@ -81,7 +104,10 @@ impl FileRolloutStore {
             let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
             file.lock()?;
             file.write_all(&line)?;
-            file.sync_data()
+            if self.synced {
+                file.sync_data()?;
+            }
+            Ok(())
         };
         append().map_err(|e| io_error("append to", &path, e))
     }
@@ -114,7 +140,7 @@ impl FileRolloutStore {
             let (claim, taken) = Slot::claim(slots.get(service).map(SlotFile::slot).as_ref(), rollout, at);
             if let Some(taken) = taken {
                 slots.insert(service.to_owned(), SlotFile::Held(taken));
-                cutover_core::fs::write_atomically(
+                self.replace(
                     &path,
                     &serde_json::to_vec_pretty(&slots).map_err(io::Error::other)?,
                 )?;
@@ -200,35 +226,43 @@ mod tests {
     #[tokio::test]
     async fn control_records_replace_each_other_and_the_audit_log_appends() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FileRolloutStore::new(dir.path().join("rollouts"));
-        assert_eq!(store.control("a").await.unwrap(), None);
-        store.set_control("a", &control(Action::Pause)).await.unwrap();
-        store.set_control("a", &control(Action::Resume)).await.unwrap();
-        assert_eq!(store.control("a").await.unwrap().unwrap().action, Action::Resume);
-        assert_eq!(store.control("b").await.unwrap(), None);
-        for (rollout, action) in [("a", Action::Pause), ("b", Action::Abort), ("a", Action::Resume)] {
-            store
-                .audit(&AuditEntry {
-                    at: "t".into(),
-                    rollout: rollout.into(),
-                    action,
-                    reason: "r".into(),
-                    actor: "me".into(),
-                    change: Value::Null,
-                    id: "x".into(),
-                })
+        // Synced, and in a scratch directory (the same files, not synced).
+        for store in [
+            FileRolloutStore::new(dir.path().join("rollouts")),
+            FileRolloutStore::scratch(dir.path().join("scratch")),
+        ] {
+            assert_eq!(store.control("a").await.unwrap(), None);
+            store.set_control("a", &control(Action::Pause)).await.unwrap();
+            store.set_control("a", &control(Action::Resume)).await.unwrap();
+            assert_eq!(store.control("a").await.unwrap().unwrap().action, Action::Resume);
+            assert_eq!(store.control("b").await.unwrap(), None);
+            for (rollout, action) in [("a", Action::Pause), ("b", Action::Abort), ("a", Action::Resume)] {
+                store
+                    .audit(&AuditEntry {
+                        at: "t".into(),
+                        rollout: rollout.into(),
+                        action,
+                        reason: "r".into(),
+                        actor: "me".into(),
+                        change: Value::Null,
+                        id: "x".into(),
+                    })
+                    .await
+                    .unwrap();
+            }
+            let a: Vec<Action> = store
+                .audit_log(Some("a"))
                 .await
-                .unwrap();
+                .unwrap()
+                .iter()
+                .map(|e| e.action)
+                .collect();
+            assert_eq!(a, vec![Action::Pause, Action::Resume]);
+            assert_eq!(store.audit_log(None).await.unwrap().len(), 3);
+            // What it wrote is there for a store opened anew.
+            let again = FileRolloutStore::new(store.dir());
+            assert_eq!(again.control("a").await.unwrap().unwrap().action, Action::Resume);
         }
-        let a: Vec<Action> = store
-            .audit_log(Some("a"))
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.action)
-            .collect();
-        assert_eq!(a, vec![Action::Pause, Action::Resume]);
-        assert_eq!(store.audit_log(None).await.unwrap().len(), 3);
     }
 
     #[tokio::test]

@@ -439,9 +439,14 @@ impl LocalEngine {
     }
 }
 
-/// The embedded rollout store of a data directory: `<data_dir>/rollouts`.
+/// The embedded rollout store of a data directory: `<data_dir>/rollouts` (not synced to disk
+/// in a scratch data directory).
 pub fn rollout_store(cx: &BuildContext) -> FileRolloutStore {
-    FileRolloutStore::new(cx.data_path("rollouts"))
+    if cx.data_is_scratch() {
+        FileRolloutStore::scratch(cx.data_path("rollouts"))
+    } else {
+        FileRolloutStore::new(cx.data_path("rollouts"))
+    }
 }
 
 fn status_name(s: &ExecutionStatus) -> String {

@@ -107,7 +107,15 @@ impl LocalRouterConfig {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(format!("traffic/{}.json", spec.record))),
         );
-        let store = WeightStore::open(spec, &path).map_err(|e| {
+        // Only a file inside a scratch data directory is scratch (not one named by an
+        // absolute path, which another process may read).
+        let scratch = cx.data_is_scratch() && self.state_file.as_ref().is_none_or(|f| f.is_relative());
+        let open = if scratch {
+            WeightStore::open_scratch
+        } else {
+            WeightStore::open
+        };
+        let store = open(spec, &path).map_err(|e| {
             BuildError::field(
                 "router.state_file",
                 format!("cannot open the weights file {}: {e}", path.display()),

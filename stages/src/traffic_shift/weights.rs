@@ -93,6 +93,8 @@ pub struct AnswerCounts {
 pub struct WeightStore {
     spec: RecordSpec,
     path: PathBuf,
+    /// Whether a change is synced to disk before it is in force (not in a scratch directory).
+    synced: bool,
     state: Mutex<State>,
     answers: AtomicU64,
     answered_blue: AtomicU64,
@@ -103,7 +105,17 @@ pub struct WeightStore {
 impl WeightStore {
     /// Opens (or starts) the weights of `spec` kept at `path`.
     pub fn open(spec: RecordSpec, path: impl Into<PathBuf>) -> io::Result<Arc<Self>> {
-        let path = path.into();
+        Self::open_with(spec, path.into(), true)
+    }
+
+    /// Opens weights kept in a scratch data directory
+    /// ([`cutover_core::BuildContext::data_is_scratch`]): changes still replace the file
+    /// atomically, but are not synced to disk.
+    pub fn open_scratch(spec: RecordSpec, path: impl Into<PathBuf>) -> io::Result<Arc<Self>> {
+        Self::open_with(spec, path.into(), false)
+    }
+
+    fn open_with(spec: RecordSpec, path: PathBuf, synced: bool) -> io::Result<Arc<Self>> {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
@@ -112,6 +124,7 @@ impl WeightStore {
         let store = Self {
             spec,
             path,
+            synced,
             state: Mutex::new(State {
                 weights: Weights::green(0),
                 change: 0,
@@ -173,7 +186,11 @@ impl WeightStore {
             answer_lag_ms,
         };
         let bytes = serde_json::to_vec_pretty(&file).map_err(io::Error::other)?;
-        cutover_core::fs::write_atomically(&self.path, &bytes)?;
+        if self.synced {
+            cutover_core::fs::write_atomically(&self.path, &bytes)?;
+        } else {
+            cutover_core::fs::write_atomically_unsynced(&self.path, &bytes)?;
+        }
         state.previous = state.weights;
         state.weights = weights;
         state.change = change;
@@ -285,23 +302,32 @@ mod tests {
     #[test]
     fn weights_survive_a_reopen_and_start_all_blue() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub/w.json");
-        let store = WeightStore::open(spec(), &path).unwrap();
-        assert_eq!(store.weights(), Weights::green(0));
-        assert_eq!(store.set(Weights::green(10)).unwrap(), 1);
-        drop(store);
-        let store = WeightStore::open(spec(), &path).unwrap();
-        assert_eq!(store.weights(), Weights::green(10));
-        assert_eq!(store.set(Weights::green(50)).unwrap(), 2);
-        let leftovers: Vec<_> = fs::read_dir(path.parent().unwrap())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(
-            leftovers,
-            vec![std::ffi::OsString::from("w.json")],
-            "no temp files left"
-        );
+        // Synced, and in a scratch directory (the same file, not synced).
+        for (open, sub) in [
+            (
+                WeightStore::open as fn(RecordSpec, PathBuf) -> io::Result<Arc<WeightStore>>,
+                "synced",
+            ),
+            (WeightStore::open_scratch, "scratch"),
+        ] {
+            let path = dir.path().join(sub).join("w.json");
+            let store = open(spec(), path.clone()).unwrap();
+            assert_eq!(store.weights(), Weights::green(0));
+            assert_eq!(store.set(Weights::green(10)).unwrap(), 1);
+            drop(store);
+            let store = WeightStore::open(spec(), &path).unwrap();
+            assert_eq!(store.weights(), Weights::green(10));
+            assert_eq!(store.set(Weights::green(50)).unwrap(), 2);
+            let leftovers: Vec<_> = fs::read_dir(path.parent().unwrap())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(
+                leftovers,
+                vec![std::ffi::OsString::from("w.json")],
+                "no temp files left"
+            );
+        }
     }
 
     #[test]
