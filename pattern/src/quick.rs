@@ -67,10 +67,12 @@ fn classify(block: &[u8; 64]) -> Option<Masks> {
         control |= v.min(splat(0x1F)).cmp_eq(v);
         backslash |= v.cmp_eq(splat(b'\\'));
     }
-    if backslash.any() {
+    // `move_mask`, not `any`: wide 0.7's portable `any` (targets without SSE2, NEON or
+    // simd128) misses the top lane of each half.
+    if backslash.move_mask() != 0 {
         return None;
     }
-    if control.any() {
+    if control.move_mask() != 0 {
         for (k, v) in lanes.into_iter().enumerate() {
             m.control |= u64::from(v.min(splat(0x1F)).cmp_eq(v).move_mask() as u16) << (16 * k);
         }
