@@ -391,6 +391,19 @@ impl BuildContext {
         }
     }
 
+    /// Whether a file configured as `path` (resolved by [`BuildContext::data_path`]) is
+    /// scratch: the data directory is ([`BuildContext::data_is_scratch`]) and the path stays
+    /// inside it — relative, without `..`. An absolute path, or one that climbs out, names a
+    /// file another process may read, kept as durable as ever.
+    pub fn is_scratch_path(&self, path: impl AsRef<Path>) -> bool {
+        let path = path.as_ref();
+        self.scratch
+            && path.is_relative()
+            && path
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir))
+    }
+
     /// A path named in a pipeline file: relative paths are relative to that file.
     pub fn config_path(&self, path: impl AsRef<Path>) -> PathBuf {
         let path = path.as_ref();
@@ -430,6 +443,22 @@ mod tests {
             cx.config_path("canary.asl.json"),
             PathBuf::from("/etc/cutover/canary.asl.json")
         );
+    }
+
+    #[test]
+    fn only_paths_inside_a_scratch_data_directory_are_scratch() {
+        let scratch = BuildContext::new("/tmp/replay").with_scratch_data(true);
+        for (path, inside) in [
+            ("dedup.sqlite", true),
+            ("./traffic/www.json", true),
+            ("/var/lib/cutover/dedup.sqlite", false),
+            ("../shared/w.json", false),
+            ("traffic/../../w.json", false),
+        ] {
+            assert_eq!(scratch.is_scratch_path(path), inside, "{path}");
+        }
+        let kept = BuildContext::new("/tmp/replay");
+        assert!(!kept.is_scratch_path("dedup.sqlite"));
     }
 
     #[test]

@@ -67,9 +67,8 @@ fn shard() -> usize {
 impl Metrics {
     /// Adds `by` to a counter.
     pub fn add(&self, name: &str, labels: &[(&str, &str)], by: u64) {
-        let Ok(mut counters) = self.counters[shard()].0.lock() else {
-            return;
-        };
+        // A thread that panicked holding a shard left whole counts behind: keep counting.
+        let mut counters = self.counters[shard()].0.lock().unwrap_or_else(|e| e.into_inner());
         // Counted once per event: find an existing counter without building its key.
         let same = |(n, l): &(String, Labels)| {
             n == name
@@ -125,7 +124,7 @@ impl Metrics {
         let shards: Vec<_> = self
             .counters
             .iter()
-            .filter_map(|shard| shard.0.lock().ok())
+            .map(|shard| shard.0.lock().unwrap_or_else(|e| e.into_inner()))
             .collect();
         for (key, value) in shards.iter().flat_map(|counters| counters.iter()) {
             *sums.entry(key).or_default() += value;

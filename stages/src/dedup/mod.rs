@@ -232,9 +232,9 @@ impl StageConfig for DedupConfig {
             let store: Arc<dyn DedupStore> = match &self.store {
                 StoreConfig::Memory => Arc::new(MemoryStore::default()),
                 StoreConfig::Local { path } => {
-                    // Only a file inside the scratch directory is scratch: an absolute path
+                    // Only a file inside the scratch directory is scratch: any other path
                     // names a real store, kept as durable as ever.
-                    let scratch = cx.data_is_scratch() && path.is_relative();
+                    let scratch = cx.is_scratch_path(path);
                     let (path, now) = (cx.data_path(path), unix(cx.clock().as_ref()));
                     let store = if scratch {
                         SqliteStore::open_scratch(&path, now)

@@ -107,9 +107,12 @@ impl LocalRouterConfig {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(format!("traffic/{}.json", spec.record))),
         );
-        // Only a file inside a scratch data directory is scratch (not one named by an
-        // absolute path, which another process may read).
-        let scratch = cx.data_is_scratch() && self.state_file.as_ref().is_none_or(|f| f.is_relative());
+        // Only a file inside a scratch data directory is scratch (not one named by a path
+        // out of it, which another process may read).
+        let scratch = self
+            .state_file
+            .as_ref()
+            .map_or(cx.data_is_scratch(), |f| cx.is_scratch_path(f));
         let open = if scratch {
             WeightStore::open_scratch
         } else {
