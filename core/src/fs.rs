@@ -11,17 +11,14 @@ static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 /// Writes `bytes` to a temporary file beside `path` (a name no other thread or process uses),
 /// syncs it, renames it over `path` and syncs the directory, creating the directory first.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    replace(path, bytes, true)
+    write_atomically_with(path, bytes, true)
 }
 
-/// [`write_atomically`] without the syncs: readers still see the old file or the new one, but
-/// a crash may lose either. For files in a scratch data directory
-/// ([`crate::BuildContext::data_is_scratch`]), which outlive neither the process nor a crash.
-pub fn write_atomically_unsynced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    replace(path, bytes, false)
-}
-
-fn replace(path: &Path, bytes: &[u8], synced: bool) -> io::Result<()> {
+/// [`write_atomically`], with the syncs only if `synced`: without them readers still see the
+/// old file or the new one, but a crash may lose either — for files in a scratch data
+/// directory ([`crate::BuildContext::is_scratch_path`]), which outlive neither the process nor
+/// a crash.
+pub fn write_atomically_with(path: &Path, bytes: &[u8], synced: bool) -> io::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),

@@ -54,17 +54,13 @@ fn classify(block: &[u8; 64]) -> Option<Masks> {
         control: 0,
     };
     let mut backslash = splat(0);
-    let mut control = splat(0);
-    let mut lanes = [splat(0); 4];
-    for (k, lane) in block.chunks_exact(16).enumerate() {
-        let mut bytes = [0u8; 16];
-        bytes.copy_from_slice(lane);
-        let v = u8x16::new(bytes);
-        lanes[k] = v;
+    let mut controls = [splat(0); 4];
+    for (k, lane) in block.as_chunks::<16>().0.iter().enumerate() {
+        let v = u8x16::new(*lane);
         let bits = |found: u8x16| u64::from(found.move_mask() as u16) << (16 * k);
         m.quote |= bits(v.cmp_eq(splat(b'"')));
         m.blank |= bits(v.min(splat(0x20)).cmp_eq(v));
-        control |= v.min(splat(0x1F)).cmp_eq(v);
+        controls[k] = v.min(splat(0x1F)).cmp_eq(v);
         backslash |= v.cmp_eq(splat(b'\\'));
     }
     // `move_mask`, not `any`: wide 0.7's portable `any` (targets without SSE2, NEON or
@@ -72,9 +68,9 @@ fn classify(block: &[u8; 64]) -> Option<Masks> {
     if backslash.move_mask() != 0 {
         return None;
     }
-    if control.move_mask() != 0 {
-        for (k, v) in lanes.into_iter().enumerate() {
-            m.control |= u64::from(v.min(splat(0x1F)).cmp_eq(v).move_mask() as u16) << (16 * k);
+    if (controls[0] | controls[1] | controls[2] | controls[3]).move_mask() != 0 {
+        for (k, control) in controls.into_iter().enumerate() {
+            m.control |= u64::from(control.move_mask() as u16) << (16 * k);
         }
     }
     Some(m)
@@ -102,18 +98,14 @@ pub(crate) fn accepts(text: &str) -> bool {
         in_string: 0,
         scalar_end: 0,
     };
-    let bytes = text.as_bytes();
-    let mut chunks = bytes.chunks_exact(64);
+    let (blocks, rest) = text.as_bytes().as_chunks::<64>();
     let mut base = 0;
-    for chunk in &mut chunks {
-        let mut block = [0u8; 64];
-        block.copy_from_slice(chunk);
-        if !walk.block(&block, base) {
+    for block in blocks {
+        if !walk.block(block, base) {
             return false;
         }
         base += 64;
     }
-    let rest = chunks.remainder();
     if !rest.is_empty() {
         // Padded with whitespace, which adds no token.
         let mut block = [b' '; 64];

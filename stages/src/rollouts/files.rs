@@ -51,14 +51,6 @@ impl FileRolloutStore {
         }
     }
 
-    fn replace(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        if self.synced {
-            cutover_core::fs::write_atomically(path, bytes)
-        } else {
-            cutover_core::fs::write_atomically_unsynced(path, bytes)
-        }
-    }
-
     /// Its directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -91,7 +83,8 @@ impl FileRolloutStore {
     /// Replaces the control record of `rollout` (synchronously).
     pub fn write_control(&self, rollout: &str, control: &Control) -> Result<(), StageError> {
         let path = self.control_path(rollout);
-        self.replace(&path, &serde_json::to_vec_pretty(control).unwrap_or_default())
+        let bytes = serde_json::to_vec_pretty(control).unwrap_or_default();
+        cutover_core::fs::write_atomically_with(&path, &bytes, self.synced)
             .map_err(|e| io_error("write", &path, e))
     }
 
@@ -140,10 +133,8 @@ impl FileRolloutStore {
             let (claim, taken) = Slot::claim(slots.get(service).map(SlotFile::slot).as_ref(), rollout, at);
             if let Some(taken) = taken {
                 slots.insert(service.to_owned(), SlotFile::Held(taken));
-                self.replace(
-                    &path,
-                    &serde_json::to_vec_pretty(&slots).map_err(io::Error::other)?,
-                )?;
+                let bytes = serde_json::to_vec_pretty(&slots).map_err(io::Error::other)?;
+                cutover_core::fs::write_atomically_with(&path, &bytes, self.synced)?;
             }
             Ok(claim)
         };

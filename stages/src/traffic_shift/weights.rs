@@ -186,11 +186,7 @@ impl WeightStore {
             answer_lag_ms,
         };
         let bytes = serde_json::to_vec_pretty(&file).map_err(io::Error::other)?;
-        if self.synced {
-            cutover_core::fs::write_atomically(&self.path, &bytes)?;
-        } else {
-            cutover_core::fs::write_atomically_unsynced(&self.path, &bytes)?;
-        }
+        cutover_core::fs::write_atomically_with(&self.path, &bytes, self.synced)?;
         state.previous = state.weights;
         state.weights = weights;
         state.change = change;
