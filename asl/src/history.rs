@@ -2,6 +2,8 @@
 //! numbered events, each pointing at the previous one, stamped by the
 //! engine's clock.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -62,15 +64,17 @@ pub enum EventKind {
     StateEntered {
         /// State name.
         name: String,
-        /// Raw state input.
-        input: Value,
+        /// Raw state input: the same value as the previous state's output, shared, not copied.
+        #[serde(with = "shared")]
+        input: Arc<Value>,
     },
     /// A state completed.
     StateExited {
         /// State name.
         name: String,
-        /// State output.
-        output: Value,
+        /// State output (shared with the next state's `StateEntered`).
+        #[serde(with = "shared")]
+        output: Arc<Value>,
     },
     /// A Task's resource was scheduled.
     TaskScheduled {
@@ -150,4 +154,22 @@ pub enum EventKind {
     ParallelStateSucceeded,
     /// A branch failed.
     ParallelStateFailed,
+}
+
+/// A state's input and output as history holds them: one value shared by the `StateExited`
+/// of a state and the `StateEntered` of the next (a rollout's history holds hundreds of
+/// them), written and read as the plain JSON value.
+mod shared {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::Value;
+
+    pub(super) fn serialize<S: Serializer>(value: &Arc<Value>, s: S) -> Result<S::Ok, S::Error> {
+        value.as_ref().serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<Value>, D::Error> {
+        Value::deserialize(d).map(Arc::new)
+    }
 }

@@ -572,7 +572,7 @@ mod tests {
                     timestamp: "2026-11-29T00:00:00Z".into(),
                     kind: EventKind::StateEntered {
                         name: format!("S{id}"),
-                        input: serde_json::json!({}),
+                        input: std::sync::Arc::new(serde_json::json!({})),
                     },
                 })
                 .collect(),

@@ -41,6 +41,7 @@
 //! cutover_core::register_stage!("doc-team", "Adds the owning team to the context.");
 //! ```
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
@@ -64,6 +65,28 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait Stage: Send + Sync + fmt::Debug {
     /// Handles one event; call `next.run(event)` to continue the chain.
     fn process<'a>(&'a self, event: Event, next: Next<'a>) -> BoxFuture<'a, Outcome>;
+
+    /// A verdict from the event's bytes alone, for a stage that drops most events before
+    /// looking further (a filter): `Some(reason)` promises that [`process`](Self::process)
+    /// would drop this event with exactly this reason, with no side effect and without running
+    /// the rest of the chain. A [`Pipeline`](crate::Pipeline) asks its first stage that is not
+    /// [transparent to drops](Self::transparent_to_drops) before running the chain, so an event
+    /// ruled out costs no chain call; a stage configured per service asks each service's stage
+    /// before handing the event to any. It must be cheap (no parse, no I/O): it runs for every
+    /// event. The default, `None`, promises nothing.
+    fn rules_out(&self, _event: &Event) -> Option<Cow<'_, str>> {
+        None
+    }
+
+    /// Whether this stage is transparent to an event a later stage drops: it hands every event
+    /// on unchanged (`next.run(event)`, nothing added to its context) and, when the outcome is
+    /// a drop, returns it as it is with no other effect — nothing written, counted or sent (a
+    /// notifier not configured for drops). A pipeline then decides such a drop with the later
+    /// stage's [`rules_out`](Self::rules_out) without calling this one. The default, `false`,
+    /// is always right.
+    fn transparent_to_drops(&self) -> bool {
+        false
+    }
 }
 
 /// A configuration seen as [`Any`](std::any::Any), to downcast to its concrete type.

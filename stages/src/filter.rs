@@ -20,6 +20,7 @@
 
 pub mod tags;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -567,10 +568,8 @@ impl Filter {
     /// Decides without running the rest of the chain.
     pub async fn decide(&self, event: &Event) -> Result<Decision, StageError> {
         // Phase 1: raw bytes only.
-        for c in &self.conditions {
-            if !c.pattern.prefilter().may_match(event.raw()) {
-                return Ok(Decision::Drop(c.unseen.clone()));
-            }
+        if let Some(c) = self.ruled_out_by(event) {
+            return Ok(Decision::Drop(c.unseen.clone()));
         }
         // Phase 2: the fields the conditions read, parsed from the bytes (no copies, and the
         // patterns decide on them as on the whole event), or the whole event if an earlier
@@ -644,6 +643,14 @@ impl Decision {
 }
 
 impl Filter {
+    /// The first condition whose prefilter rules the event's bytes out, if any.
+    fn ruled_out_by(&self, event: &Event) -> Option<&Compiled> {
+        let raw = event.raw();
+        self.conditions
+            .iter()
+            .find(|c| !c.pattern.prefilter().may_match(raw))
+    }
+
     /// Why an event the merged pattern rejects is dropped: the first condition it fails.
     fn reason(&self, matches: impl Fn(&Pattern) -> bool, value: &Value) -> String {
         match self.conditions.iter().find(|c| !matches(&c.pattern)) {
@@ -699,6 +706,11 @@ fn actual_values(value: &Value, path: &[&str]) -> Vec<String> {
 }
 
 impl Stage for Filter {
+    /// Phase 1 of [`Filter::decide`]: a condition's prefilter rules the bytes out.
+    fn rules_out(&self, event: &Event) -> Option<Cow<'_, str>> {
+        self.ruled_out_by(event).map(|c| Cow::Borrowed(c.unseen.as_str()))
+    }
+
     fn process<'a>(&'a self, event: Event, next: Next<'a>) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
             match self.decide(&event).await {
@@ -788,6 +800,16 @@ mod tests {
             format!("{out}").contains("container name is not cats-green (green.container)"),
             "{out}"
         );
+        // That one is ruled out from its bytes (no "cats-green" in them), so a pipeline drops
+        // it without running the stage; the provisioning one needs its fields read.
+        let stage = cfg.build(&BuildContext::new("unused")).await.unwrap();
+        let blue = Event::from_bytes(fixture("task-ec2-running.json"));
+        assert_eq!(
+            stage.rules_out(&blue).as_deref(),
+            Some("container name is not cats-green (green.container)")
+        );
+        let provisioning = Event::from_bytes(fixture("task-fargate-provisioning.json"));
+        assert_eq!(stage.rules_out(&provisioning), None);
     }
 
     #[tokio::test]
@@ -943,8 +965,23 @@ mod tests {
                 for cfg in configs() {
                     let compiled = Pattern::from_value(&cfg.compiled_pattern().unwrap()).unwrap();
                     let stage = rt.block_on(cfg.build(&BuildContext::new("unused"))).unwrap();
-                    let outcome = rt.block_on(Pipeline::from_stages("p", vec![("filter".into(), stage)]).run(Event::from_bytes(bytes.clone())));
+                    let outcome = rt.block_on(Pipeline::from_stages("p", vec![("filter".into(), stage.clone())]).run(Event::from_bytes(bytes.clone())));
                     prop_assert_eq!(outcome.is_passed(), compiled.matches(&value), "{:?} on {}", cfg, value);
+                    // The pipeline decides a drop from the bytes when it can (`rules_out`):
+                    // the same outcome as running the stage.
+                    let event = Event::from_bytes(bytes.clone());
+                    let ruled_out = stage.rules_out(&event).map(|r| r.into_owned());
+                    let ran = rt.block_on(stage.process(event, Next::end()));
+                    if let Some(reason) = &ruled_out {
+                        prop_assert_eq!(&ran, &Outcome::dropped(reason.clone()));
+                    }
+                    match (&outcome, &ran) {
+                        (Outcome::Dropped { stage, reason }, Outcome::Dropped { reason: r, .. }) => {
+                            prop_assert_eq!(stage, "filter");
+                            prop_assert_eq!(reason, r);
+                        }
+                        (a, b) => prop_assert_eq!(a.kind(), b.kind()),
+                    }
                 }
             }
         }

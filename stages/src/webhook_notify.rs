@@ -291,6 +291,11 @@ fn append(path: &std::path::Path, letter: &Value) -> std::io::Result<()> {
 }
 
 impl Stage for WebhookNotify {
+    /// A webhook not sent for drops hands every event on as it came and leaves a drop alone.
+    fn transparent_to_drops(&self) -> bool {
+        !self.sender.config.on.contains(&On::Dropped)
+    }
+
     fn process<'a>(&'a self, event: Event, next: Next<'a>) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
             let observed = event.clone();

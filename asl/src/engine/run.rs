@@ -314,7 +314,7 @@ impl Run<'_> {
     ) -> BoxFut<'a, Result<Value, Stop>> {
         Box::pin(async move {
             let mut idx = start;
-            let mut input = input;
+            let mut input = Arc::new(input);
             // Whether a state with effects (not Pass, Choice or a read-only Task) ended since
             // the last checkpoint: then even a read-only Task checkpoints first, or a crash
             // would run those effects again.
@@ -358,14 +358,15 @@ impl Run<'_> {
                         let next = &m.states[n].kind;
                         let checkpoint = !repeatable(next) || (unsaved && matches!(next, Kind::Task(_)));
                         if top && checkpoint {
-                            self.save(Some(&m.states[n].name), Some(&out))
+                            self.save(Some(&m.states[n].name), Some(out.as_ref()))
                                 .map_err(Stop::Fatal)?;
                             unsaved = false;
                         }
                         idx = n;
                         input = out;
                     }
-                    Flow::End(out) => return Ok(out),
+                    // The history keeps its own reference; the machine's output is the caller's.
+                    Flow::End(out) => return Ok(Arc::unwrap_or_clone(out)),
                 }
             }
         })

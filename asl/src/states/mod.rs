@@ -28,6 +28,7 @@ use crate::history::EventKind;
 use retry::Work;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// A state's own part, by type.
 #[derive(Debug)]
@@ -94,7 +95,7 @@ pub(crate) fn type_names() -> Vec<&'static str> {
 }
 
 /// Run the state `st` on `raw` (its input before `InputPath`).
-pub(crate) fn run<'a>(run: &'a Run<'_>, st: &'a State, raw: Value) -> BoxFut<'a, Result<Flow, Stop>> {
+pub(crate) fn run<'a>(run: &'a Run<'_>, st: &'a State, raw: Arc<Value>) -> BoxFut<'a, Result<Flow, Stop>> {
     Box::pin(async move {
         let (entered_id, entered) = run.push_at(EventKind::StateEntered {
             name: st.name.clone(),
@@ -108,9 +109,9 @@ pub(crate) fn run<'a>(run: &'a Run<'_>, st: &'a State, raw: Value) -> BoxFut<'a,
             Kind::Fail(s) => fail::run(&scope, s, &raw),
             Kind::Choice(s) => choice::run(&scope, s, input),
             Kind::Wait(s) => wait::run(&scope, s, &raw, input).await,
-            Kind::Task(s) => retry::run(&scope, Work::Task(s), raw, input).await,
-            Kind::Parallel(s) => retry::run(&scope, Work::Parallel(s), raw, input).await,
-            Kind::Map(s) => retry::run(&scope, Work::Map(s), raw, input).await,
+            Kind::Task(s) => retry::run(&scope, Work::Task(s), &raw, input).await,
+            Kind::Parallel(s) => retry::run(&scope, Work::Parallel(s), &raw, input).await,
+            Kind::Map(s) => retry::run(&scope, Work::Map(s), &raw, input).await,
         }
     })
 }

@@ -11,12 +11,14 @@ use crate::history::EventKind;
 use crate::jsonpath::JsonPath;
 use crate::payload::{EvalError, Template};
 use serde_json::{Map, Value, json};
+use std::sync::Arc;
 
 /// Where a state goes next, with its output.
 #[derive(Debug)]
 pub(crate) enum Flow {
-    Next(usize, Value),
-    End(Value),
+    /// The output is shared with the history's `StateExited` (and the next `StateEntered`).
+    Next(usize, Arc<Value>),
+    End(Arc<Value>),
 }
 
 /// A Step Functions failure: error name and cause, as `Catch` and the
@@ -216,6 +218,7 @@ impl<'a> Scope<'a> {
 
     /// Record `StateExited` with `out` and go to `next` (`None`: the end).
     pub(crate) fn exited(&self, out: Value, next: Option<usize>) -> Flow {
+        let out = Arc::new(out);
         self.run.push(EventKind::StateExited {
             name: self.st.name.clone(),
             output: out.clone(),

@@ -113,6 +113,11 @@ pub struct Notify {
 }
 
 impl Stage for Notify {
+    /// A notifier not recording drops hands every event on as it came and leaves a drop alone.
+    fn transparent_to_drops(&self) -> bool {
+        !self.on.contains(&OutcomeKind::Dropped)
+    }
+
     fn process<'a>(&'a self, event: Event, next: Next<'a>) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
             // Most events are dropped and never notified: read the event (id, message) only
@@ -174,6 +179,10 @@ mod tests {
     #[derive(Debug)]
     struct DropAll;
     impl Stage for DropAll {
+        fn rules_out(&self, _e: &Event) -> Option<std::borrow::Cow<'_, str>> {
+            Some("no".into())
+        }
+
         fn process<'a>(&'a self, _e: Event, _n: Next<'a>) -> BoxFuture<'a, Outcome> {
             Box::pin(async { Outcome::dropped("no") })
         }
@@ -218,5 +227,35 @@ mod tests {
         assert_eq!(lines[0]["id"], "e1");
         assert_eq!(lines[0]["message"], "hi e1");
         assert_eq!(lines[0]["outcome"], "passed");
+    }
+
+    #[tokio::test]
+    async fn a_notifier_of_drops_sees_them_even_when_a_later_stage_rules_them_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let cx = BuildContext::new(dir.path());
+        for (on, recorded) in [(OutcomeKind::Passed, 0), (OutcomeKind::Dropped, 1)] {
+            let file = format!("{on:?}.jsonl");
+            let cfg = NotifyConfig {
+                file: file.clone().into(),
+                on: vec![on],
+                message: None,
+            };
+            let stage = cfg.build(&cx).await.unwrap();
+            assert_eq!(stage.transparent_to_drops(), on != OutcomeKind::Dropped);
+            let p = Pipeline::from_stages(
+                "p",
+                vec![("notify".into(), stage), ("drop".into(), Arc::new(DropAll))],
+            );
+            let out = p.run(Event::from_bytes(br#"{"id":"e3"}"#.to_vec())).await;
+            assert_eq!(
+                out,
+                Outcome::Dropped {
+                    stage: "drop".into(),
+                    reason: "no".into()
+                }
+            );
+            let text = std::fs::read_to_string(dir.path().join(&file)).unwrap_or_default();
+            assert_eq!(text.lines().count(), recorded, "on = {on:?}: {text}");
+        }
     }
 }

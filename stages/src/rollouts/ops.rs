@@ -428,7 +428,7 @@ mod tests {
     fn entered(state: &str, input: Value) -> Happened {
         Happened::Entered {
             state: state.into(),
-            input,
+            input: input.into(),
         }
     }
 

@@ -5,6 +5,8 @@
 //! (`$.traffic`), a check's the health report (`$.health`), a wait's state input its window
 //! (`$.bake`: name, seconds, elapsed), the control read the operator's last action (`$.op`).
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -22,15 +24,15 @@ pub enum Happened {
     Entered {
         /// The state's name.
         state: String,
-        /// Its input.
-        input: Value,
+        /// Its input (the embedded engine's history shares it with the previous state's output).
+        input: Arc<Value>,
     },
     /// A state was left.
     Exited {
         /// The state's name.
         state: String,
         /// Its output.
-        output: Value,
+        output: Arc<Value>,
     },
     /// The execution ended.
     Ended {
@@ -457,14 +459,14 @@ mod tests {
                 at: at(from),
                 what: Happened::Entered {
                     state: state.into(),
-                    input: data.clone(),
+                    input: Arc::new(data.clone()),
                 },
             },
             Entry {
                 at: at(to),
                 what: Happened::Exited {
                     state: state.into(),
-                    output: data.clone(),
+                    output: Arc::new(data.clone()),
                 },
             },
         ]

@@ -150,14 +150,14 @@ fn entry(e: &aws_sdk_sfn::types::HistoryEvent) -> Option<Entry> {
             let d = e.state_entered_event_details()?;
             Happened::Entered {
                 state: d.name().to_owned(),
-                input: json_text(d.input()),
+                input: std::sync::Arc::new(json_text(d.input())),
             }
         }
         other if other.as_str().ends_with("StateExited") => {
             let d = e.state_exited_event_details()?;
             Happened::Exited {
                 state: d.name().to_owned(),
-                output: json_text(d.output()),
+                output: std::sync::Arc::new(json_text(d.output())),
             }
         }
         _ => return None,

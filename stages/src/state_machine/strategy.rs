@@ -241,12 +241,33 @@ impl Strategy {
 /// The States Language text of a definition file: the file itself, or — for a strategy file
 /// (`*.toml` with a `[strategy]` table) — what it compiles to. Every reader of
 /// `engine.definition` goes through here, so a pipeline may name either.
+///
+/// A strategy file is compiled once for the same text: loading a pipeline file validates,
+/// builds and asks whether the machine reads its control record, each reading the definition.
 pub fn definition_text(path: &std::path::Path) -> Result<String, String> {
+    type Compiled = (std::path::PathBuf, String, String);
+    static LAST: std::sync::Mutex<Option<Compiled>> = std::sync::Mutex::new(None);
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if path.extension().is_none_or(|e| e != "toml") {
         return Ok(text);
     }
-    let mut table: toml::Table = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Ok(last) = LAST.lock()
+        && let Some((p, source, compiled)) = last.as_ref()
+        && p == path
+        && *source == text
+    {
+        return Ok(compiled.clone());
+    }
+    let compiled = compile_strategy_text(path, &text)?;
+    if let Ok(mut last) = LAST.lock() {
+        *last = Some((path.to_owned(), text, compiled.clone()));
+    }
+    Ok(compiled)
+}
+
+/// What the strategy file `path` holding `text` compiles to.
+fn compile_strategy_text(path: &std::path::Path, text: &str) -> Result<String, String> {
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| format!("{}: {e}", path.display()))?;
     let strategy = table.remove("strategy").ok_or_else(|| {
         format!(
             "{}: a .toml definition must be a strategy file with a [strategy] table",
@@ -792,6 +813,36 @@ mod tests {
             shipped,
             "render it again: cutover strategy render"
         );
+    }
+
+    #[test]
+    fn a_strategy_file_is_compiled_again_when_its_text_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.strategy.toml");
+        let write = |weight: u32| {
+            let text = format!(
+                "[strategy]\nsteps = [{{ set_weight = {weight} }}, {{ pause = \"1m\" }}, {{ set_weight = 100 }}]\n"
+            );
+            std::fs::write(&path, text).unwrap();
+        };
+        write(20);
+        let first = definition_text(&path).unwrap();
+        assert_eq!(
+            definition_text(&path).unwrap(),
+            first,
+            "the same text, the same machine"
+        );
+        write(30);
+        let second = definition_text(&path).unwrap();
+        assert_ne!(second, first);
+        let expected = strategy(&std::fs::read_to_string(&path).unwrap())
+            .compile()
+            .unwrap();
+        assert_eq!(serde_json::from_str::<Value>(&second).unwrap(), expected);
+        // A broken file is an error every time, not the last good machine.
+        std::fs::write(&path, "[strategy]\nsteps = 3\n").unwrap();
+        assert!(definition_text(&path).is_err());
+        assert!(definition_text(&path).is_err());
     }
 
     #[test]
