@@ -67,6 +67,13 @@ pub struct ExecutionRecord {
 pub trait ExecutionStore: Send + Sync + Debug {
     /// Insert or replace a record.
     fn save(&self, record: &ExecutionRecord) -> Result<(), String>;
+    /// Whether the checkpoints of a running execution are kept: a store that keeps only an
+    /// execution's start and end (a scratch directory) says no, and the engine then saves the
+    /// start and the end only, instead of assembling a record for each checkpoint. The default:
+    /// yes.
+    fn keeps_checkpoints(&self) -> bool {
+        true
+    }
     /// Load a record by execution ARN.
     fn load(&self, id: &str) -> Result<Option<ExecutionRecord>, String>;
     /// Every record still `Running`.
@@ -485,6 +492,10 @@ fn read_record(path: &Path) -> Result<Option<ExecutionRecord>, String> {
 }
 
 impl ExecutionStore for FileStore {
+    fn keeps_checkpoints(&self) -> bool {
+        !self.scratch
+    }
+
     fn save(&self, record: &ExecutionRecord) -> Result<(), String> {
         let path = self.file_for(&record.execution_arn);
         if self.scratch {

@@ -66,14 +66,15 @@ pub trait Stage: Send + Sync + fmt::Debug {
     /// Handles one event; call `next.run(event)` to continue the chain.
     fn process<'a>(&'a self, event: Event, next: Next<'a>) -> BoxFuture<'a, Outcome>;
 
-    /// A verdict from the event's bytes alone, for a stage that drops most events before
-    /// looking further (a filter): `Some(reason)` promises that [`process`](Self::process)
-    /// would drop this event with exactly this reason, with no side effect and without running
-    /// the rest of the chain. A [`Pipeline`](crate::Pipeline) asks its first stage that is not
+    /// A verdict from what the event holds (its bytes, its context), for a stage that drops
+    /// most events before looking further (a filter: its prefilters): `Some(reason)` promises
+    /// that [`process`](Self::process) would drop this event with exactly this reason, with no
+    /// side effect and without running the rest of the chain. A
+    /// [`Pipeline`](crate::Pipeline) asks its first stage that is not
     /// [transparent to drops](Self::transparent_to_drops) before running the chain, so an event
-    /// ruled out costs no chain call; a stage configured per service asks each service's stage
-    /// before handing the event to any. It must be cheap (no parse, no I/O): it runs for every
-    /// event. The default, `None`, promises nothing.
+    /// ruled out costs no chain call; a stage configured per service asks a service's stage
+    /// before handing that service a copy. It must be cheap (no parse, no I/O): it runs for
+    /// every event. The default, `None`, promises nothing.
     fn rules_out(&self, _event: &Event) -> Option<Cow<'_, str>> {
         None
     }

@@ -297,10 +297,18 @@ mod checkpoint_tests {
     struct Checkpoints {
         inner: MemoryStore,
         at: Mutex<Vec<String>>,
+        /// Says it keeps no checkpoints (as a scratch directory's store).
+        scratch: bool,
+        saves: std::sync::atomic::AtomicUsize,
     }
 
     impl ExecutionStore for Checkpoints {
+        fn keeps_checkpoints(&self) -> bool {
+            !self.scratch
+        }
+
         fn save(&self, record: &ExecutionRecord) -> Result<(), String> {
+            self.saves.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             if let Some(next) = &record.next_state {
                 self.at.lock().unwrap().push(next.clone());
             }
@@ -329,10 +337,9 @@ mod checkpoint_tests {
         }
     }
 
-    /// A read-only Task (DynamoDB getItem) checkpoints only when a state with effects ran since
-    /// the last checkpoint; a tick loop of Wait → read → Choice checkpoints once per tick.
-    #[tokio::test]
-    async fn a_read_only_task_checkpoints_only_after_effects() {
+    /// A tick loop: a Task with effects, then Wait → read-only Task → Pass → Choice, three
+    /// times; run on a store that keeps checkpoints or not.
+    async fn tick_loop(scratch: bool) -> Arc<Checkpoints> {
         let def = Definition::parse(
             &json!({
                 "StartAt": "Shift",
@@ -348,7 +355,10 @@ mod checkpoint_tests {
             .to_string(),
         )
         .unwrap();
-        let store = Arc::new(Checkpoints::default());
+        let store = Arc::new(Checkpoints {
+            scratch,
+            ..Checkpoints::default()
+        });
         let engine = Engine::new(
             Arc::new(Answer),
             Arc::new(VirtualClock::new()),
@@ -359,9 +369,28 @@ mod checkpoint_tests {
             .await
             .unwrap();
         assert_eq!(out.status, crate::store::ExecutionStatus::Succeeded);
+        assert_eq!(out.output, Some(json!({"n": 3})));
+        store
+    }
+
+    /// A read-only Task (DynamoDB getItem) checkpoints only when a state with effects ran since
+    /// the last checkpoint; a tick loop of Wait → read → Choice checkpoints once per tick.
+    #[tokio::test]
+    async fn a_read_only_task_checkpoints_only_after_effects() {
+        let store = tick_loop(false).await;
         let at = store.at.lock().unwrap().clone();
         // Start; before the first read (the shift's effect is recorded); each tick's deadline,
         // not the reads after it; the end.
         assert_eq!(at, ["Shift", "Read", "Tick", "Tick", "Done"], "{at:?}");
+    }
+
+    /// A store that keeps no checkpoints gets the start and the end, nothing between.
+    #[tokio::test]
+    async fn a_store_without_checkpoints_gets_the_start_and_the_end() {
+        let store = tick_loop(true).await;
+        assert_eq!(*store.at.lock().unwrap(), ["Shift"]);
+        assert_eq!(store.saves.load(std::sync::atomic::Ordering::SeqCst), 2);
+        let kept = tick_loop(false).await;
+        assert_eq!(kept.saves.load(std::sync::atomic::Ordering::SeqCst), 6);
     }
 }

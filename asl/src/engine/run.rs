@@ -12,6 +12,7 @@ use crate::timestamp;
 use serde_json::Value;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,6 +34,8 @@ pub(crate) struct Run<'e> {
     top_state: Mutex<Option<String>>,
     /// A resumed execution's Wait deadline: (state, Unix nanoseconds), used once.
     resumed_wait: Mutex<Option<(String, i128)>>,
+    /// Whether the store has the execution's start (a resumed one: it has).
+    saved: AtomicBool,
 }
 
 impl<'e> Run<'e> {
@@ -54,6 +57,7 @@ impl<'e> Run<'e> {
             history: Mutex::new(Hist::default()),
             top_state: Mutex::new(None),
             resumed_wait: Mutex::new(None),
+            saved: AtomicBool::new(false),
         }
     }
 
@@ -79,6 +83,7 @@ impl<'e> Run<'e> {
             top_state: Mutex::new(None),
             // A Wait keeps its schedule across restarts: it sleeps only what is left.
             resumed_wait: Mutex::new(interrupted_wait(&rec.history, state)),
+            saved: AtomicBool::new(true),
         }
     }
 }
@@ -162,6 +167,11 @@ impl Run<'_> {
         let Some(store) = &self.engine.store else {
             return Ok(());
         };
+        // A store that keeps no checkpoints gets the start only (and the end, from `finish`):
+        // the record (the input and the next state's, copied) is not assembled for nothing.
+        if self.saved.swap(true, Ordering::Relaxed) && !store.keeps_checkpoints() {
+            return Ok(());
+        }
         // The history is lent to the record for the save, not copied: a rollout's history runs
         // to thousands of events and is saved after every top-level state. Events pushed
         // meanwhile (none at a checkpoint of the top level) wait for the lock.

@@ -242,25 +242,27 @@ impl Strategy {
 /// (`*.toml` with a `[strategy]` table) — what it compiles to. Every reader of
 /// `engine.definition` goes through here, so a pipeline may name either.
 ///
-/// A strategy file is compiled once for the same text: loading a pipeline file validates,
-/// builds and asks whether the machine reads its control record, each reading the definition.
+/// A strategy file is compiled once for the same text (each file's last text is kept): loading
+/// a pipeline file validates, builds and asks whether the machine reads its control record,
+/// each reading the definition.
 pub fn definition_text(path: &std::path::Path) -> Result<String, String> {
-    type Compiled = (std::path::PathBuf, String, String);
-    static LAST: std::sync::Mutex<Option<Compiled>> = std::sync::Mutex::new(None);
+    type Compiled = std::collections::HashMap<std::path::PathBuf, (String, String)>;
+    static COMPILED: std::sync::Mutex<Option<Compiled>> = std::sync::Mutex::new(None);
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if path.extension().is_none_or(|e| e != "toml") {
         return Ok(text);
     }
-    if let Ok(last) = LAST.lock()
-        && let Some((p, source, compiled)) = last.as_ref()
-        && p == path
+    if let Ok(known) = COMPILED.lock()
+        && let Some((source, compiled)) = known.as_ref().and_then(|k| k.get(path))
         && *source == text
     {
         return Ok(compiled.clone());
     }
     let compiled = compile_strategy_text(path, &text)?;
-    if let Ok(mut last) = LAST.lock() {
-        *last = Some((path.to_owned(), text, compiled.clone()));
+    if let Ok(mut known) = COMPILED.lock() {
+        known
+            .get_or_insert_default()
+            .insert(path.to_owned(), (text, compiled.clone()));
     }
     Ok(compiled)
 }
