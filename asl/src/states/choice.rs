@@ -5,6 +5,8 @@ use super::{Flow, Kind, Scope, Shape, Source, Stop, fail};
 use crate::choice::Rule;
 use crate::definition::validate::{Validator, target};
 use serde_json::Value;
+use std::borrow::Cow;
+use std::sync::Arc;
 
 /// A compiled Choice state.
 #[derive(Debug)]
@@ -60,8 +62,13 @@ fn compile(cx: &mut Validator<'_>, src: &Source<'_>) -> Option<Kind> {
     Some(Kind::Choice(Choice { choices, default }))
 }
 
-/// `input` is the state's input after `InputPath`.
-pub(super) fn run(scope: &Scope<'_>, choice: &Choice, input: Value) -> Result<Flow, Stop> {
+/// `raw` is the state's input, `input` the same after `InputPath`.
+pub(super) fn run(
+    scope: &Scope<'_>,
+    choice: &Choice,
+    raw: &Arc<Value>,
+    input: Cow<'_, Value>,
+) -> Result<Flow, Stop> {
     let context = || scope.context(None, None, None);
     let mut next = None;
     for (rule, n) in &choice.choices {
@@ -82,6 +89,5 @@ pub(super) fn run(scope: &Scope<'_>, choice: &Choice, input: Value) -> Result<Fl
             ),
         ));
     };
-    let out = scope.output_path(input)?;
-    Ok(scope.exited(out, Some(n)))
+    scope.pass_on(raw, input, Some(n))
 }

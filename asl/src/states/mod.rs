@@ -105,13 +105,13 @@ pub(crate) fn run<'a>(run: &'a Run<'_>, st: &'a State, raw: Arc<Value>) -> BoxFu
         let input = scope.input_path(&raw)?;
         match &st.kind {
             Kind::Pass(s) => pass::run(&scope, s, &raw, input),
-            Kind::Succeed => succeed::run(&scope, input),
+            Kind::Succeed => scope.pass_on(&raw, input, None),
             Kind::Fail(s) => fail::run(&scope, s, &raw),
-            Kind::Choice(s) => choice::run(&scope, s, input),
+            Kind::Choice(s) => choice::run(&scope, s, &raw, input),
             Kind::Wait(s) => wait::run(&scope, s, &raw, input).await,
-            Kind::Task(s) => retry::run(&scope, Work::Task(s), &raw, input).await,
-            Kind::Parallel(s) => retry::run(&scope, Work::Parallel(s), &raw, input).await,
-            Kind::Map(s) => retry::run(&scope, Work::Map(s), &raw, input).await,
+            Kind::Task(s) => retry::run(&scope, Work::Task(s), &raw, &input).await,
+            Kind::Parallel(s) => retry::run(&scope, Work::Parallel(s), &raw, &input).await,
+            Kind::Map(s) => retry::run(&scope, Work::Map(s), &raw, &input).await,
         }
     })
 }

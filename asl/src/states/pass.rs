@@ -4,6 +4,7 @@
 use super::{Flow, Kind, Scope, Shape, Source, Stop};
 use crate::definition::validate::Validator;
 use serde_json::Value;
+use std::borrow::Cow;
 
 /// A compiled Pass state.
 #[derive(Debug)]
@@ -37,10 +38,10 @@ fn compile(_cx: &mut Validator<'_>, src: &Source<'_>) -> Option<Kind> {
 }
 
 /// `raw` is the state's input, `input` the same after `InputPath`.
-pub(super) fn run(scope: &Scope<'_>, pass: &Pass, raw: &Value, input: Value) -> Result<Flow, Stop> {
+pub(super) fn run(scope: &Scope<'_>, pass: &Pass, raw: &Value, input: Cow<'_, Value>) -> Result<Flow, Stop> {
     let effective = match &scope.st.parameters {
         Some(t) => scope.eval(t, &input, || scope.context(None, None, None))?,
-        None => input,
+        None => input.into_owned(),
     };
     let result = pass.result.clone().unwrap_or(effective);
     let out = scope.result_path(&scope.st.result_path, raw, result)?;

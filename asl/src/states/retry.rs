@@ -222,8 +222,8 @@ pub(crate) enum Work<'a> {
 
 /// Run a Task, Parallel or Map state: attempts under `Retry`, then `Catch`.
 /// `raw` is the state's input, `input` the same after `InputPath`.
-pub(crate) async fn run(scope: &Scope<'_>, work: Work<'_>, raw: &Value, input: Value) -> Result<Flow, Stop> {
-    match retrying(scope, work, raw, &input).await {
+pub(crate) async fn run(scope: &Scope<'_>, work: Work<'_>, raw: &Value, input: &Value) -> Result<Flow, Stop> {
+    match retrying(scope, work, raw, input).await {
         Ok(out) => scope.exit(out),
         Err(Stop::Fail(f)) => catch(scope, raw, f),
         Err(other) => Err(other),

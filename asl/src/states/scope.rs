@@ -11,6 +11,7 @@ use crate::history::EventKind;
 use crate::jsonpath::JsonPath;
 use crate::payload::{EvalError, Template};
 use serde_json::{Map, Value, json};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// Where a state goes next, with its output.
@@ -179,14 +180,15 @@ impl<'a> Scope<'a> {
         t.eval(input, &c).map_err(|e| self.eval_error(e))
     }
 
-    /// `InputPath` applied to the state's input.
-    pub(crate) fn input_path(&self, raw: &Value) -> Result<Value, Stop> {
+    /// `InputPath` applied to the state's input: the input itself (borrowed, not copied) for
+    /// the usual `$`.
+    pub(crate) fn input_path<'v>(&self, raw: &'v Value) -> Result<Cow<'v, Value>, Stop> {
         // The types that retry see `$$.State.RetryCount` 0 here already.
         let retry = matches!(self.st.kind, Kind::Task(_) | Kind::Parallel(_) | Kind::Map(_)).then_some(0);
         match &self.st.input_path {
-            IoPath::Root => Ok(raw.clone()),
-            IoPath::Null => Ok(Value::Object(Map::new())),
-            IoPath::Path(p) => self.select(p, raw, Root::Context(retry)),
+            IoPath::Root => Ok(Cow::Borrowed(raw)),
+            IoPath::Null => Ok(Cow::Owned(Value::Object(Map::new()))),
+            IoPath::Path(p) => self.select(p, raw, Root::Context(retry)).map(Cow::Owned),
         }
     }
 
@@ -216,9 +218,29 @@ impl<'a> Scope<'a> {
         }
     }
 
+    /// Leave with the state's effective input, `OutputPath` applied, as its output (a Choice,
+    /// a Wait, a Succeed): when neither path selects anything, the output is the very input
+    /// the state was entered with, `raw`, shared rather than copied.
+    pub(crate) fn pass_on(
+        &self,
+        raw: &Arc<Value>,
+        input: Cow<'_, Value>,
+        next: Option<usize>,
+    ) -> Result<Flow, Stop> {
+        // Only `InputPath` `$` borrows: then the input is `raw`.
+        if matches!(input, Cow::Borrowed(_)) && matches!(self.st.output_path, IoPath::Root) {
+            return Ok(self.exited_shared(raw.clone(), next));
+        }
+        let out = self.output_path(input.into_owned())?;
+        Ok(self.exited(out, next))
+    }
+
     /// Record `StateExited` with `out` and go to `next` (`None`: the end).
     pub(crate) fn exited(&self, out: Value, next: Option<usize>) -> Flow {
-        let out = Arc::new(out);
+        self.exited_shared(Arc::new(out), next)
+    }
+
+    fn exited_shared(&self, out: Arc<Value>, next: Option<usize>) -> Flow {
         self.run.push(EventKind::StateExited {
             name: self.st.name.clone(),
             output: out.clone(),

@@ -1,8 +1,7 @@
-//! Succeed: ends the machine (or the branch / iteration) with its input.
+//! Succeed: ends the machine (or the branch / iteration) with its input (`Scope::pass_on`).
 
-use super::{Flow, Kind, Scope, Shape, Source, Stop};
+use super::{Kind, Shape, Source};
 use crate::definition::validate::Validator;
-use serde_json::Value;
 
 pub(crate) const SHAPE: Shape = Shape {
     name: "Succeed",
@@ -16,9 +15,4 @@ pub(crate) const SHAPE: Shape = Shape {
 
 fn compile(_cx: &mut Validator<'_>, _src: &Source<'_>) -> Option<Kind> {
     Some(Kind::Succeed)
-}
-
-pub(super) fn run(scope: &Scope<'_>, input: Value) -> Result<Flow, Stop> {
-    let out = scope.output_path(input)?;
-    Ok(scope.exited(out, None))
 }

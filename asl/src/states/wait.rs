@@ -9,6 +9,8 @@ use crate::history::EventKind;
 use crate::jsonpath::JsonPath;
 use crate::timestamp;
 use serde_json::Value;
+use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A compiled Wait state: how long to wait.
@@ -81,7 +83,12 @@ fn compile(cx: &mut Validator<'_>, src: &Source<'_>) -> Option<Kind> {
 
 /// `raw` is the state's input (what a checkpoint resumes with), `input` the
 /// same after `InputPath`.
-pub(super) async fn run(scope: &Scope<'_>, wait: &Wait, raw: &Value, input: Value) -> Result<Flow, Stop> {
+pub(super) async fn run(
+    scope: &Scope<'_>,
+    wait: &Wait,
+    raw: &Arc<Value>,
+    input: Cow<'_, Value>,
+) -> Result<Flow, Stop> {
     let run = scope.run;
     let name = &scope.st.name;
     let now = timestamp::to_nanos(run.engine.clock.now());
@@ -96,13 +103,13 @@ pub(super) async fn run(scope: &Scope<'_>, wait: &Wait, raw: &Value, input: Valu
     // Checkpoint the deadline (top-level states only: only they resume), so
     // a restarted process waits what is left, not the whole wait again.
     if run.is_top_state(name) {
-        run.save(Some(name), Some(raw)).map_err(Stop::Fatal)?;
+        run.save(Some(name), Some(raw.as_ref())).map_err(Stop::Fatal)?;
     }
     if until > now {
         let d = Duration::from_nanos((until - now).min(u64::MAX as i128) as u64);
         run.engine.clock.sleep(d).await;
     }
-    scope.exit(input)
+    scope.pass_on(raw, input, scope.st.next)
 }
 
 /// When the wait ends (Unix nanoseconds), `now` being when it starts.

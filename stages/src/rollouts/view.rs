@@ -221,6 +221,11 @@ impl Rollout {
             control,
             input: Value::Null,
         };
+        // A rollout's history runs to hundreds of states: what the walk finds is borrowed, and
+        // copied once at the end.
+        let mut step: Option<&str> = None;
+        let mut health: Option<&Value> = None;
+        let mut window_input: Option<&Value> = None;
         for entry in history {
             match &entry.what {
                 Happened::Started { input } => {
@@ -228,8 +233,8 @@ impl Rollout {
                     r.input = input.clone();
                 }
                 Happened::Entered { state, input } => {
-                    r.step = Some(state.clone());
-                    r.window = if in_window(state) { window_of(input) } else { None };
+                    step = Some(state);
+                    window_input = in_window(state).then_some(input.as_ref());
                 }
                 Happened::Exited { state, output } => {
                     if let Some(w) = output.get("traffic").and_then(weights_of)
@@ -243,14 +248,14 @@ impl Rollout {
                         r.weights = Some(w);
                     }
                     if is_check(state) {
-                        r.health = output.get("health").cloned();
+                        health = output.get("health");
                     }
                 }
                 Happened::Ended { status, error, cause } => {
                     r.ended = Some(entry.at.clone());
                     r.error = error.clone();
                     r.cause = cause.clone();
-                    r.window = None;
+                    window_input = None;
                     r.phase = match (status.as_str(), error.as_deref()) {
                         ("SUCCEEDED", _) => Phase::Succeeded,
                         ("FAILED", Some("Canary.Aborted")) => Phase::Aborted,
@@ -260,6 +265,9 @@ impl Rollout {
                 }
             }
         }
+        r.step = step.map(str::to_owned);
+        r.health = health.cloned();
+        r.window = window_input.and_then(window_of);
         if r.phase == Phase::Running && r.control.as_ref().is_some_and(|c| c.action == Action::Pause) {
             r.phase = Phase::Paused;
         }
@@ -319,7 +327,7 @@ pub struct Line {
 /// the end, in time order.
 pub fn history_lines(history: &[Entry], audit: &[AuditEntry]) -> Vec<Line> {
     let mut lines = Vec::new();
-    let mut entered: Option<(String, String)> = None;
+    let mut entered: Option<(&str, &str)> = None;
     // The wait being counted down, and since when.
     let mut open: Option<(Window, String)> = None;
     for entry in history {
@@ -348,19 +356,18 @@ pub fn history_lines(history: &[Entry], audit: &[AuditEntry]) -> Vec<Line> {
                 text: format!("started {}", deployment_of(input)),
                 detail: json!({"started": input}),
             }),
-            Happened::Entered { state, .. } => entered = Some((state.clone(), entry.at.clone())),
+            Happened::Entered { state, .. } => entered = Some((state, &entry.at)),
             Happened::Exited { state, output } => {
                 let since = entered
                     .take()
                     .filter(|(s, _)| s == state)
-                    .map(|(_, at)| at)
-                    .unwrap_or_else(|| entry.at.clone());
-                let seconds = seconds_between(&since, &entry.at);
+                    .map_or(entry.at.as_str(), |(_, at)| at);
+                let seconds = seconds_between(since, &entry.at);
                 // Shown: the steps (shifts, checks, the rollback) and how it ended; the ticks
                 // of a wait are shown as the wait, and the choices between steps not at all.
                 if is_step(state) {
                     lines.push(Line {
-                        at: since.clone(),
+                        at: since.to_owned(),
                         kind: "state",
                         text: format!("{state} ({})", duration_text(seconds)),
                         detail: json!({"state": state, "seconds": seconds}),
@@ -397,7 +404,9 @@ pub fn history_lines(history: &[Entry], audit: &[AuditEntry]) -> Vec<Line> {
                         detail: health.clone(),
                     });
                 }
-                if let Some(w) = window_of(output).filter(|w| &w.name == state) {
+                // Most states carry the wait's window; only the wait itself opens it.
+                let names_it = output.pointer("/bake/name").and_then(Value::as_str) == Some(state);
+                if let Some(w) = names_it.then(|| window_of(output)).flatten() {
                     open = Some((w, entry.at.clone()));
                 }
             }
