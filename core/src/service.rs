@@ -51,7 +51,7 @@ impl PerService {
     }
 
     /// The first service whose instance passes the event, or why none does. A service whose
-    /// stage [rules the event out](Stage::rules_out) from its bytes is not handed a copy.
+    /// stage [rules the event out](Stage::rules_out) is not handed a copy.
     async fn select(&self, event: &Event) -> Result<&Instance, String> {
         let mut why: Vec<(&str, Cow<'_, str>)> = Vec::with_capacity(self.instances.len());
         for instance in &self.instances {
@@ -115,7 +115,8 @@ impl Stage for PerService {
     fn rules_out(&self, event: &Event) -> Option<Cow<'_, str>> {
         match self.named_in_context(event) {
             Ok(Some(instance)) => return instance.stage.rules_out(event),
-            // An unknown service fails in `process`; no service and no filter fails too.
+            // An unknown service fails in `process`; a stage that does not filter finds the
+            // service in the event itself (a Task payload), which is not judged here.
             Err(()) => return None,
             Ok(None) if !self.selects => return None,
             Ok(None) => {}
