@@ -3,7 +3,7 @@
 //! a restarted process resumes them from their last completed state.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -154,25 +154,16 @@ const RETENTION_SCAN: Duration = Duration::from_secs(3600);
 /// The definition at `path`, parsed (a strategy file compiled) once for the same text: a file's
 /// pipelines are validated, then built, and each reads its definition.
 fn read_definition(path: &Path) -> Result<Arc<Definition>, String> {
-    type Read = (PathBuf, String, Arc<Definition>);
-    static LAST: std::sync::Mutex<Option<Read>> = std::sync::Mutex::new(None);
+    static PARSED: super::strategy::TextCache<Arc<Definition>> = super::strategy::TextCache::new();
     let source = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if let Ok(last) = LAST.lock()
-        && let Some((p, text, definition)) = last.as_ref()
-        && p == path
-        && *text == source
-    {
-        return Ok(definition.clone());
-    }
-    let definition = Arc::new(parse_definition(path)?);
-    if let Ok(mut last) = LAST.lock() {
-        *last = Some((path.to_owned(), source, definition.clone()));
-    }
-    Ok(definition)
+    PARSED.derive(path, source, |source| {
+        parse_definition(path, source).map(Arc::new)
+    })
 }
 
-fn parse_definition(path: &Path) -> Result<Definition, String> {
-    let text = super::strategy::definition_text(path)?;
+/// The definition file `path`, whose text is `source`, parsed.
+fn parse_definition(path: &Path, source: &str) -> Result<Definition, String> {
+    let text = super::strategy::states_language(path, source.to_owned())?;
     let name = path
         .file_name()
         .and_then(|n| n.to_str())

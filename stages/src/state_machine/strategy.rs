@@ -241,30 +241,54 @@ impl Strategy {
 /// The States Language text of a definition file: the file itself, or — for a strategy file
 /// (`*.toml` with a `[strategy]` table) — what it compiles to. Every reader of
 /// `engine.definition` goes through here, so a pipeline may name either.
-///
-/// A strategy file is compiled once for the same text (each file's last text is kept): loading
-/// a pipeline file validates, builds and asks whether the machine reads its control record,
-/// each reading the definition.
 pub fn definition_text(path: &std::path::Path) -> Result<String, String> {
-    type Compiled = std::collections::HashMap<std::path::PathBuf, (String, String)>;
-    static COMPILED: std::sync::Mutex<Option<Compiled>> = std::sync::Mutex::new(None);
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    states_language(path, text)
+}
+
+/// [`definition_text`] of the file `path` whose text is `text`. A strategy file is compiled
+/// once for the same text: loading a pipeline file validates, builds and asks whether the
+/// machine reads its control record, each reading the definition.
+pub(super) fn states_language(path: &std::path::Path, text: String) -> Result<String, String> {
+    static COMPILED: TextCache<String> = TextCache::new();
     if path.extension().is_none_or(|e| e != "toml") {
         return Ok(text);
     }
-    if let Ok(known) = COMPILED.lock()
-        && let Some((source, compiled)) = known.as_ref().and_then(|k| k.get(path))
-        && *source == text
-    {
-        return Ok(compiled.clone());
+    COMPILED.derive(path, text, |text| compile_strategy_text(path, text))
+}
+
+/// What is derived from files' texts, each file's kept while its text stays the same (a
+/// changed file is derived anew; a failure is not kept).
+pub(super) struct TextCache<T>(
+    std::sync::Mutex<Option<std::collections::HashMap<std::path::PathBuf, (String, T)>>>,
+);
+
+impl<T: Clone> TextCache<T> {
+    pub(super) const fn new() -> Self {
+        Self(std::sync::Mutex::new(None))
     }
-    let compiled = compile_strategy_text(path, &text)?;
-    if let Ok(mut known) = COMPILED.lock() {
-        known
-            .get_or_insert_default()
-            .insert(path.to_owned(), (text, compiled.clone()));
+
+    /// What `derive` makes of `text`, the text of `path` now.
+    pub(super) fn derive(
+        &self,
+        path: &std::path::Path,
+        text: String,
+        derive: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, String> {
+        if let Ok(known) = self.0.lock()
+            && let Some((seen, value)) = known.as_ref().and_then(|k| k.get(path))
+            && *seen == text
+        {
+            return Ok(value.clone());
+        }
+        let value = derive(&text)?;
+        if let Ok(mut known) = self.0.lock() {
+            known
+                .get_or_insert_default()
+                .insert(path.to_owned(), (text, value.clone()));
+        }
+        Ok(value)
     }
-    Ok(compiled)
 }
 
 /// What the strategy file `path` holding `text` compiles to.
