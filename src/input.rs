@@ -94,19 +94,23 @@ impl Item {
     /// [`Item::Malformed`], saying where and why.
     pub(crate) fn checked(self) -> Item {
         match self {
-            Item::Event { origin, event } => match cutover_pattern::check_json(event.raw()) {
-                Ok(()) => Item::Event { origin, event },
-                Err(e) => {
-                    let message = match origin.place {
-                        Place::Line(n) => format!("line {n}: not valid JSON: {e}"),
-                        _ => format!("not valid JSON: {e}"),
-                    };
-                    Item::Malformed { origin, message }
-                }
+            Item::Event { origin, event } => match syntax_error(&origin, &event) {
+                None => Item::Event { origin, event },
+                Some(message) => Item::Malformed { origin, message },
             },
             other => other,
         }
     }
+}
+
+/// Why `event`, read at `origin`, is not one JSON document (see [`Item::checked`]), if it is
+/// not.
+pub(crate) fn syntax_error(origin: &Origin, event: &Event) -> Option<String> {
+    let e = cutover_pattern::check_json(event.raw()).err()?;
+    Some(match origin.place {
+        Place::Line(n) => format!("line {n}: not valid JSON: {e}"),
+        _ => format!("not valid JSON: {e}"),
+    })
 }
 
 /// `range` of `bytes` without its leading and trailing ASCII whitespace.
@@ -165,10 +169,40 @@ impl Blocks {
 /// from JSON Lines whose first line is torn.
 pub(crate) fn read_events<B>(
     name: &str,
-    mut input: impl BufRead,
+    input: impl BufRead,
     blocks: &Blocks,
     mut each: impl FnMut(Item) -> ControlFlow<B>,
 ) -> std::io::Result<ControlFlow<B>> {
+    match start_events(name, input, &mut each)? {
+        Started::Ended(flow) => Ok(flow),
+        Started::Lines(mut lines) => {
+            while let Some(block) = lines.next_block(blocks)? {
+                if let ControlFlow::Break(b) = each(block) {
+                    return Ok(ControlFlow::Break(b));
+                }
+            }
+            Ok(ControlFlow::Continue(()))
+        }
+    }
+}
+
+/// How far [`start_events`] read.
+pub(crate) enum Started<R, B> {
+    /// To the end of the input, or until `each` broke: an array, one document, nothing.
+    Ended(ControlFlow<B>),
+    /// JSON Lines: the first line went to `each`; the rest is read block by block.
+    Lines(LineBlocks<R>),
+}
+
+/// Reads the start of `input` (see [`read_events`]): an array, a single document or an empty
+/// input to the end, handing its events to `each`; of JSON Lines only the first line, leaving
+/// the rest to the returned [`LineBlocks`] — which whoever decides the blocks may read in
+/// turn, block after block.
+pub(crate) fn start_events<R: BufRead, B>(
+    name: &str,
+    mut input: R,
+    mut each: impl FnMut(Item) -> ControlFlow<B>,
+) -> std::io::Result<Started<R, B>> {
     let name: Arc<str> = Arc::from(name);
     let at = |place| Origin {
         name: name.clone(),
@@ -181,7 +215,7 @@ pub(crate) fn read_events<B>(
         let buffered = input.fill_buf()?;
         let Some(start) = buffered.iter().position(|b| !b.is_ascii_whitespace()) else {
             if buffered.is_empty() {
-                return Ok(ControlFlow::Continue(()));
+                return Ok(Started::Ended(ControlFlow::Continue(())));
             }
             number += newlines(buffered);
             let all = buffered.len();
@@ -192,7 +226,7 @@ pub(crate) fn read_events<B>(
         let opens_array = buffered[start] == b'[';
         input.consume(start);
         if opens_array {
-            return read_array(input, number, &at, each);
+            return read_array(input, number, &at, each).map(Started::Ended);
         }
         input.read_until(b'\n', &mut line)?;
         number += 1;
@@ -203,12 +237,19 @@ pub(crate) fn read_events<B>(
         let mut text = line;
         input.read_to_end(&mut text)?;
         if serde_json::from_slice::<IgnoredAny>(&text).is_ok() {
-            return Ok(each(Item::Event {
+            return Ok(Started::Ended(each(Item::Event {
                 origin: at(Place::Whole),
                 event: Event::from_bytes(text.trim_ascii()),
-            }));
+            })));
         }
-        return read_lines(&text[..], number - 1, &name, blocks, each);
+        // Torn JSON Lines, read whole already: their lines go on from here.
+        return Ok(Started::Lines(LineBlocks {
+            input: Rest::Text(std::io::Cursor::new(text)),
+            name,
+            number: number - 1,
+            carry: Vec::new(),
+            ended: false,
+        }));
     }
     // A first line followed by nothing but blanks is a one-document input.
     let mut blank_lines = 0;
@@ -230,84 +271,102 @@ pub(crate) fn read_events<B>(
         origin: at(place),
         event: Event::from_bytes(first),
     }) {
-        return Ok(ControlFlow::Break(b));
+        return Ok(Started::Ended(ControlFlow::Break(b)));
     }
-    read_lines(input, number + blank_lines, &name, blocks, each)
+    // What the reader holds already comes first; then reads bypass its buffer.
+    let carry = input.fill_buf()?.to_vec();
+    input.consume(carry.len());
+    Ok(Started::Lines(LineBlocks {
+        input: Rest::Reader(input),
+        name,
+        number: number + blank_lines,
+        carry,
+        ended: false,
+    }))
 }
 
 fn newlines(bytes: &[u8]) -> u64 {
     bytes.iter().filter(|&&b| b == b'\n').count() as u64
 }
 
-/// JSON Lines after line `number`, handed on in blocks of whole lines as they are read: each
-/// read goes straight into a block (after the part line the last one ended with); reading only
-/// finds the last line end and counts the lines.
-fn read_lines<B>(
-    mut input: impl BufRead,
-    mut number: u64,
-    name: &Arc<str>,
-    blocks: &Blocks,
-    mut each: impl FnMut(Item) -> ControlFlow<B>,
-) -> std::io::Result<ControlFlow<B>> {
-    // What the reader holds already comes first; then reads bypass its buffer.
-    let mut carry = input.fill_buf()?.to_vec();
-    input.consume(carry.len());
-    loop {
-        let mut block = blocks.take();
-        if block.len() < carry.len() + BLOCK / 2 {
-            block.resize(carry.len() + BLOCK / 2, 0);
-        }
-        block[..carry.len()].copy_from_slice(&carry);
-        let mut filled = carry.len();
-        // Read until the block holds a line end (one read, unless a line outgrows the block);
-        // whole lines the reader held already go on at once (a live stream's first lines must
-        // not wait for the next).
-        let mut end = false;
-        let holds_line = memchr::memchr(b'\n', &carry).is_some();
-        carry.clear();
-        if !holds_line {
-            loop {
-                if filled == block.len() {
-                    block.resize(block.len() * 2, 0);
-                }
-                let read = match input.read(&mut block[filled..]) {
-                    Ok(read) => read,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                };
-                if read == 0 {
-                    end = true;
-                    break;
-                }
-                let line_end = memchr::memchr(b'\n', &block[filled..filled + read]).is_some();
-                filled += read;
-                if line_end {
-                    break;
+/// What is left of an input after its first line: the reader, or the text already read.
+enum Rest<R> {
+    Reader(R),
+    Text(std::io::Cursor<Vec<u8>>),
+}
+
+/// The JSON Lines of an input after its first line, handed on in blocks of whole lines
+/// ([`Item::Lines`]) as they are read: each read goes straight into a block (after the part
+/// line the last one ended with); reading only finds the last line end and counts the lines.
+pub(crate) struct LineBlocks<R> {
+    input: Rest<R>,
+    name: Arc<str>,
+    /// Lines before the next block.
+    number: u64,
+    /// The part line the last block did not take.
+    carry: Vec<u8>,
+    ended: bool,
+}
+
+impl<R: std::io::Read> LineBlocks<R> {
+    /// The next block of whole lines, or `None` at the end of the input.
+    pub(crate) fn next_block(&mut self, blocks: &Blocks) -> std::io::Result<Option<Item>> {
+        while !self.ended {
+            let carry = &mut self.carry;
+            let mut block = blocks.take();
+            if block.len() < carry.len() + BLOCK / 2 {
+                block.resize(carry.len() + BLOCK / 2, 0);
+            }
+            block[..carry.len()].copy_from_slice(carry);
+            let mut filled = carry.len();
+            // Read until the block holds a line end (one read, unless a line outgrows the
+            // block); whole lines the reader held already go on at once (a live stream's
+            // first lines must not wait for the next).
+            let holds_line = memchr::memchr(b'\n', carry).is_some();
+            carry.clear();
+            if !holds_line {
+                loop {
+                    if filled == block.len() {
+                        block.resize(block.len() * 2, 0);
+                    }
+                    let read = match &mut self.input {
+                        Rest::Reader(input) => input.read(&mut block[filled..]),
+                        Rest::Text(text) => std::io::Read::read(text, &mut block[filled..]),
+                    };
+                    let read = match read {
+                        Ok(read) => read,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
+                    };
+                    if read == 0 {
+                        self.ended = true;
+                        break;
+                    }
+                    let line_end = memchr::memchr(b'\n', &block[filled..filled + read]).is_some();
+                    filled += read;
+                    if line_end {
+                        break;
+                    }
                 }
             }
-        }
-        let whole = if end {
-            filled
-        } else {
-            memchr::memrchr(b'\n', &block[..filled]).map_or(0, |last| last + 1)
-        };
-        carry.extend_from_slice(&block[whole..filled]);
-        block.truncate(whole);
-        if !block.is_empty() {
-            let first = number + 1;
-            number += memchr::memchr_iter(b'\n', &block).count() as u64;
-            let lines = Item::Lines {
-                name: name.clone(),
-                first,
-                text: block,
+            let whole = if self.ended {
+                filled
+            } else {
+                memchr::memrchr(b'\n', &block[..filled]).map_or(0, |last| last + 1)
             };
-            if let ControlFlow::Break(b) = each(lines) {
-                return Ok(ControlFlow::Break(b));
+            carry.extend_from_slice(&block[whole..filled]);
+            block.truncate(whole);
+            if !block.is_empty() {
+                let first = self.number + 1;
+                self.number += memchr::memchr_iter(b'\n', &block).count() as u64;
+                return Ok(Some(Item::Lines {
+                    name: self.name.clone(),
+                    first,
+                    text: block,
+                }));
             }
         }
-        if end {
-            return Ok(ControlFlow::Continue(()));
-        }
+        Ok(None)
     }
 }
 

@@ -1,18 +1,19 @@
 //! `cutover replay`: run recorded events through a pipeline and report each outcome.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{BufRead as _, Write};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use anyhow::Context as _;
 use clap::Args;
 use cutover_core::{Loader, Outcome, Pipeline};
 use serde_json::{Value, json};
 
-use crate::input::{Blocks, Item, read_events};
+use crate::input::{Blocks, Item, LineBlocks, Started, read_events, start_events, syntax_error};
 
 /// Arguments of `cutover replay`.
 #[derive(Debug, Args)]
@@ -49,6 +50,10 @@ pub(crate) struct ReplayArgs {
     jobs: Option<u16>,
 }
 
+/// How often a deciding thread waiting for input from a reader thread looks whether the
+/// replay has stopped (its output closed, a stage panicked).
+const STOP_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// How many events (arrays, documents) are read and decided together: enough to amortise
 /// handing a batch to a worker, few enough that memory stays small (~0.5 MB of 2 KB events).
 /// JSON Lines go by blocks of one read buffer instead.
@@ -76,78 +81,348 @@ struct Decided {
     lines: Vec<u8>,
 }
 
-/// Reads every source in turn, sending batches of events; stops early when nobody receives.
-fn read_batches(
-    sources: &[String],
-    blocks: &Blocks,
-    batches: &tokio::sync::mpsc::Sender<Vec<Item>>,
-) -> anyhow::Result<()> {
-    let mut batch = Vec::with_capacity(BATCH);
-    for name in sources {
-        let flow = if name == "-" {
-            let stdin = std::io::stdin();
-            let input = std::io::BufReader::with_capacity(READ_BUFFER, stdin.lock());
-            read_events("<stdin>", input, blocks, |item| add(&mut batch, item, batches))
-                .context("reading events from stdin")?
-        } else {
-            let file = std::fs::File::open(name).with_context(|| format!("reading events from {name}"))?;
-            let input = std::io::BufReader::with_capacity(READ_BUFFER, file);
-            read_events(name, input, blocks, |item| add(&mut batch, item, batches))
-                .with_context(|| format!("reading events from {name}"))?
-        };
-        if flow.is_break() {
-            return Ok(());
+/// Where the deciding threads take their batches from, one at a time and in input order: the
+/// sources in turn. The blocks of a JSON Lines file are read by the deciding threads
+/// themselves, each taking the next block under the lock and deciding it on its own core
+/// (reading needs no thread of its own, and a block is decided where it was read); stdin and
+/// JSON arrays are read by a reader thread that sends batches.
+struct Feed {
+    sources: std::vec::IntoIter<String>,
+    now: Now,
+    /// Events read with a source's start, going before its blocks.
+    queued: Vec<Item>,
+    /// The number of the next batch.
+    next: u64,
+    /// How many batches a reader thread may have queued.
+    bound: usize,
+    done: bool,
+    error: Option<anyhow::Error>,
+}
+
+enum Now {
+    Between,
+    Lines {
+        name: String,
+        lines: LineBlocks<std::io::BufReader<std::fs::File>>,
+    },
+    Thread {
+        batches: std::sync::mpsc::Receiver<Vec<Item>>,
+        reader: std::thread::JoinHandle<anyhow::Result<()>>,
+    },
+}
+
+impl Feed {
+    /// The next batch and its number, or `None` when every source is read (or reading failed,
+    /// or the output did: `stopped`).
+    fn take(&mut self, blocks: &Arc<Blocks>, stopped: &AtomicBool) -> Option<(u64, Vec<Item>)> {
+        loop {
+            if stopped.load(Ordering::Relaxed) {
+                self.stop(None);
+            }
+            if self.done {
+                return None;
+            }
+            if !self.queued.is_empty() {
+                let batch = std::mem::take(&mut self.queued);
+                return Some(self.numbered(batch));
+            }
+            match &mut self.now {
+                Now::Lines { name, lines } => match lines.next_block(blocks) {
+                    Ok(Some(block)) => return Some(self.numbered(vec![block])),
+                    Ok(None) => self.now = Now::Between,
+                    Err(e) => {
+                        let error = anyhow::Error::new(e).context(format!("reading events from {name}"));
+                        self.stop(Some(error));
+                    }
+                },
+                // Waiting for input that may never come (a pipe left open), yet seeing in time
+                // that everything stopped: the other threads wait for this one's lock.
+                Now::Thread { batches, .. } => match batches.recv_timeout(STOP_CHECK) {
+                    Ok(batch) => return Some(self.numbered(batch)),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    // The reader is done: it said how it ended.
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                        if let Now::Thread { reader, .. } = std::mem::replace(&mut self.now, Now::Between) {
+                            match reader.join() {
+                                Ok(Ok(())) => {}
+                                Ok(Err(e)) => self.stop(Some(e)),
+                                Err(_) => self.stop(Some(anyhow::anyhow!("the event reader panicked"))),
+                            }
+                        }
+                    }
+                },
+                Now::Between => match self.sources.next() {
+                    None => self.done = true,
+                    Some(name) => {
+                        if let Err(e) = self.open(name, blocks) {
+                            self.stop(Some(e));
+                        }
+                    }
+                },
+            }
         }
     }
-    if !batch.is_empty() {
-        let _ = batches.blocking_send(batch);
+
+    fn numbered(&mut self, batch: Vec<Item>) -> (u64, Vec<Item>) {
+        self.next += 1;
+        (self.next - 1, batch)
+    }
+
+    /// Takes no more batches (a reader thread still running finds nobody receiving and stops).
+    fn stop(&mut self, error: Option<anyhow::Error>) {
+        self.done = true;
+        self.now = Now::Between;
+        self.queued.clear();
+        if self.error.is_none() {
+            self.error = error;
+        }
+    }
+
+    /// Starts reading source `name`: a JSON Lines file is read here, block by block, as batches
+    /// are taken; stdin and anything else by a reader thread.
+    fn open(&mut self, name: String, blocks: &Arc<Blocks>) -> anyhow::Result<()> {
+        let (sender, batches) = std::sync::mpsc::sync_channel(self.bound);
+        let reading = blocks.clone();
+        if name == "-" {
+            let reader = std::thread::spawn(move || {
+                let stdin = std::io::stdin();
+                let input = std::io::BufReader::with_capacity(READ_BUFFER, stdin.lock());
+                send_batches("<stdin>", input, &reading, &sender).context("reading events from stdin")
+            });
+            self.now = Now::Thread { batches, reader };
+            return Ok(());
+        }
+        let reading_name = || format!("reading events from {name}");
+        let file = std::fs::File::open(&name).with_context(reading_name)?;
+        // Only a regular file is read where its blocks are decided: a named pipe or a device
+        // may block, with the feed's lock held.
+        let regular = file.metadata().is_ok_and(|m| m.is_file());
+        let mut input = std::io::BufReader::with_capacity(READ_BUFFER, file);
+        // An array (or an input that starts with more blanks than the reader holds) is read by
+        // a thread, element by element.
+        let buffered = if regular {
+            input.fill_buf().with_context(reading_name)?
+        } else {
+            &[]
+        };
+        if !regular
+            || matches!(
+                buffered.iter().find(|b| !b.is_ascii_whitespace()),
+                Some(b'[') | None
+            ) && !buffered.is_empty()
+        {
+            let reader = std::thread::spawn(move || {
+                send_batches(&name, input, &reading, &sender)
+                    .with_context(|| format!("reading events from {name}"))
+            });
+            self.now = Now::Thread { batches, reader };
+            return Ok(());
+        }
+        let mut first = Vec::new();
+        let started = start_events(&name, input, |item| {
+            first.push(item);
+            ControlFlow::<()>::Continue(())
+        })
+        .with_context(reading_name)?;
+        self.queued = first;
+        if let Started::Lines(lines) = started {
+            self.now = Now::Lines { name, lines };
+        }
+        Ok(())
+    }
+}
+
+/// Reads one input on a reader thread, sending batches of events; stops early when nobody
+/// receives.
+fn send_batches(
+    name: &str,
+    input: impl std::io::BufRead,
+    blocks: &Blocks,
+    batches: &std::sync::mpsc::SyncSender<Vec<Item>>,
+) -> std::io::Result<()> {
+    let mut batch = Vec::with_capacity(BATCH);
+    let flow = read_events(name, input, blocks, |item| {
+        // A block of lines is a batch's worth on its own.
+        let whole = matches!(item, Item::Lines { .. });
+        batch.push(item);
+        if batch.len() < BATCH && !whole {
+            return ControlFlow::Continue(());
+        }
+        let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+        match batches.send(full) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(_) => ControlFlow::Break(()),
+        }
+    })?;
+    if flow.is_continue() && !batch.is_empty() {
+        let _ = batches.send(batch);
     }
     Ok(())
 }
 
-fn add(batch: &mut Vec<Item>, item: Item, batches: &tokio::sync::mpsc::Sender<Vec<Item>>) -> ControlFlow<()> {
-    // A block of lines is a batch's worth on its own.
-    let whole = matches!(item, Item::Lines { .. });
-    batch.push(item);
-    if batch.len() < BATCH && !whole {
-        return ControlFlow::Continue(());
+/// A count of batches that may be taken before their reports are written: bounds what the
+/// deciding threads hold when one of them is slow (its report holds up the later ones).
+#[derive(Debug)]
+struct Window {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl Window {
+    fn acquire(&self) {
+        let Ok(mut free) = self.free.lock() else { return };
+        while *free == 0 {
+            free = match self.freed.wait(free) {
+                Ok(free) => free,
+                Err(_) => return,
+            };
+        }
+        *free -= 1;
     }
-    let full = std::mem::replace(batch, Vec::with_capacity(BATCH));
-    match batches.blocking_send(full) {
-        Ok(()) => ControlFlow::Continue(()),
-        Err(_) => ControlFlow::Break(()),
+
+    fn release(&self, n: usize) {
+        if let Ok(mut free) = self.free.lock() {
+            *free = free.saturating_add(n);
+            self.freed.notify_all();
+        }
+    }
+}
+
+/// The reports, written in input order as batches are decided.
+struct Out {
+    /// The number of the next batch to write.
+    next: u64,
+    /// Batches decided (or failed) before one ahead of them.
+    waiting: BTreeMap<u64, anyhow::Result<Decided>>,
+    summary: Summary,
+    writer: std::io::BufWriter<std::io::Stdout>,
+    /// Why reports stopped: the output failed, or a batch could not be decided (the batches
+    /// before it were written).
+    error: Option<anyhow::Error>,
+}
+
+/// What the deciding threads share.
+struct Deciding {
+    feed: Mutex<Feed>,
+    out: Mutex<Out>,
+    window: Window,
+    /// Set when the output failed (or a batch could not be decided): nothing more is taken.
+    stopped: AtomicBool,
+    blocks: Arc<Blocks>,
+    pipeline: Pipeline,
+    report: Report,
+}
+
+impl Deciding {
+    /// Takes batches and decides them until the feed is done: run by each deciding thread.
+    fn run(&self, runtime: &tokio::runtime::Handle) {
+        let mut events = Vec::new();
+        loop {
+            self.window.acquire();
+            let taken = match self.feed.lock() {
+                Ok(mut feed) => feed.take(&self.blocks, &self.stopped),
+                Err(_) => None,
+            };
+            let Some((number, batch)) = taken else {
+                self.window.release(1);
+                return;
+            };
+            let deciding = decide(&self.pipeline, batch, self.report, &self.blocks, &mut events);
+            let decided =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(deciding)))
+                    .map_err(|panic| {
+                        // Nothing after this batch is taken; the batches before it are still written.
+                        self.stopped.store(true, Ordering::Relaxed);
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| (*s).to_owned())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        anyhow::anyhow!("deciding a batch of events: a stage panicked: {what}")
+                    });
+            self.write(number, decided);
+        }
+    }
+
+    /// Writes `decided` (batch `number`) and every batch waiting for it, in order; a batch
+    /// that failed ends the reports there.
+    fn write(&self, number: u64, decided: anyhow::Result<Decided>) {
+        let mut written = 0;
+        if let Ok(mut out) = self.out.lock() {
+            let out = &mut *out;
+            out.waiting.insert(number, decided);
+            while let Some(decided) = out.waiting.remove(&out.next) {
+                out.next += 1;
+                written += 1;
+                if out.error.is_some() {
+                    continue;
+                }
+                let lines = match decided {
+                    Ok(decided) => {
+                        out.summary.merge(decided.summary);
+                        decided.lines
+                    }
+                    Err(e) => {
+                        out.error = Some(e);
+                        continue;
+                    }
+                };
+                if let Err(e) = out.writer.write_all(&lines) {
+                    out.error = Some(e.into());
+                }
+            }
+            // Reports go out as their batch is done (one write per batch): a user watching
+            // `tail -f … | cutover replay p.toml -` sees each event's outcome while input
+            // still comes, not when a buffer fills.
+            if written > 0
+                && out.error.is_none()
+                && let Err(e) = out.writer.flush()
+            {
+                out.error = Some(e.into());
+            }
+            if out.error.is_some() {
+                self.stopped.store(true, Ordering::Relaxed);
+            }
+        } else {
+            // A thread panicked while writing: stop, and leave no one waiting for room.
+            self.stopped.store(true, Ordering::Relaxed);
+            written = 1;
+        }
+        self.window.release(written);
     }
 }
 
 /// Decides a batch in order: checks each event's syntax, runs it, counts and reports it; hands
-/// its blocks back when it is done.
-async fn decide(pipeline: Pipeline, batch: Vec<Item>, report: Report, blocks: Arc<Blocks>) -> Decided {
+/// its blocks back when it is done. `events` is room for the batch's events, reused from one
+/// batch to the next (left empty).
+async fn decide(
+    pipeline: &Pipeline,
+    batch: Vec<Item>,
+    report: Report,
+    blocks: &Blocks,
+    events: &mut Vec<Item>,
+) -> Decided {
     let mut decided = Decided::default();
-    let mut events = Vec::new();
     let mut read = Vec::new();
     for item in batch {
         read.extend(item.into_events(|event| events.push(event)));
     }
-    for item in events {
-        let (origin, id, outcome) = match item.checked() {
-            Item::Event { origin, event } => {
-                if let Report::Summary = report {
-                    let outcome = pipeline.run(event).await;
-                    decided.summary.record(&outcome);
-                    continue;
+    for item in events.drain(..) {
+        let (origin, id, outcome) = match item {
+            Item::Event { origin, event } => match syntax_error(&origin, &event) {
+                None => {
+                    if let Report::Summary = report {
+                        let outcome = pipeline.run(event).await;
+                        decided.summary.record(&outcome);
+                        continue;
+                    }
+                    let id = event.id().map(str::to_owned);
+                    let outcome = pipeline.run(event.with_origin(origin.to_string())).await;
+                    (origin, id, outcome)
                 }
-                let id = event.id().map(str::to_owned);
-                let outcome = pipeline.run(event.with_origin(origin.to_string())).await;
-                (origin, id, outcome)
-            }
-            Item::Malformed { origin, message } => (
-                origin,
-                None,
-                Outcome::Failed {
-                    stage: "input".into(),
-                    error: cutover_core::StageError::permanent(message),
-                },
-            ),
+                Some(message) => (origin, None, malformed(message)),
+            },
+            Item::Malformed { origin, message } => (origin, None, malformed(message)),
             // Blocks were cut into events above.
             Item::Lines { .. } => continue,
         };
@@ -171,6 +446,14 @@ async fn decide(pipeline: Pipeline, batch: Vec<Item>, report: Report, blocks: Ar
         blocks.give(block);
     }
     decided
+}
+
+/// The outcome of input that is not an event.
+fn malformed(message: String) -> Outcome {
+    Outcome::Failed {
+        stage: "input".into(),
+        error: cutover_core::StageError::permanent(message),
+    }
 }
 
 #[derive(Debug, Default)]
@@ -261,44 +544,72 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     } else {
         Report::Human
     };
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut summary = Summary::default();
-    // The reader thread sends batches of consecutive events; up to `jobs` batches are decided
-    // at once, and their reports written in input order. Memory holds a few batches, whatever
-    // the size of the input.
-    // Two batches queued per job: the reader rarely waits for a worker, nor a worker for it.
-    let (batches, mut received) = tokio::sync::mpsc::channel(2 * jobs);
-    let sources = args.events.clone();
-    let blocks = Arc::new(Blocks::default());
-    let reading = blocks.clone();
-    let reader = std::thread::spawn(move || read_batches(&sources, &reading, &batches));
-    let mut deciding = std::collections::VecDeque::new();
-    let mut open = true;
-    loop {
-        while open && deciding.len() < jobs {
-            match received.recv().await {
-                Some(batch) => {
-                    deciding.push_back(tokio::spawn(decide(
-                        pipeline.clone(),
-                        batch,
-                        report,
-                        blocks.clone(),
-                    )));
-                }
-                None => open = false,
+    // Up to `jobs` threads take batches of consecutive events in turn and decide them; their
+    // reports are written in input order. Memory holds a few batches, whatever the size of the
+    // input.
+    let deciding = Arc::new(Deciding {
+        feed: Mutex::new(Feed {
+            sources: args.events.clone().into_iter(),
+            now: Now::Between,
+            queued: Vec::new(),
+            next: 0,
+            bound: 2 * jobs,
+            done: false,
+            error: None,
+        }),
+        out: Mutex::new(Out {
+            next: 0,
+            waiting: BTreeMap::new(),
+            summary: Summary::default(),
+            writer: std::io::BufWriter::new(std::io::stdout()),
+            error: None,
+        }),
+        window: Window {
+            free: Mutex::new(2 * jobs),
+            freed: Condvar::new(),
+        },
+        stopped: AtomicBool::new(false),
+        blocks: Arc::new(Blocks::default()),
+        pipeline,
+        report,
+    });
+    let runtime = tokio::runtime::Handle::current();
+    let threads = deciding.clone();
+    tokio::task::spawn_blocking(move || {
+        std::thread::scope(|scope| {
+            for _ in 1..jobs {
+                // A thread the system will not give is one job fewer, not a failed replay.
+                let _ = std::thread::Builder::new().spawn_scoped(scope, || threads.run(&runtime));
             }
-        }
-        let Some(next) = deciding.pop_front() else {
-            break;
-        };
-        let decided = next.await.context("deciding a batch of events")?;
-        summary.merge(decided.summary);
-        out.write_all(&decided.lines)?;
+            threads.run(&runtime);
+        });
+    })
+    .await
+    .context("deciding events")?;
+    let Ok(Deciding {
+        out,
+        feed,
+        // Kept until the rollouts the trace started have finished (the pipeline's stages
+        // own what they use, such as an embedded DNS server).
+        pipeline: _pipeline,
+        ..
+    }) = Arc::try_unwrap(deciding)
+    else {
+        anyhow::bail!("the deciding threads did not finish");
+    };
+    let failed = || anyhow::anyhow!("a deciding thread failed");
+    let (mut out, read) = (
+        out.into_inner().map_err(|_| failed())?,
+        feed.into_inner().map_err(|_| failed())?,
+    );
+    if let Some(e) = out.error.take() {
+        return Err(e);
     }
-    reader
-        .join()
-        .map_err(|_| anyhow::anyhow!("the event reader panicked"))??;
+    if let Some(e) = read.error {
+        return Err(e);
+    }
+    let summary = std::mem::take(&mut out.summary);
+    let mut out = out.writer;
     // Rollouts the trace started run in the background; let them finish (on virtual time, at
     // once) so none is cut off.
     out.flush()?;

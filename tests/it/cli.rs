@@ -204,6 +204,141 @@ fn replay_with_several_jobs_reports_every_line_in_input_order() {
 }
 
 #[test]
+fn replay_reads_sources_of_every_shape_in_turn_and_reports_them_in_order() {
+    // JSON Lines files long enough for several blocks (read by the deciding threads in turn),
+    // an array (read by a reader thread) and a pretty-printed document (read whole), mixed.
+    let dir = tempfile::tempdir().unwrap();
+    let lines = noise_lines(900);
+    let first = dir.path().join("first.jsonl");
+    std::fs::write(&first, lines.join("\n")).unwrap();
+    let array = dir.path().join("array.json");
+    std::fs::write(&array, format!("\n [{}, {}]\n", lines[0], lines[1])).unwrap();
+    let pretty = dir.path().join("one.json");
+    let event: Value = serde_json::from_str(&lines[2]).unwrap();
+    std::fs::write(&pretty, serde_json::to_string_pretty(&event).unwrap()).unwrap();
+    let last = dir.path().join("last.jsonl");
+    std::fs::write(&last, format!("{}\n\n{}\n", lines[3], lines[4])).unwrap();
+    for jobs in ["1", "2", "5"] {
+        let (code, stdout, stderr) = run(cutover()
+            .args(["replay", "pipelines/catsndogs.toml", "--json", "--jobs", jobs])
+            .args([&first, &array, &pretty, &last]));
+        assert_eq!(code, 0, "{stderr}");
+        let sources: Vec<String> = stdout
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter_map(|r| r["source"].as_str().map(str::to_owned))
+            .collect();
+        let mut expected: Vec<String> = (1..=900).map(|n| format!("{}:{n}", first.display())).collect();
+        expected.extend([
+            format!("{}[0]", array.display()),
+            format!("{}[1]", array.display()),
+        ]);
+        expected.push(pretty.display().to_string());
+        expected.extend([format!("{}:1", last.display()), format!("{}:3", last.display())]);
+        assert_eq!(sources, expected, "--jobs {jobs}");
+    }
+}
+
+#[test]
+fn replay_reports_what_it_decided_then_the_source_it_cannot_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.jsonl");
+    std::fs::write(&good, noise_lines(3).join("\n")).unwrap();
+    let unreadable = dir.path().join("a-directory");
+    std::fs::create_dir(&unreadable).unwrap();
+    let (code, stdout, stderr) = run(cutover()
+        .args(["replay", "pipelines/catsndogs.toml", "--json", "--jobs", "2"])
+        .args([&good, &unreadable, &good]));
+    assert_ne!(code, 0, "{stdout}");
+    assert!(
+        stderr.contains(&format!("reading events from {}", unreadable.display())),
+        "{stderr}"
+    );
+    // The first file's events were decided and reported; nothing after the failing source.
+    assert_eq!(stdout.lines().count(), 3, "{stdout}");
+}
+
+#[test]
+fn replay_stops_when_its_output_is_closed_though_its_input_stays_open() {
+    use std::io::{BufRead, Write};
+    // Like `tail -f events | cutover replay p.toml - | head -1` once the log is quiet: all input
+    // is read, one thread's reports fill the pipe while the other waits for more input; the
+    // pipe's reader goes away, and replay must end although stdin stays open.
+    let mut child = cutover()
+        .args(["replay", "pipelines/catsndogs.toml", "--json", "--jobs", "2", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    // Small events (the filter drops them), whose reports are three times what a pipe holds.
+    for i in 0..1_000 {
+        writeln!(stdin, "{{\"id\": \"n{i}\"}}").unwrap();
+    }
+    stdin.flush().unwrap();
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.contains("\"dropped\""), "{first}");
+    drop(stdout);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("replay went on with its output closed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    drop(stdin);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    // Quietly, as `… | head` expects.
+    assert!(status.success(), "{status}: {stderr}");
+    assert_eq!(stderr, "");
+}
+
+#[test]
+fn replay_reports_each_event_typed_on_stdin_while_it_is_open() {
+    use std::io::{BufRead, Write};
+    let mut child = cutover()
+        .args(["replay", "pipelines/catsndogs.toml", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut line = String::new();
+        while stdout.read_line(&mut line).unwrap() > 0 {
+            tx.send(std::mem::take(&mut line)).unwrap();
+        }
+    });
+    // Two events (the first tells JSON Lines from a single document only with the second),
+    // then nothing more while the pipe stays open: both reports come, a few hundred bytes.
+    for line in noise_lines(2) {
+        writeln!(stdin, "{line}").unwrap();
+    }
+    stdin.flush().unwrap();
+    for n in 1..=2 {
+        let report = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no report of event {n} while stdin is open"));
+        assert!(report.starts_with(&format!("<stdin>:{n} ")), "{report}");
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+    reader.join().unwrap();
+    let summary = rx.recv().unwrap();
+    assert!(summary.starts_with("2 events:"), "{summary}");
+}
+
+#[test]
 fn replay_decides_events_while_stdin_is_still_open() {
     use std::io::{BufRead, Write};
     let mut child = cutover()
