@@ -181,41 +181,33 @@ impl Feed {
     /// Starts reading source `name`: a JSON Lines file is read here, block by block, as batches
     /// are taken; stdin and anything else by a reader thread.
     fn open(&mut self, name: String, blocks: &Arc<Blocks>) -> anyhow::Result<()> {
-        let (sender, batches) = std::sync::mpsc::sync_channel(self.bound);
-        let reading = blocks.clone();
         if name == "-" {
-            let reader = std::thread::spawn(move || {
-                let stdin = std::io::stdin();
-                let input = std::io::BufReader::with_capacity(READ_BUFFER, stdin.lock());
-                send_batches("<stdin>", input, &reading, &sender).context("reading events from stdin")
-            });
-            self.now = Now::Thread { batches, reader };
+            let stdin = || std::io::BufReader::with_capacity(READ_BUFFER, std::io::stdin().lock());
+            self.read_on_a_thread(
+                "<stdin>".into(),
+                "reading events from stdin".into(),
+                blocks,
+                stdin,
+            );
             return Ok(());
         }
         let reading_name = || format!("reading events from {name}");
         let file = std::fs::File::open(&name).with_context(reading_name)?;
         // Only a regular file is read where its blocks are decided: a named pipe or a device
-        // may block, with the feed's lock held.
+        // may block, with the feed's lock held. So is an array (or an input that starts with
+        // more blanks than the reader holds): read element by element.
         let regular = file.metadata().is_ok_and(|m| m.is_file());
         let mut input = std::io::BufReader::with_capacity(READ_BUFFER, file);
-        // An array (or an input that starts with more blanks than the reader holds) is read by
-        // a thread, element by element.
-        let buffered = if regular {
-            input.fill_buf().with_context(reading_name)?
-        } else {
-            &[]
+        let on_a_thread = !regular || {
+            let buffered = input.fill_buf().with_context(reading_name)?;
+            !buffered.is_empty()
+                && matches!(
+                    buffered.iter().find(|b| !b.is_ascii_whitespace()),
+                    Some(b'[') | None
+                )
         };
-        if !regular
-            || matches!(
-                buffered.iter().find(|b| !b.is_ascii_whitespace()),
-                Some(b'[') | None
-            ) && !buffered.is_empty()
-        {
-            let reader = std::thread::spawn(move || {
-                send_batches(&name, input, &reading, &sender)
-                    .with_context(|| format!("reading events from {name}"))
-            });
-            self.now = Now::Thread { batches, reader };
+        if on_a_thread {
+            self.read_on_a_thread(name.clone(), reading_name(), blocks, move || input);
             return Ok(());
         }
         let mut first = Vec::new();
@@ -229,6 +221,22 @@ impl Feed {
             self.now = Now::Lines { name, lines };
         }
         Ok(())
+    }
+
+    /// Has a reader thread read the input `open` gives it (called `name` in origins), sending
+    /// batches; a failure is said as `reading`.
+    fn read_on_a_thread<R: std::io::BufRead>(
+        &mut self,
+        name: String,
+        reading: String,
+        blocks: &Arc<Blocks>,
+        open: impl FnOnce() -> R + Send + 'static,
+    ) {
+        let (sender, batches) = std::sync::mpsc::sync_channel(self.bound);
+        let blocks = blocks.clone();
+        let reader =
+            std::thread::spawn(move || send_batches(&name, open(), &blocks, &sender).context(reading));
+        self.now = Now::Thread { batches, reader };
     }
 }
 
@@ -316,7 +324,6 @@ struct Deciding {
 impl Deciding {
     /// Takes batches and decides them until the feed is done: run by each deciding thread.
     fn run(&self, runtime: &tokio::runtime::Handle) {
-        let mut events = Vec::new();
         loop {
             self.window.acquire();
             let taken = match self.feed.lock() {
@@ -327,7 +334,7 @@ impl Deciding {
                 self.window.release(1);
                 return;
             };
-            let deciding = decide(&self.pipeline, batch, self.report, &self.blocks, &mut events);
+            let deciding = decide(&self.pipeline, batch, self.report, &self.blocks);
             let decided =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(deciding)))
                     .map_err(|panic| {
@@ -393,21 +400,15 @@ impl Deciding {
 }
 
 /// Decides a batch in order: checks each event's syntax, runs it, counts and reports it; hands
-/// its blocks back when it is done. `events` is room for the batch's events, reused from one
-/// batch to the next (left empty).
-async fn decide(
-    pipeline: &Pipeline,
-    batch: Vec<Item>,
-    report: Report,
-    blocks: &Blocks,
-    events: &mut Vec<Item>,
-) -> Decided {
+/// its blocks back when it is done.
+async fn decide(pipeline: &Pipeline, batch: Vec<Item>, report: Report, blocks: &Blocks) -> Decided {
     let mut decided = Decided::default();
+    let mut events = Vec::new();
     let mut read = Vec::new();
     for item in batch {
         read.extend(item.into_events(|event| events.push(event)));
     }
-    for item in events.drain(..) {
+    for item in events {
         let (origin, id, outcome) = match item {
             Item::Event { origin, event } => match syntax_error(&origin, &event) {
                 None => {

@@ -116,10 +116,7 @@ fn replay_reports_each_event_and_a_summary_in_json() {
 #[test]
 fn replay_summary_reads_stdin() {
     use std::io::Write;
-    let mut child = cutover()
-        .args(["replay", "pipelines/catsndogs.toml", "--summary", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
+    let mut child = replay_on_stdin(&["pipelines/catsndogs.toml", "--summary"])
         .spawn()
         .unwrap();
     let trace = std::fs::read(crate::repo("tests/fixtures/deployment-trace.jsonl")).unwrap();
@@ -148,6 +145,18 @@ fn replay_human_output_names_the_source_line() {
         "{stdout}"
     );
     assert!(lines.next().unwrap().starts_with("1 events:"), "{stdout}");
+}
+
+/// `cutover replay ARGS -`, its stdin and stdout piped.
+fn replay_on_stdin(args: &[&str]) -> std::process::Command {
+    let mut replay = cutover();
+    replay
+        .arg("replay")
+        .args(args)
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    replay
 }
 
 /// Noise lines of the fixture trace (events the catsndogs filter drops), `n` of them.
@@ -264,10 +273,7 @@ fn replay_stops_when_its_output_is_closed_though_its_input_stays_open() {
     // Like `tail -f events | cutover replay p.toml - | head -1` once the log is quiet: all input
     // is read, one thread's reports fill the pipe while the other waits for more input; the
     // pipe's reader goes away, and replay must end although stdin stays open.
-    let mut child = cutover()
-        .args(["replay", "pipelines/catsndogs.toml", "--json", "--jobs", "2", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
+    let mut child = replay_on_stdin(&["pipelines/catsndogs.toml", "--json", "--jobs", "2"])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -304,12 +310,7 @@ fn replay_stops_when_its_output_is_closed_though_its_input_stays_open() {
 #[test]
 fn replay_reports_each_event_typed_on_stdin_while_it_is_open() {
     use std::io::{BufRead, Write};
-    let mut child = cutover()
-        .args(["replay", "pipelines/catsndogs.toml", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = replay_on_stdin(&["pipelines/catsndogs.toml"]).spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
@@ -341,10 +342,7 @@ fn replay_reports_each_event_typed_on_stdin_while_it_is_open() {
 #[test]
 fn replay_decides_events_while_stdin_is_still_open() {
     use std::io::{BufRead, Write};
-    let mut child = cutover()
-        .args(["replay", "pipelines/catsndogs.toml", "--json", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
+    let mut child = replay_on_stdin(&["pipelines/catsndogs.toml", "--json"])
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
