@@ -67,29 +67,26 @@ impl Item {
     /// not blank, and is returned (shared with its events) so that it can be handed back to
     /// [`Blocks`] once they are done; any other item is itself.
     pub(crate) fn into_events(self, mut each: impl FnMut(Item)) -> Option<Arc<Vec<u8>>> {
-        let Item::Lines { name, first, text } = self else {
-            each(self);
-            return None;
-        };
-        let block = Arc::new(text);
-        let mut start = 0;
-        let lines = memchr::memchr_iter(b'\n', &block).chain(std::iter::once(block.len()));
-        for (number, end) in (first..).zip(lines) {
-            let line = trimmed(&block, start..end.max(start));
-            start = end + 1;
-            if !line.is_empty() {
-                each(Item::Event {
-                    origin: Origin {
-                        name: name.clone(),
-                        place: Place::Line(number),
-                    },
-                    event: Event::from_shared(block.clone(), line),
-                });
-            }
+        let mut events = self.events();
+        for event in &mut events {
+            each(event);
         }
-        Some(block)
+        events.into_block()
     }
 
+    /// The events of this item one by one, as [`Item::into_events`] gives them (nothing is
+    /// collected: an event is cut from its block when it is asked for).
+    pub(crate) fn events(self) -> Events {
+        match self {
+            Item::Lines { name, first, text } => Events::Lines {
+                name,
+                number: first,
+                block: Arc::new(text),
+                start: 0,
+            },
+            other => Events::One(Some(other)),
+        }
+    }
     /// The item with its syntax checked: an event that is not one JSON document becomes
     /// [`Item::Malformed`], saying where and why.
     pub(crate) fn checked(self) -> Item {
@@ -100,6 +97,62 @@ impl Item {
             },
             other => other,
         }
+    }
+}
+
+/// The events of one item ([`Item::events`]).
+pub(crate) enum Events {
+    One(Option<Item>),
+    /// The lines of a block from byte `start` on, the first of them line `number` of `name`.
+    Lines {
+        name: Arc<str>,
+        number: u64,
+        block: Arc<Vec<u8>>,
+        start: usize,
+    },
+}
+
+impl Events {
+    /// The block the events were cut from, to hand back to [`Blocks`] once they are done.
+    pub(crate) fn into_block(self) -> Option<Arc<Vec<u8>>> {
+        match self {
+            Events::Lines { block, .. } => Some(block),
+            Events::One(_) => None,
+        }
+    }
+}
+
+impl Iterator for Events {
+    type Item = Item;
+
+    fn next(&mut self) -> Option<Item> {
+        let (name, number, block, start) = match self {
+            Events::One(item) => return item.take(),
+            Events::Lines {
+                name,
+                number,
+                block,
+                start,
+            } => (name, number, block, start),
+        };
+        // The last line ends at the end of the block, with or without a line end.
+        while *start <= block.len() {
+            let end = memchr::memchr(b'\n', &block[*start..]).map_or(block.len(), |i| *start + i);
+            let line = trimmed(block, *start..end);
+            let at = *number;
+            *number += 1;
+            *start = end + 1;
+            if !line.is_empty() {
+                return Some(Item::Event {
+                    origin: Origin {
+                        name: name.clone(),
+                        place: Place::Line(at),
+                    },
+                    event: Event::from_shared(block.clone(), line),
+                });
+            }
+        }
+        None
     }
 }
 

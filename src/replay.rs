@@ -10,7 +10,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use anyhow::Context as _;
 use clap::Args;
-use cutover_core::{Loader, Outcome, Pipeline};
+use cutover_core::{Batch, Loader, Outcome, Pipeline};
 use serde_json::{Value, json};
 
 use crate::input::{Blocks, Item, LineBlocks, Started, read_events, start_events, syntax_error};
@@ -403,50 +403,62 @@ impl Deciding {
 /// its blocks back when it is done.
 async fn decide(pipeline: &Pipeline, batch: Vec<Item>, report: Report, blocks: &Blocks) -> Decided {
     let mut decided = Decided::default();
-    let mut events = Vec::new();
     let mut read = Vec::new();
+    // Counted into the pipeline's metrics once, when the batch is done.
+    let mut run = pipeline.batch();
     for item in batch {
-        read.extend(item.into_events(|event| events.push(event)));
+        let mut events = item.events();
+        for item in &mut events {
+            decide_one(item, &mut run, report, &mut decided).await;
+        }
+        read.extend(events.into_block());
     }
-    for item in events {
-        let (origin, id, outcome) = match item {
-            Item::Event { origin, event } => match syntax_error(&origin, &event) {
-                None => {
-                    if let Report::Summary = report {
-                        let outcome = pipeline.run(event).await;
-                        decided.summary.record(&outcome);
-                        continue;
-                    }
-                    let id = event.id().map(str::to_owned);
-                    let outcome = pipeline.run(event.with_origin(origin.to_string())).await;
-                    (origin, id, outcome)
-                }
-                Some(message) => (origin, None, malformed(message)),
-            },
-            Item::Malformed { origin, message } => (origin, None, malformed(message)),
-            // Blocks were cut into events above.
-            Item::Lines { .. } => continue,
-        };
-        decided.summary.record(&outcome);
-        // Writing into a Vec cannot fail.
-        let _ = match report {
-            Report::Summary => Ok(()),
-            Report::Json => writeln!(
-                decided.lines,
-                "{}",
-                outcome_json(&origin.to_string(), id.as_deref(), &outcome)
-            ),
-            Report::Human => writeln!(
-                decided.lines,
-                "{origin} {}: {outcome}",
-                id.as_deref().unwrap_or("-")
-            ),
-        };
-    }
+    drop(run);
     for block in read {
         blocks.give(block);
     }
     decided
+}
+
+/// Decides one event of a batch, and counts (and reports) its outcome.
+async fn decide_one(item: Item, batch: &mut Batch<'_>, report: Report, decided: &mut Decided) {
+    let (origin, id, outcome) = match item {
+        Item::Event { origin, event } => match syntax_error(&origin, &event) {
+            None => {
+                if let Report::Summary = report {
+                    // A summary counts drops per stage: nearly every event is done by its
+                    // bytes alone, without an outcome.
+                    match batch.rules_out(&event) {
+                        Some(stage) => decided.summary.dropped(stage),
+                        None => decided.summary.record(&batch.run(event).await),
+                    }
+                    return;
+                }
+                let id = event.id().map(str::to_owned);
+                let outcome = batch.run(event.with_origin(origin.to_string())).await;
+                (origin, id, outcome)
+            }
+            Some(message) => (origin, None, malformed(message)),
+        },
+        Item::Malformed { origin, message } => (origin, None, malformed(message)),
+        // Blocks are cut into events before they get here.
+        Item::Lines { .. } => return,
+    };
+    decided.summary.record(&outcome);
+    // Writing into a Vec cannot fail.
+    let _ = match report {
+        Report::Summary => Ok(()),
+        Report::Json => writeln!(
+            decided.lines,
+            "{}",
+            outcome_json(&origin.to_string(), id.as_deref(), &outcome)
+        ),
+        Report::Human => writeln!(
+            decided.lines,
+            "{origin} {}: {outcome}",
+            id.as_deref().unwrap_or("-")
+        ),
+    };
 }
 
 /// The outcome of input that is not an event.
@@ -476,17 +488,23 @@ impl Summary {
     }
 
     fn record(&mut self, outcome: &Outcome) {
-        self.events += 1;
         match outcome {
             Outcome::Passed { .. } => self.passed += 1,
-            // Counted for nearly every event: the stage's name is copied only the first time.
-            Outcome::Dropped { stage, .. } => match self.dropped.get_mut(stage) {
-                Some(n) => *n += 1,
-                None => {
-                    self.dropped.insert(stage.clone(), 1);
-                }
-            },
+            Outcome::Dropped { stage, .. } => return self.dropped(stage),
             Outcome::Failed { .. } => self.failed += 1,
+        }
+        self.events += 1;
+    }
+
+    /// Counts an event `stage` dropped.
+    fn dropped(&mut self, stage: &str) {
+        self.events += 1;
+        // Counted for nearly every event: the stage's name is copied only the first time.
+        match self.dropped.get_mut(stage) {
+            Some(n) => *n += 1,
+            None => {
+                self.dropped.insert(stage.to_owned(), 1);
+            }
         }
     }
 

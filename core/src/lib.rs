@@ -45,7 +45,7 @@ pub use error::{BuildError, FieldError, LoadError, LoadErrors, PipelineError};
 pub use event::{Event, EventError};
 pub use outcome::{Outcome, StageError};
 pub use path::{FieldPath, PathError};
-pub use pipeline::Pipeline;
+pub use pipeline::{Batch, Pipeline};
 pub use stage::{
     AsAny, BoxFuture, Next, Stage, StageConfig, StageInfo, StageLayer, StageService, ValidateContext,
     registered_stages, typetag_names,

@@ -84,35 +84,110 @@ impl Pipeline {
     /// Runs one event through the chain.
     pub async fn run(&self, event: Event) -> Outcome {
         let started = Instant::now();
+        let outcome = self.decide(event).await;
+        let stage = outcome.stage().unwrap_or("");
+        self.count(outcome.kind(), stage, 1);
+        self.count_time(started);
+        outcome
+    }
+
+    /// A run of events through this pipeline that counts its metrics as it goes and adds
+    /// them once, when it is dropped: for a host that decides many events in a row (replay).
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            pipeline: self,
+            started: Instant::now(),
+            counts: Vec::new(),
+        }
+    }
+
+    /// The outcome of one event, not counted.
+    async fn decide(&self, event: Event) -> Outcome {
         // Most events are dropped by the first stage that judges them, from their bytes: then
         // the chain is not run (the stages before it are transparent to drops) — the same
         // outcome, without a call per stage.
         let ruled_out = self
             .gate
             .and_then(|k| Some((k, self.stages[k].rules_out(&event)?.into_owned())));
-        let outcome = match ruled_out {
+        match ruled_out {
             Some((k, reason)) => Outcome::Dropped {
                 stage: self.names[k].clone(),
                 reason,
             },
             None => Next::chain(&self.stages, &self.names).run(event).await,
-        };
-        let stage = outcome.stage().unwrap_or("");
+        }
+    }
+
+    /// Adds `events` events that ended `kind` at `stage` ("" for none) to the metrics.
+    fn count(&self, kind: &str, stage: &str, events: u64) {
         self.metrics.add(
             "cutover_events_total",
-            &[
-                ("pipeline", &self.name),
-                ("outcome", outcome.kind()),
-                ("stage", stage),
-            ],
-            1,
+            &[("pipeline", &self.name), ("outcome", kind), ("stage", stage)],
+            events,
         );
+    }
+
+    /// Adds the time since `started` to the time spent deciding events.
+    fn count_time(&self, started: Instant) {
         self.metrics.add(
             "cutover_event_micros_total",
             &[("pipeline", &self.name)],
             u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         );
+    }
+}
+
+/// Events run through one [`Pipeline`] in a row ([`Pipeline::batch`]): the same outcomes and
+/// the same metrics as [`Pipeline::run`], but counted here and added to the metrics once, when
+/// the batch is dropped (the time is the whole batch's), rather than per event; and an event
+/// the pipeline drops by its bytes alone can be done without an [`Outcome`]
+/// ([`Batch::rules_out`]).
+#[derive(Debug)]
+pub struct Batch<'p> {
+    pipeline: &'p Pipeline,
+    started: Instant,
+    /// Events per outcome kind and stage ("" for none).
+    counts: Vec<(&'static str, String, u64)>,
+}
+
+impl<'p> Batch<'p> {
+    /// What [`Pipeline::run`] answers for `event`.
+    pub async fn run(&mut self, event: Event) -> Outcome {
+        let outcome = self.pipeline.decide(event).await;
+        self.count(outcome.kind(), outcome.stage().unwrap_or(""));
         outcome
+    }
+
+    /// The name of the stage that drops `event` by its bytes alone
+    /// ([`Stage::rules_out`]), if one does: the event is then done (and counted as dropped by
+    /// that stage), with the outcome [`Batch::run`] would give, but none is built. Otherwise
+    /// the event still has to be [run](Batch::run).
+    pub fn rules_out(&mut self, event: &Event) -> Option<&'p str> {
+        let pipeline = self.pipeline;
+        let k = pipeline.gate?;
+        pipeline.stages[k].rules_out(event)?;
+        let stage = pipeline.names[k].as_str();
+        self.count("dropped", stage);
+        Some(stage)
+    }
+
+    fn count(&mut self, kind: &'static str, stage: &str) {
+        match self.counts.iter_mut().find(|(k, s, _)| *k == kind && s == stage) {
+            Some((_, _, events)) => *events += 1,
+            None => self.counts.push((kind, stage.to_owned(), 1)),
+        }
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        if self.counts.is_empty() {
+            return;
+        }
+        for (kind, stage, events) in self.counts.drain(..) {
+            self.pipeline.count(kind, &stage, events);
+        }
+        self.pipeline.count_time(self.started);
     }
 }
 
@@ -256,6 +331,93 @@ mod tests {
         assert!(out.is_passed());
         assert_eq!(calls(&watch, |w| &w.processed), 1);
         assert_eq!(calls(&needle, |n| &n.processed), 1);
+    }
+
+    /// The events counted per outcome and stage, from a snapshot of `p`'s metrics.
+    fn events_counted(p: &Pipeline) -> Vec<(String, String, u64)> {
+        let mut counted: Vec<_> = p
+            .metrics()
+            .snapshot()
+            .into_iter()
+            .filter(|c| c.name == "cutover_events_total")
+            .map(|c| {
+                let label = |key: &str| {
+                    let (_, v) = c.labels.iter().find(|(k, _)| k == key).unwrap();
+                    v.clone()
+                };
+                (label("outcome"), label("stage"), c.value)
+            })
+            .collect();
+        counted.sort();
+        counted
+    }
+
+    #[tokio::test]
+    async fn a_batch_answers_and_counts_as_runs_one_by_one_do_once_it_is_done() {
+        let events = ["{\"blue\":1}", "{\"green\":1}", "{\"blue\":2}", "{\"blue\":3}"];
+        let (_, _, one_by_one) = watch_then_filter(true);
+        let mut expected = Vec::new();
+        for e in events {
+            expected.push(one_by_one.run(Event::from_bytes(e.as_bytes().to_vec())).await);
+        }
+
+        let (watch, needle, p) = watch_then_filter(true);
+        let mut batch = p.batch();
+        let mut outcomes = Vec::new();
+        for e in events {
+            outcomes.push(batch.run(Event::from_bytes(e.as_bytes().to_vec())).await);
+        }
+        assert_eq!(outcomes, expected);
+        assert!(
+            events_counted(&p).is_empty(),
+            "counted when the batch is done, not per event"
+        );
+        drop(batch);
+        assert_eq!(events_counted(&p), events_counted(&one_by_one));
+        assert_eq!(
+            events_counted(&p),
+            [
+                ("dropped".to_owned(), "filter".to_owned(), 3),
+                ("passed".to_owned(), String::new(), 1)
+            ]
+        );
+        assert!(
+            p.metrics()
+                .snapshot()
+                .iter()
+                .any(|c| c.name == "cutover_event_micros_total"),
+            "the batch's time is counted"
+        );
+        assert_eq!(calls(&watch, |w| &w.processed), 1, "only the green event ran");
+        assert_eq!(calls(&needle, |n| &n.processed), 1);
+
+        // An event ruled out by its bytes is done, and counted, without an outcome; one that
+        // is not still has to be run.
+        let mut batch = p.batch();
+        assert_eq!(
+            batch.rules_out(&Event::from_bytes(b"{\"blue\":4}".to_vec())),
+            Some("filter")
+        );
+        assert_eq!(
+            batch.rules_out(&Event::from_bytes(b"{\"green\":2}".to_vec())),
+            None
+        );
+        drop(batch);
+        assert_eq!(
+            events_counted(&p),
+            [
+                ("dropped".to_owned(), "filter".to_owned(), 4),
+                ("passed".to_owned(), String::new(), 1)
+            ]
+        );
+        assert_eq!(calls(&watch, |w| &w.processed), 1, "nothing more ran");
+
+        // A stage that sees drops rules nothing out: every event is run.
+        let (_, _, p) = watch_then_filter(false);
+        assert_eq!(
+            p.batch().rules_out(&Event::from_bytes(b"{\"blue\":1}".to_vec())),
+            None
+        );
     }
 
     #[tokio::test]

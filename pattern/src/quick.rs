@@ -256,6 +256,43 @@ mod tests {
         }
     }
 
+    /// Every sequence of up to six tokens (and blanks), placed so that it straddles a block
+    /// boundary or not: the quick pass accepts exactly what the full parse accepts (none of
+    /// them has an escape or deep nesting).
+    #[test]
+    fn every_short_token_sequence_is_judged_as_the_full_parse_judges_it() {
+        const TOKENS: [&str; 9] = ["{", "}", "[", "]", ":", ",", "\"k\"", "1", " "];
+        let mut sequence = vec![0usize; 0];
+        let mut checked = 0;
+        loop {
+            let text: String = sequence.iter().map(|&t| TOKENS[t]).collect();
+            let full = serde_json::from_str::<serde_json::Value>(&text).is_ok();
+            for pad in [0, 61] {
+                let text = padded(pad, &text);
+                assert_eq!(accepts(&text), full, "{text:?}");
+            }
+            checked += 1;
+            // The next sequence, counting in base TOKENS.len().
+            let mut i = 0;
+            loop {
+                if i == sequence.len() {
+                    if sequence.len() == 6 {
+                        assert_eq!(checked, (0..=6).map(|n| TOKENS.len().pow(n)).sum::<usize>());
+                        return;
+                    }
+                    sequence.push(0);
+                    break;
+                }
+                sequence[i] += 1;
+                if sequence[i] < TOKENS.len() {
+                    break;
+                }
+                sequence[i] = 0;
+                i += 1;
+            }
+        }
+    }
+
     #[test]
     fn what_it_cannot_vouch_for_is_left_to_the_scanner() {
         for bad in [

@@ -113,6 +113,54 @@ fn replay_reports_each_event_and_a_summary_in_json() {
     assert_eq!(lines[3]["summary"]["failed"], 1);
 }
 
+/// `--summary` counts the events it need not report by a shorter way (a drop by the
+/// filter's bytes alone builds no outcome): its counts are those of the reports, for a
+/// filter alone and for the full pipeline (whose rollouts, dedup drops and torn lines count
+/// too).
+#[test]
+fn replay_summary_counts_what_the_reports_say() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.jsonl");
+    let mut text = std::fs::read_to_string(crate::repo("tests/fixtures/deployment-trace.jsonl")).unwrap();
+    text.push_str("{\"id\": \n");
+    std::fs::write(&trace, text).unwrap();
+    for pipeline in ["scripts/bench/filter-only.toml", "pipelines/catsndogs.toml"] {
+        let replay = |report: &str| {
+            let (code, stdout, stderr) = run(cutover().args(["replay", pipeline, report]).arg(&trace));
+            assert_eq!(code, 0, "{stderr}");
+            stdout
+        };
+        let reports = replay("--json");
+        let mut counted = serde_json::json!({"events": 0, "passed": 0, "dropped": {}, "failed": 0});
+        let mut last = Value::Null;
+        for line in reports.lines() {
+            let report: Value = serde_json::from_str(line).unwrap();
+            if report.get("summary").is_some() {
+                last = report["summary"].clone();
+                continue;
+            }
+            counted["events"] = (counted["events"].as_u64().unwrap() + 1).into();
+            match report["outcome"].as_str().unwrap() {
+                "dropped" => {
+                    let stage = report["stage"].as_str().unwrap();
+                    let n = counted["dropped"][stage].as_u64().unwrap_or(0);
+                    counted["dropped"][stage] = (n + 1).into();
+                }
+                kind => counted[kind] = (counted[kind].as_u64().unwrap() + 1).into(),
+            }
+        }
+        assert_eq!(last, counted, "{pipeline}: the reports' own summary");
+        let summary: Value = serde_json::from_str(&replay("--summary")).unwrap();
+        assert_eq!(summary["summary"], counted, "{pipeline}");
+        assert_eq!(counted["events"], 51, "{pipeline}");
+        assert_eq!(counted["failed"], 1, "{pipeline}: the torn line");
+        assert!(
+            counted["dropped"]["filter"].as_u64().unwrap() > 30,
+            "{pipeline}: {counted}"
+        );
+    }
+}
+
 #[test]
 fn replay_summary_reads_stdin() {
     use std::io::Write;
