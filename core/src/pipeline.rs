@@ -138,10 +138,14 @@ impl Pipeline {
 }
 
 /// Events run through one [`Pipeline`] in a row ([`Pipeline::batch`]): the same outcomes and
-/// the same metrics as [`Pipeline::run`], but counted here and added to the metrics once, when
-/// the batch is dropped (the time is the whole batch's), rather than per event; and an event
-/// the pipeline drops by its bytes alone can be done without an [`Outcome`]
-/// ([`Batch::rules_out`]).
+/// the same event counts as [`Pipeline::run`], but counted here and added to the metrics once,
+/// when the batch is dropped, rather than per event; and an event the pipeline drops by its
+/// bytes alone can be done without an [`Outcome`] ([`Batch::rules_out`]).
+///
+/// The time it adds to `cutover_event_micros_total` is its whole life, from
+/// [`Pipeline::batch`] to its drop — what the host does between its events included — where
+/// [`Pipeline::run`] adds each event's own time: a host keeps a batch only while it has events
+/// in hand, never while it waits for more.
 #[derive(Debug)]
 pub struct Batch<'p> {
     pipeline: &'p Pipeline,
