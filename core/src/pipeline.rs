@@ -163,13 +163,16 @@ impl<'p> Batch<'p> {
     }
 
     /// The name of the stage that drops `event` by its bytes alone
-    /// ([`Stage::rules_out`]), if one does: the event is then done (and counted as dropped by
+    /// ([`Stage::rules_out`], asked through [`Stage::is_ruled_out`]: no reason is built), if
+    /// one does: the event is then done (and counted as dropped by
     /// that stage), with the outcome [`Batch::run`] would give, but none is built. Otherwise
     /// the event still has to be [run](Batch::run).
     pub fn rules_out(&mut self, event: &Event) -> Option<&'p str> {
         let pipeline = self.pipeline;
         let k = pipeline.gate?;
-        pipeline.stages[k].rules_out(event)?;
+        if !pipeline.stages[k].is_ruled_out(event) {
+            return None;
+        }
         let stage = pipeline.names[k].as_str();
         self.count("dropped", stage);
         Some(stage)

@@ -128,6 +128,16 @@ impl Stage for PerService {
         Some(no_service(why))
     }
 
+    fn is_ruled_out(&self, event: &Event) -> bool {
+        // As `rules_out`, without the joint reason (nearly every event of a trace).
+        match self.named_in_context(event) {
+            Ok(Some(instance)) => instance.stage.is_ruled_out(event),
+            Err(()) => false,
+            Ok(None) if !self.selects => false,
+            Ok(None) => self.instances.iter().all(|i| i.stage.is_ruled_out(event)),
+        }
+    }
+
     fn process<'a>(&'a self, mut event: Event, next: Next<'a>) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
             let named = match from_context(&event) {
@@ -256,6 +266,8 @@ mod tests {
             let event = Event::from_bytes(bytes.to_vec());
             let slow = processed.process(event.clone(), Next::end()).await;
             let quick = judged.rules_out(&event);
+            assert_eq!(judged.is_ruled_out(&event), quick.is_some(), "{slow:?}");
+            assert!(!processed.is_ruled_out(&event), "its stages promise nothing");
             match &slow {
                 Outcome::Dropped { reason, .. } => assert_eq!(quick.as_deref(), Some(reason.as_str())),
                 _ => assert_eq!(quick, None, "{slow:?}"),
@@ -297,6 +309,7 @@ mod tests {
             .context_mut()
             .insert(SERVICE_CONTEXT.into(), json!({"name": "cats"}));
         assert_eq!(judged.rules_out(&event).as_deref(), Some("no cats"));
+        assert!(judged.is_ruled_out(&event));
         assert_eq!(
             judged.process(event.clone(), Next::end()).await,
             Outcome::dropped("no cats")
@@ -306,6 +319,7 @@ mod tests {
             .context_mut()
             .insert(SERVICE_CONTEXT.into(), json!({"name": "bats"}));
         assert_eq!(judged.rules_out(&event), None);
+        assert!(!judged.is_ruled_out(&event));
         assert!(matches!(
             judged.process(event, Next::end()).await,
             Outcome::Failed { .. }

@@ -79,6 +79,14 @@ pub trait Stage: Send + Sync + fmt::Debug {
         None
     }
 
+    /// Whether [`rules_out`](Self::rules_out) answers `Some` for `event`, for a host that only
+    /// counts drops and needs no reason ([`Batch::rules_out`](crate::Batch::rules_out)). The
+    /// default asks `rules_out`; a stage whose reason costs something to build (a joint reason
+    /// of several services) answers without building it. It must agree with `rules_out`.
+    fn is_ruled_out(&self, event: &Event) -> bool {
+        self.rules_out(event).is_some()
+    }
+
     /// Whether this stage is transparent to an event a later stage drops: it hands every event
     /// on unchanged (`next.run(event)`, nothing added to its context) and, when the outcome is
     /// a drop, returns it as it is with no other effect — nothing written, counted or sent (a
