@@ -87,6 +87,7 @@ impl Item {
             other => Events::One(Some(other)),
         }
     }
+
     /// The item with its syntax checked: an event that is not one JSON document becomes
     /// [`Item::Malformed`], saying where and why.
     pub(crate) fn checked(self) -> Item {
@@ -348,6 +349,15 @@ enum Rest<R> {
     Text(std::io::Cursor<Vec<u8>>),
 }
 
+impl<R: std::io::Read> std::io::Read for Rest<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Rest::Reader(input) => input.read(buf),
+            Rest::Text(text) => text.read(buf),
+        }
+    }
+}
+
 /// The JSON Lines of an input after its first line, handed on in blocks of whole lines
 /// ([`Item::Lines`]) as they are read: each read goes straight into a block (after the part
 /// line the last one ended with); reading only finds the last line end and counts the lines.
@@ -382,11 +392,7 @@ impl<R: std::io::Read> LineBlocks<R> {
                     if filled == block.len() {
                         block.resize(block.len() * 2, 0);
                     }
-                    let read = match &mut self.input {
-                        Rest::Reader(input) => input.read(&mut block[filled..]),
-                        Rest::Text(text) => std::io::Read::read(text, &mut block[filled..]),
-                    };
-                    let read = match read {
+                    let read = match std::io::Read::read(&mut self.input, &mut block[filled..]) {
                         Ok(read) => read,
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                         Err(e) => return Err(e),

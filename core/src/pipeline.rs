@@ -162,11 +162,10 @@ impl<'p> Batch<'p> {
         outcome
     }
 
-    /// The name of the stage that drops `event` by its bytes alone
-    /// ([`Stage::rules_out`], asked through [`Stage::is_ruled_out`]: no reason is built), if
-    /// one does: the event is then done (and counted as dropped by
-    /// that stage), with the outcome [`Batch::run`] would give, but none is built. Otherwise
-    /// the event still has to be [run](Batch::run).
+    /// The name of the stage that drops `event` by its bytes alone ([`Stage::rules_out`],
+    /// asked through [`Stage::is_ruled_out`]: no reason is built), if one does: the event is
+    /// then done, counted as the drop [`Batch::run`] would give, but no outcome is built.
+    /// Otherwise the event still has to be [run](Batch::run).
     pub fn rules_out(&mut self, event: &Event) -> Option<&'p str> {
         let pipeline = self.pipeline;
         let k = pipeline.gate?;
