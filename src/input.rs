@@ -53,11 +53,12 @@ pub(crate) enum Item {
     Event { origin: Origin, event: Event },
     /// Something that is not JSON, with where it was.
     Malformed { origin: Origin, message: String },
-    /// Whole JSON Lines as read, the first of them line `first` of `name`: cut into events by
+    /// Whole JSON Lines as read, the first of them line `first` of `name` (`None` when lines
+    /// are not numbered: [`LineBlocks::unnumbered`]): cut into events by
     /// [`Item::into_events`] where they are decided, so that reading does no per-event work.
     Lines {
         name: Arc<str>,
-        first: u64,
+        first: Option<u64>,
         text: Vec<u8>,
     },
 }
@@ -104,10 +105,11 @@ impl Item {
 /// The events of one item ([`Item::events`]).
 pub(crate) enum Events {
     One(Option<Item>),
-    /// The lines of a block from byte `start` on, the first of them line `number` of `name`.
+    /// The lines of a block from byte `start` on, the first of them line `number` of `name`
+    /// (`None`: not numbered).
     Lines {
         name: Arc<str>,
-        number: u64,
+        number: Option<u64>,
         block: Arc<Vec<u8>>,
         start: usize,
     },
@@ -140,14 +142,16 @@ impl Iterator for Events {
         while *start <= block.len() {
             let end = memchr::memchr(b'\n', &block[*start..]).map_or(block.len(), |i| *start + i);
             let line = trimmed(block, *start..end);
-            let at = *number;
-            *number += 1;
+            let place = number.map_or(Place::Whole, Place::Line);
+            if let Some(number) = number {
+                *number += 1;
+            }
             *start = end + 1;
             if !line.is_empty() {
                 return Some(Item::Event {
                     origin: Origin {
                         name: name.clone(),
-                        place: Place::Line(at),
+                        place,
                     },
                     event: Event::from_shared(block.clone(), line),
                 });
@@ -213,8 +217,8 @@ impl Blocks {
     }
 }
 
-/// Reads the events of `input` (called `name` in origins), handing each to `each` as soon as
-/// it is read, until the input ends or `each` breaks.
+/// Reads the events of `input` (called `name` in origins, with line numbers if `numbered`),
+/// handing each to `each` as soon as it is read, until the input ends or `each` breaks.
 ///
 /// An input starting with `[` is a JSON array of events, read element by element; one that
 /// holds a single JSON document is one event; anything else is JSON Lines, where each
@@ -224,12 +228,14 @@ impl Blocks {
 pub(crate) fn read_events<B>(
     name: &str,
     input: impl BufRead,
+    numbered: bool,
     blocks: &Blocks,
     mut each: impl FnMut(Item) -> ControlFlow<B>,
 ) -> std::io::Result<ControlFlow<B>> {
     match start_events(name, input, &mut each)? {
         Started::Ended(flow) => Ok(flow),
-        Started::Lines(mut lines) => {
+        Started::Lines(lines) => {
+            let mut lines = if numbered { lines } else { lines.unnumbered() };
             while let Some(block) = lines.next_block(blocks)? {
                 if let ControlFlow::Break(b) = each(block) {
                     return Ok(ControlFlow::Break(b));
@@ -301,6 +307,7 @@ pub(crate) fn start_events<R: BufRead, B>(
             input: Rest::Text(std::io::Cursor::new(text)),
             name,
             number: number - 1,
+            numbered: true,
             carry: Vec::new(),
             ended: false,
         }));
@@ -334,6 +341,7 @@ pub(crate) fn start_events<R: BufRead, B>(
         input: Rest::Reader(input),
         name,
         number: number + blank_lines,
+        numbered: true,
         carry,
         ended: false,
     }))
@@ -366,12 +374,21 @@ pub(crate) struct LineBlocks<R> {
     name: Arc<str>,
     /// Lines before the next block.
     number: u64,
+    /// Whether blocks say which line they start at (lines are counted as they are read).
+    numbered: bool,
     /// The part line the last block did not take.
     carry: Vec<u8>,
     ended: bool,
 }
 
 impl<R: std::io::Read> LineBlocks<R> {
+    /// The same blocks without line numbers: lines are not counted, and their events' origins
+    /// are the input's name alone (for a reader that reports no origin, as a summary does).
+    pub(crate) fn unnumbered(mut self) -> Self {
+        self.numbered = false;
+        self
+    }
+
     /// The next block of whole lines, or `None` at the end of the input.
     pub(crate) fn next_block(&mut self, blocks: &Blocks) -> std::io::Result<Option<Item>> {
         while !self.ended {
@@ -416,8 +433,10 @@ impl<R: std::io::Read> LineBlocks<R> {
             carry.extend_from_slice(&block[whole..filled]);
             block.truncate(whole);
             if !block.is_empty() {
-                let first = self.number + 1;
-                self.number += memchr::memchr_iter(b'\n', &block).count() as u64;
+                let first = self.numbered.then_some(self.number + 1);
+                if self.numbered {
+                    self.number += memchr::memchr_iter(b'\n', &block).count() as u64;
+                }
                 return Ok(Some(Item::Lines {
                     name: self.name.clone(),
                     first,
@@ -480,8 +499,12 @@ mod tests {
     use super::*;
 
     fn read_with(input: impl BufRead) -> Vec<Item> {
+        read_numbered(input, true)
+    }
+
+    fn read_numbered(input: impl BufRead, numbered: bool) -> Vec<Item> {
         let mut items = Vec::new();
-        let flow = read_events("t", input, &Blocks::default(), |item| {
+        let flow = read_events("t", input, numbered, &Blocks::default(), |item| {
             item.into_events(|event| items.push(event.checked()));
             ControlFlow::<()>::Continue(())
         });
@@ -506,7 +529,7 @@ mod tests {
                     format!("ok {origin} {}", String::from_utf8_lossy(event.raw()))
                 }
                 Item::Malformed { origin, .. } => format!("bad {origin}"),
-                Item::Lines { first, .. } => format!("lines from {first}"),
+                Item::Lines { first, .. } => format!("lines from {first:?}"),
             })
             .collect()
     }
@@ -571,13 +594,33 @@ mod tests {
         assert_eq!(event.raw(), long.as_bytes());
     }
 
+    /// Without line numbers, the lines after the first are the same events, and a torn one is
+    /// still found: only their origins are the input's name alone.
+    #[test]
+    fn unnumbered_lines_are_the_same_events_named_by_their_input_alone() {
+        let text = b"{\"id\":1}\n\n{\"id\":2}\n{\"id\":\n{\"id\":3}\n";
+        assert_eq!(
+            summary(&read_numbered(&text[..], true)),
+            [
+                "ok t:1 {\"id\":1}",
+                "ok t:3 {\"id\":2}",
+                "bad t:4",
+                "ok t:5 {\"id\":3}"
+            ]
+        );
+        let unnumbered = ["ok t:1 {\"id\":1}", "ok t {\"id\":2}", "bad t", "ok t {\"id\":3}"];
+        assert_eq!(summary(&read_numbered(&text[..], false)), unnumbered);
+        let small = std::io::BufReader::with_capacity(3, &text[..]);
+        assert_eq!(summary(&read_numbered(small, false)), unnumbered);
+    }
+
     #[test]
     fn a_block_is_shared_by_its_events_and_reused_once_they_are_done() {
         let blocks = Blocks::default();
         let mut events = Vec::new();
         let mut read = Vec::new();
         let text = b"{\"id\":1}\n{\"id\":2}\n".repeat(100);
-        let flow = read_events("t", &text[..], &blocks, |item| {
+        let flow = read_events("t", &text[..], true, &blocks, |item| {
             read.extend(item.into_events(|event| events.push(event)));
             ControlFlow::<()>::Continue(())
         });
@@ -623,10 +666,16 @@ mod tests {
             reads: 0,
             seen: seen.clone(),
         };
-        let flow = read_events("t", std::io::BufReader::new(live), &Blocks::default(), |item| {
-            item.into_events(|_| *seen.lock().unwrap() += 1);
-            ControlFlow::<()>::Continue(())
-        });
+        let flow = read_events(
+            "t",
+            std::io::BufReader::new(live),
+            true,
+            &Blocks::default(),
+            |item| {
+                item.into_events(|_| *seen.lock().unwrap() += 1);
+                ControlFlow::<()>::Continue(())
+            },
+        );
         assert!(matches!(flow, Ok(ControlFlow::Continue(()))));
         assert_eq!(*seen.lock().unwrap(), 2);
     }
@@ -646,7 +695,7 @@ mod tests {
         let text = b"{\"id\":1}\n{\"id\":2}\n{\"id\":3}\n".repeat(BLOCK / 8);
         let input = std::io::BufReader::with_capacity(16, &text[..]);
         let mut seen = 0;
-        let flow = read_events("t", input, &Blocks::default(), |_| {
+        let flow = read_events("t", input, true, &Blocks::default(), |_| {
             seen += 1;
             if seen == 3 {
                 ControlFlow::Break(())

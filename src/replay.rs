@@ -95,6 +95,9 @@ struct Feed {
     next: u64,
     /// How many batches a reader thread may have queued.
     bound: usize,
+    /// Whether lines are numbered: not for a summary, which reports no origin (counting lines
+    /// is a pass over every block).
+    numbered: bool,
     done: bool,
     error: Option<anyhow::Error>,
 }
@@ -218,6 +221,7 @@ impl Feed {
         .with_context(reading_name)?;
         self.queued = first;
         if let Started::Lines(lines) = started {
+            let lines = if self.numbered { lines } else { lines.unnumbered() };
             self.now = Now::Lines { name, lines };
         }
         Ok(())
@@ -234,22 +238,25 @@ impl Feed {
     ) {
         let (sender, batches) = std::sync::mpsc::sync_channel(self.bound);
         let blocks = blocks.clone();
-        let reader =
-            std::thread::spawn(move || send_batches(&name, open(), &blocks, &sender).context(reading));
+        let numbered = self.numbered;
+        let reader = std::thread::spawn(move || {
+            send_batches(&name, open(), numbered, &blocks, &sender).context(reading)
+        });
         self.now = Now::Thread { batches, reader };
     }
 }
 
-/// Reads one input on a reader thread, sending batches of events; stops early when nobody
-/// receives.
+/// Reads one input on a reader thread, sending batches of events (their lines numbered if
+/// `numbered`); stops early when nobody receives.
 fn send_batches(
     name: &str,
     input: impl std::io::BufRead,
+    numbered: bool,
     blocks: &Blocks,
     batches: &std::sync::mpsc::SyncSender<Vec<Item>>,
 ) -> std::io::Result<()> {
     let mut batch = Vec::with_capacity(BATCH);
-    let flow = read_events(name, input, blocks, |item| {
+    let flow = read_events(name, input, numbered, blocks, |item| {
         // A block of lines is a batch's worth on its own.
         let whole = matches!(item, Item::Lines { .. });
         batch.push(item);
@@ -573,6 +580,7 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             queued: Vec::new(),
             next: 0,
             bound: 2 * jobs,
+            numbered: !matches!(report, Report::Summary),
             done: false,
             error: None,
         }),

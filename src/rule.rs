@@ -69,7 +69,7 @@ pub(crate) async fn run(args: RuleArgs) -> anyhow::Result<ExitCode> {
             let file = std::fs::File::open(name).with_context(|| format!("reading {name}"))?;
             let mut items = Vec::new();
             let blocks = crate::input::Blocks::default();
-            let _ = read_events(name, std::io::BufReader::new(file), &blocks, |item| {
+            let _ = read_events(name, std::io::BufReader::new(file), true, &blocks, |item| {
                 // Every event is kept: each its own bytes, not a share of a read's block.
                 item.into_events(|event| {
                     items.push(match event.checked() {
