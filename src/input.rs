@@ -138,15 +138,11 @@ impl Iterator for Events {
                 start,
             } => (name, number, block, start),
         };
-        // The last line ends at the end of the block, with or without a line end.
-        while *start <= block.len() {
-            let end = memchr::memchr(b'\n', &block[*start..]).map_or(block.len(), |i| *start + i);
-            let line = trimmed(block, *start..end);
+        while let Some(line) = next_line(block, start) {
             let place = number.map_or(Place::Whole, Place::Line);
             if let Some(number) = number {
                 *number += 1;
             }
-            *start = end + 1;
             if !line.is_empty() {
                 return Some(Item::Event {
                     origin: Origin {
@@ -159,6 +155,19 @@ impl Iterator for Events {
         }
         None
     }
+}
+
+/// The line of `block` that starts at byte `*start`, trimmed (empty if it is blank), moving
+/// `*start` past it; `None` after the last line, which ends at the end of the block with or
+/// without a line end.
+pub(crate) fn next_line(block: &[u8], start: &mut usize) -> Option<Range<usize>> {
+    if *start > block.len() {
+        return None;
+    }
+    let end = memchr::memchr(b'\n', &block[*start..]).map_or(block.len(), |i| *start + i);
+    let line = trimmed(block, *start..end);
+    *start = end + 1;
+    Some(line)
 }
 
 /// Why `event`, read at `origin`, is not one JSON document (see [`Item::checked`]), if it is

@@ -10,10 +10,10 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use anyhow::Context as _;
 use clap::Args;
-use cutover_core::{Batch, Loader, Outcome, Pipeline};
+use cutover_core::{Batch, Event, Loader, Outcome, Pipeline};
 use serde_json::{Value, json};
 
-use crate::input::{Blocks, Item, LineBlocks, Started, read_events, start_events, syntax_error};
+use crate::input::{Blocks, Item, LineBlocks, Started, next_line, read_events, start_events, syntax_error};
 
 /// Arguments of `cutover replay`.
 #[derive(Debug, Args)]
@@ -413,7 +413,20 @@ async fn decide(pipeline: &Pipeline, batch: Vec<Item>, report: Report, blocks: &
     let mut read = Vec::new();
     // Counted into the pipeline's metrics once, when the batch is done.
     let mut run = pipeline.batch();
-    for item in batch {
+    for mut item in batch {
+        if let (Report::Summary, Item::Lines { text, .. }) = (report, &mut item) {
+            // A summary needs no origin: a block's lines become events and nothing more.
+            let block = Arc::new(std::mem::take(text));
+            let mut start = 0;
+            while let Some(line) = next_line(&block, &mut start) {
+                if !line.is_empty() {
+                    let event = Event::from_shared(block.clone(), line);
+                    summarize(event, &mut run, &mut decided.summary).await;
+                }
+            }
+            read.push(block);
+            continue;
+        }
         let mut events = item.events();
         for item in &mut events {
             decide_one(item, &mut run, report, &mut decided).await;
@@ -430,17 +443,11 @@ async fn decide(pipeline: &Pipeline, batch: Vec<Item>, report: Report, blocks: &
 /// Decides one event of a batch, and counts (and reports) its outcome.
 async fn decide_one(item: Item, batch: &mut Batch<'_>, report: Report, decided: &mut Decided) {
     let (origin, id, outcome) = match item {
+        Item::Event { event, .. } if matches!(report, Report::Summary) => {
+            return summarize(event, batch, &mut decided.summary).await;
+        }
         Item::Event { origin, event } => match syntax_error(&origin, &event) {
             None => {
-                if let Report::Summary = report {
-                    // A summary counts drops per stage: nearly every event is done by its
-                    // bytes alone, without an outcome.
-                    match batch.rules_out(&event) {
-                        Some(stage) => decided.summary.dropped(stage),
-                        None => decided.summary.record(&batch.run(event).await),
-                    }
-                    return;
-                }
                 let id = event.id().map(str::to_owned);
                 let outcome = batch.run(event.with_origin(origin.to_string())).await;
                 (origin, id, outcome)
@@ -466,6 +473,20 @@ async fn decide_one(item: Item, batch: &mut Batch<'_>, report: Report, decided: 
             id.as_deref().unwrap_or("-")
         ),
     };
+}
+
+/// Counts one event for a summary, which counts drops per stage: nearly every event is done
+/// by its bytes alone, without an outcome.
+async fn summarize(event: Event, batch: &mut Batch<'_>, summary: &mut Summary) {
+    if cutover_pattern::check_json(event.raw()).is_err() {
+        summary.failed += 1;
+        summary.events += 1;
+        return;
+    }
+    match batch.rules_out(&event) {
+        Some(stage) => summary.dropped(stage),
+        None => summary.record(&batch.run(event).await),
+    }
 }
 
 /// The outcome of input that is not an event.
