@@ -54,8 +54,9 @@ pub(crate) enum Item {
     /// Something that is not JSON, with where it was.
     Malformed { origin: Origin, message: String },
     /// Whole JSON Lines as read, the first of them line `first` of `name` (`None` when lines
-    /// are not numbered: [`LineBlocks::unnumbered`]): cut into events by
-    /// [`Item::into_events`] where they are decided, so that reading does no per-event work.
+    /// are not numbered: [`LineBlocks::unnumbered`]): cut into events where they are decided
+    /// (by [`Item::events`], or for a summary by [`next_line`]), so that reading does no
+    /// per-event work.
     Lines {
         name: Arc<str>,
         first: Option<u64>,
@@ -377,7 +378,8 @@ impl<R: std::io::Read> std::io::Read for Rest<R> {
 
 /// The JSON Lines of an input after its first line, handed on in blocks of whole lines
 /// ([`Item::Lines`]) as they are read: each read goes straight into a block (after the part
-/// line the last one ended with); reading only finds the last line end and counts the lines.
+/// line the last one ended with); reading only finds the last line end and, if lines are
+/// numbered, counts them.
 pub(crate) struct LineBlocks<R> {
     input: Rest<R>,
     name: Arc<str>,

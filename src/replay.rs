@@ -97,7 +97,7 @@ struct Feed {
     bound: usize,
     /// Whether lines are numbered: not for a summary, which reports no origin (counting lines
     /// is a pass over every block).
-    numbered: bool,
+    line_numbers: bool,
     done: bool,
     error: Option<anyhow::Error>,
 }
@@ -221,7 +221,11 @@ impl Feed {
         .with_context(reading_name)?;
         self.queued = first;
         if let Started::Lines(lines) = started {
-            let lines = if self.numbered { lines } else { lines.unnumbered() };
+            let lines = if self.line_numbers {
+                lines
+            } else {
+                lines.unnumbered()
+            };
             self.now = Now::Lines { name, lines };
         }
         Ok(())
@@ -238,7 +242,7 @@ impl Feed {
     ) {
         let (sender, batches) = std::sync::mpsc::sync_channel(self.bound);
         let blocks = blocks.clone();
-        let numbered = self.numbered;
+        let numbered = self.line_numbers;
         let reader = std::thread::spawn(move || {
             send_batches(&name, open(), numbered, &blocks, &sender).context(reading)
         });
@@ -475,8 +479,9 @@ async fn decide_one(item: Item, batch: &mut Batch<'_>, report: Report, decided: 
     };
 }
 
-/// Counts one event for a summary, which counts drops per stage: nearly every event is done
-/// by its bytes alone, without an outcome.
+/// Counts one event for a summary, which counts drops per stage: a line that is not JSON
+/// counts as failed before any stage sees it, and nearly every other event is done by its
+/// bytes alone, without an outcome.
 async fn summarize(event: Event, batch: &mut Batch<'_>, summary: &mut Summary) {
     if cutover_pattern::check_json(event.raw()).is_err() {
         summary.failed += 1;
@@ -601,7 +606,7 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             queued: Vec::new(),
             next: 0,
             bound: 2 * jobs,
-            numbered: !matches!(report, Report::Summary),
+            line_numbers: !matches!(report, Report::Summary),
             done: false,
             error: None,
         }),
