@@ -54,7 +54,7 @@ pub(crate) enum Item {
     /// Something that is not JSON, with where it was.
     Malformed { origin: Origin, message: String },
     /// Whole JSON Lines as read, the first of them line `first` of `name` (`None` when lines
-    /// are not numbered: [`LineBlocks::unnumbered`]): cut into events where they are decided
+    /// are not numbered: [`LineBlocks::numbered`]): cut into events where they are decided
     /// (by [`Item::events`], or for a summary by [`next_line`]), so that reading does no
     /// per-event work.
     Lines {
@@ -245,7 +245,7 @@ pub(crate) fn read_events<B>(
     match start_events(name, input, &mut each)? {
         Started::Ended(flow) => Ok(flow),
         Started::Lines(lines) => {
-            let mut lines = if numbered { lines } else { lines.unnumbered() };
+            let mut lines = lines.numbered(numbered);
             while let Some(block) = lines.next_block(blocks)? {
                 if let ControlFlow::Break(b) = each(block) {
                     return Ok(ControlFlow::Break(b));
@@ -393,10 +393,11 @@ pub(crate) struct LineBlocks<R> {
 }
 
 impl<R: std::io::Read> LineBlocks<R> {
-    /// The same blocks without line numbers: lines are not counted, and their events' origins
-    /// are the input's name alone (for a reader that reports no origin, as a summary does).
-    pub(crate) fn unnumbered(mut self) -> Self {
-        self.numbered = false;
+    /// The same blocks, with line numbers (the default) or without: then lines are not
+    /// counted, and their events' origins are the input's name alone (for a reader that
+    /// reports no origin, as a summary does).
+    pub(crate) fn numbered(mut self, numbered: bool) -> Self {
+        self.numbered = numbered;
         self
     }
 

@@ -221,11 +221,7 @@ impl Feed {
         .with_context(reading_name)?;
         self.queued = first;
         if let Started::Lines(lines) = started {
-            let lines = if self.line_numbers {
-                lines
-            } else {
-                lines.unnumbered()
-            };
+            let lines = lines.numbered(self.line_numbers);
             self.now = Now::Lines { name, lines };
         }
         Ok(())
@@ -484,9 +480,7 @@ async fn decide_one(item: Item, batch: &mut Batch<'_>, report: Report, decided: 
 /// bytes alone, without an outcome.
 async fn summarize(event: Event, batch: &mut Batch<'_>, summary: &mut Summary) {
     if cutover_pattern::check_json(event.raw()).is_err() {
-        summary.failed += 1;
-        summary.events += 1;
-        return;
+        return summary.count_failed();
     }
     match batch.rules_out(&event) {
         Some(stage) => summary.dropped(stage),
@@ -524,9 +518,15 @@ impl Summary {
         match outcome {
             Outcome::Passed { .. } => self.passed += 1,
             Outcome::Dropped { stage, .. } => return self.dropped(stage),
-            Outcome::Failed { .. } => self.failed += 1,
+            Outcome::Failed { .. } => return self.count_failed(),
         }
         self.events += 1;
+    }
+
+    /// Counts an event that failed.
+    fn count_failed(&mut self) {
+        self.events += 1;
+        self.failed += 1;
     }
 
     /// Counts an event `stage` dropped.
