@@ -19,7 +19,9 @@
 //! - the claimer renews its lease while the rest runs, so a claimer that crashed holds its key
 //!   only until `lease` runs out (tens of seconds), and then the next delivery takes over;
 //! - another attempt of the *same* event (a lost answer, a crashed process, a host's retry)
-//!   takes over that event's claim at once: the work after the claim is idempotent.
+//!   takes over that event's claim at once: the work after the claim is idempotent. A claim
+//!   whose attempt is still under way in this process is not taken over: a second delivery of
+//!   the event arriving meanwhile waits for it like any duplicate.
 //!
 //! ```toml
 //! [[pipelines.ecs-events.stages]]
@@ -36,7 +38,7 @@ mod dynamodb;
 mod sqlite;
 mod store;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -389,6 +391,29 @@ pub struct Dedup {
     /// waiting on it when it settles: they learn at once instead of at their next poll (other
     /// processes' waiters still poll).
     held: HeldClaims,
+    /// The owner tokens of this stage's attempts under way (claiming, or working under the
+    /// claim they won): their claims are alive, and another delivery of the same event waits
+    /// for them rather than take them over.
+    running: Running,
+}
+
+/// The owner tokens of a stage's attempts under way.
+type Running = Arc<Mutex<HashSet<String>>>;
+
+/// An attempt under way: its owner token is in the stage's [`Running`] until the attempt ends
+/// or is abandoned (its future dropped).
+struct UnderWay {
+    owner: String,
+    running: Running,
+}
+
+impl Drop for UnderWay {
+    fn drop(&mut self) {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.owner);
+    }
 }
 
 /// The claims a stage holds, by key, each with what wakes its waiters.
@@ -424,6 +449,7 @@ impl Dedup {
             owner: owner_prefix(),
             attempts: AtomicU64::new(0),
             held: Arc::default(),
+            running: Arc::default(),
         }
     }
 
@@ -486,6 +512,8 @@ impl Dedup {
         loop {
             let now = unix(self.clock.as_ref());
             let record = self.record(&key, &hash, &event_id, now);
+            // Before the claim: the record is in the store before its claim returns.
+            let _under_way = self.under_way(&record.owner);
             let mut existing = match self.claim(&record, now, replacing.as_deref()).await {
                 Err(e) => return Outcome::failed(e),
                 Ok(Claim::Won) => {
@@ -508,10 +536,13 @@ impl Dedup {
                 // Another attempt of this same event (its answer was lost, its process died, or
                 // its host retried it): take it over. Safe because what follows the claim is
                 // idempotent (see ARCHITECTURE.md, "Invariant: a claim's work is idempotent").
+                // An attempt still under way here is alive: wait for it instead (two deliveries
+                // of one event at once would otherwise both start the rollout).
                 let own = !event_id.is_empty()
                     && existing.event_id == event_id
                     && existing.payload_hash == hash
-                    && replacing.as_deref() != Some(existing.owner.as_str());
+                    && replacing.as_deref() != Some(existing.owner.as_str())
+                    && !self.is_under_way(&existing.owner);
                 if own && takeovers < MAX_TAKEOVERS {
                     takeovers += 1;
                     replacing = Some(existing.owner.clone());
@@ -534,6 +565,26 @@ impl Dedup {
                 }
             }
         }
+    }
+
+    /// Marks the attempt that owns `owner` as under way until the returned guard is dropped.
+    fn under_way(&self, owner: &str) -> UnderWay {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(owner.to_owned());
+        UnderWay {
+            owner: owner.to_owned(),
+            running: self.running.clone(),
+        }
+    }
+
+    /// Whether the attempt that owns `owner` is under way in this process.
+    fn is_under_way(&self, owner: &str) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(owner)
     }
 
     /// Marks `key` as claimed by this stage until the returned guard is dropped.
