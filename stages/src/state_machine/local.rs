@@ -447,25 +447,49 @@ fn status_name(s: &ExecutionStatus) -> String {
         .unwrap_or_else(|| format!("{s:?}"))
 }
 
+/// How long a start of a name that another start holds waits for the holder to save the
+/// execution's first state, and how often it looks.
+const STARTING_WAIT: Duration = Duration::from_secs(2);
+const STARTING_POLL: Duration = Duration::from_millis(10);
+
+impl LocalEngine {
+    /// The answer to a start of `name`, whose execution `arn` another start holds or held: as
+    /// Step Functions answers a repeat of a name, the existing execution, with whether its
+    /// input was the same. The holder saves the execution as it begins, which may be a moment
+    /// after it answered its own caller (two deliveries of one event at once): that moment is
+    /// waited for, up to [`STARTING_WAIT`]; a holder that has still saved nothing by then (in
+    /// another process, stalled) fails this start retryably, and a redelivery compares inputs.
+    async fn existing(&self, name: &str, arn: String, input: &Value) -> Result<Started, StageError> {
+        let deadline = tokio::time::Instant::now() + STARTING_WAIT;
+        loop {
+            match self.store.load(&arn) {
+                Ok(Some(existing)) => {
+                    return Ok(Started::Duplicate {
+                        same_input: &existing.input == input,
+                        arn,
+                    });
+                }
+                Ok(None) if tokio::time::Instant::now() < deadline => tokio::time::sleep(STARTING_POLL).await,
+                Ok(None) => {
+                    return Err(StageError::retryable(format!(
+                        "execution {name} is being started by another attempt ({arn}), which has \
+                         saved nothing yet"
+                    ))
+                    .with_kind("ExecutionStarting"));
+                }
+                Err(e) => return Err(StageError::retryable(format!("execution store: {e}"))),
+            }
+        }
+    }
+}
+
 impl StateMachineEngine for LocalEngine {
     fn start<'a>(&'a self, name: &'a str, input: &'a Value) -> BoxFuture<'a, Result<Started, StageError>> {
         Box::pin(async move {
             let reservation = match self.engine.reserve(&self.definition, name) {
                 Ok(reservation) => reservation,
                 Err(EngineError::ExecutionAlreadyExists(arn) | EngineError::AlreadyRunning(arn)) => {
-                    return match self.store.load(&arn) {
-                        Ok(Some(existing)) => Ok(Started::Duplicate {
-                            same_input: &existing.input == input,
-                            arn,
-                        }),
-                        // Another process holds the name and has not saved its first state yet:
-                        // a redelivery will find the record and compare inputs.
-                        Ok(None) => Err(StageError::retryable(format!(
-                            "execution {name} is being started by another process ({arn})"
-                        ))
-                        .with_kind("ExecutionStarting")),
-                        Err(e) => Err(StageError::retryable(format!("execution store: {e}"))),
-                    };
+                    return self.existing(name, arn, input).await;
                 }
                 Err(e) => return Err(StageError::retryable(format!("execution {name}: {e}"))),
             };

@@ -237,6 +237,23 @@ async fn same_name_twice_is_a_duplicate_and_background_runs_are_drained() {
     );
 }
 
+/// Two starts of one name at once (the same event delivered twice, with no `dedup` before the
+/// stage): the second finds the name held by the first, which answered before its background
+/// run saved the execution; it waits for that save and answers with the existing execution,
+/// as Step Functions does, rather than fail.
+#[tokio::test]
+async fn the_same_name_started_twice_at_once_is_one_execution_and_two_successes() {
+    let run = setup(&pipeline_file("twice", None, false), None).await;
+    let (first, second) = tokio::join!(run.pipeline.run(event("e1")), run.pipeline.run(event("e1")));
+    let (Outcome::Passed { context: a }, Outcome::Passed { context: b }) = (&first, &second) else {
+        panic!("{first} / {second}")
+    };
+    assert_eq!(a["execution"], b["execution"]);
+    assert_eq!(b["execution_existed"], true, "{b:?}");
+    run.cx.background().drain().await;
+    assert_eq!(weights("twice"), [10, 50, 100], "one rollout");
+}
+
 #[tokio::test]
 async fn a_restarted_process_resumes_where_the_execution_stopped() {
     // First process: runs Shift10 and stops during the first bake, as if killed.
