@@ -20,8 +20,9 @@
 //!   only until `lease` runs out (tens of seconds), and then the next delivery takes over;
 //! - another attempt of the *same* event (a lost answer, a crashed process, a host's retry)
 //!   takes over that event's claim at once: the work after the claim is idempotent. A claim
-//!   whose attempt is still under way in this process is not taken over: a second delivery of
-//!   the event arriving meanwhile waits for it like any duplicate.
+//!   whose attempt is still under way in this process is never taken over, not even when its
+//!   lease has run out (as a virtual clock may make it between two renewals): a second
+//!   delivery of the event arriving meanwhile waits for it like any duplicate.
 //!
 //! ```toml
 //! [[pipelines.ecs-events.stages]]
@@ -41,7 +42,7 @@ mod store;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use cutover_core::{
@@ -386,33 +387,49 @@ pub struct Dedup {
     clock: Arc<dyn Clock>,
     metrics: Metrics,
     owner: String,
-    attempts: AtomicU64,
     /// The claims this stage holds right now, each with what wakes the events of this process
     /// waiting on it when it settles: they learn at once instead of at their next poll (other
     /// processes' waiters still poll).
     held: HeldClaims,
-    /// The owner tokens of this stage's attempts under way (claiming, or working under the
-    /// claim they won): their claims are alive, and another delivery of the same event waits
-    /// for them rather than take them over.
-    running: Running,
 }
 
-/// The owner tokens of a stage's attempts under way.
-type Running = Arc<Mutex<HashSet<String>>>;
+/// Numbers the attempts of this process: with the host and process in an owner token, no two
+/// attempts of this process, in any stage, share one.
+static ATTEMPTS: AtomicU64 = AtomicU64::new(0);
 
-/// An attempt under way: its owner token is in the stage's [`Running`] until the attempt ends
-/// or is abandoned (its future dropped).
-struct UnderWay {
-    owner: String,
-    running: Running,
+/// The owner tokens of this process's attempts under way (claiming, or working under the claim
+/// they won): their claims are alive, whatever their leases say, and are waited for, never
+/// taken over.
+static UNDER_WAY: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Mutex::default);
+
+/// An attempt under way: its owner token is in [`UNDER_WAY`] until the attempt ends or is
+/// abandoned (its future dropped).
+struct UnderWay(String);
+
+impl UnderWay {
+    fn new(owner: &str) -> Self {
+        UNDER_WAY
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(owner.to_owned());
+        Self(owner.to_owned())
+    }
+
+    /// Whether the attempt that owns `owner` is under way in this process.
+    fn has(owner: &str) -> bool {
+        UNDER_WAY
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(owner)
+    }
 }
 
 impl Drop for UnderWay {
     fn drop(&mut self) {
-        self.running
+        UNDER_WAY
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.owner);
+            .remove(&self.0);
     }
 }
 
@@ -447,9 +464,7 @@ impl Dedup {
             clock,
             metrics: Metrics::default(),
             owner: owner_prefix(),
-            attempts: AtomicU64::new(0),
             held: Arc::default(),
-            running: Arc::default(),
         }
     }
 
@@ -474,7 +489,7 @@ impl Dedup {
     /// A fresh claim for one attempt of `event_id`: its owner token is unique to the attempt, so
     /// a retried write of this very record recognises itself.
     fn record(&self, key: &str, hash: &str, event_id: &str, now: i64) -> Record {
-        let attempt = self.attempts.fetch_add(1, Ordering::Relaxed);
+        let attempt = ATTEMPTS.fetch_add(1, Ordering::Relaxed);
         Record {
             key: key.to_owned(),
             status: Status::InProgress,
@@ -513,20 +528,27 @@ impl Dedup {
             let now = unix(self.clock.as_ref());
             let record = self.record(&key, &hash, &event_id, now);
             // Before the claim: the record is in the store before its claim returns.
-            let _under_way = self.under_way(&record.owner);
-            let mut existing = match self.claim(&record, now, replacing.as_deref()).await {
-                Err(e) => return Outcome::failed(e),
-                Ok(Claim::Won) => {
-                    if let Some(previous) = &replacing {
-                        self.metrics.add("cutover_dedup_takeovers_total", &[], 1);
-                        tracing::warn!(stage = "dedup", %key, previous, "took over this event's own earlier claim");
+            let under_way = UnderWay::new(&record.owner);
+            let mut existing = match self.live_claim(&key).await {
+                // Not written over, even if its lease has run out (a virtual clock may pass it
+                // between two renewals).
+                Some(live) => live,
+                None => match self.claim(&record, now, replacing.as_deref()).await {
+                    Err(e) => return Outcome::failed(e),
+                    Ok(Claim::Won) => {
+                        if let Some(previous) = &replacing {
+                            self.metrics.add("cutover_dedup_takeovers_total", &[], 1);
+                            tracing::warn!(stage = "dedup", %key, previous, "took over this event's own earlier claim");
+                        }
+                        let held = self.hold(&key);
+                        let outcome = self.run_claimed(event, next, record).await;
+                        // No longer under way before its waiters are woken.
+                        drop(under_way);
+                        drop(held);
+                        return outcome;
                     }
-                    let held = self.hold(&key);
-                    let outcome = self.run_claimed(event, next, record).await;
-                    drop(held);
-                    return outcome;
-                }
-                Ok(Claim::Lost(existing)) => existing,
+                    Ok(Claim::Lost(existing)) => existing,
+                },
             };
             // Wait while another event's claim is in progress; anything else ends the wait.
             loop {
@@ -542,7 +564,7 @@ impl Dedup {
                     && existing.event_id == event_id
                     && existing.payload_hash == hash
                     && replacing.as_deref() != Some(existing.owner.as_str())
-                    && !self.is_under_way(&existing.owner);
+                    && !UnderWay::has(&existing.owner);
                 if own && takeovers < MAX_TAKEOVERS {
                     takeovers += 1;
                     replacing = Some(existing.owner.clone());
@@ -559,7 +581,11 @@ impl Dedup {
                     // A failed poll changes nothing: poll again until the wait ends.
                     Err(e) if e.retryable => {}
                     Err(e) => return Outcome::failed(e),
-                    Ok(Some(r)) if !r.claimable(unix(self.clock.as_ref()), None) => existing = r,
+                    Ok(Some(r))
+                        if !r.claimable(unix(self.clock.as_ref()), None) || UnderWay::has(&r.owner) =>
+                    {
+                        existing = r
+                    }
                     // Released, expired or abandoned: claim it.
                     Ok(_) => break,
                 }
@@ -567,24 +593,21 @@ impl Dedup {
         }
     }
 
-    /// Marks the attempt that owns `owner` as under way until the returned guard is dropped.
-    fn under_way(&self, owner: &str) -> UnderWay {
-        self.running
+    /// The claim on `key` that this stage works under now, if any: read from the store (a
+    /// failed read is no answer; the claim's conditional write still guards the key).
+    async fn live_claim(&self, key: &str) -> Option<Record> {
+        if !self
+            .held
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(owner.to_owned());
-        UnderWay {
-            owner: owner.to_owned(),
-            running: self.running.clone(),
+            .contains_key(key)
+        {
+            return None;
         }
-    }
-
-    /// Whether the attempt that owns `owner` is under way in this process.
-    fn is_under_way(&self, owner: &str) -> bool {
-        self.running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(owner)
+        match self.store.get(key).await {
+            Ok(Some(r)) if r.status == Status::InProgress && UnderWay::has(&r.owner) => Some(r),
+            _ => None,
+        }
     }
 
     /// Marks `key` as claimed by this stage until the returned guard is dropped.
@@ -744,7 +767,8 @@ impl Dedup {
 const HEARTBEAT_CHECK: Duration = Duration::from_millis(100);
 
 /// How many times one event takes over claims of its own earlier attempts before it waits like
-/// any other duplicate (bounds a ping-pong between concurrent deliveries of one event).
+/// any other duplicate (bounds a ping-pong between concurrent deliveries of one event in
+/// different processes).
 const MAX_TAKEOVERS: u32 = 3;
 
 /// Extra tries of a claim, a completion, a failure record or a release after a retryable store

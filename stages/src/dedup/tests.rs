@@ -185,6 +185,52 @@ async fn concurrent_deliveries_of_one_event_pass_exactly_once() {
     pass_exactly_once(16, |_| event("t1", 7)).await;
 }
 
+/// A fixture whose downstream takes 10 s, and event `t1`'s attempt spawned and working under
+/// its claim (the clock is paused: it stays there until the test lets time pass).
+async fn first_under_its_claim() -> (Fixture, tokio::task::JoinHandle<Outcome>) {
+    let down = Arc::new(Downstream {
+        calls: AtomicUsize::new(0),
+        outcome: started(),
+        delay: Duration::from_secs(10),
+    });
+    let f = fixture("memory", down).await;
+    let first = tokio::spawn({
+        let p = f.pipeline.clone();
+        async move { p.run(event("t1", 7)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(f.downstream.calls.load(Ordering::SeqCst), 1);
+    (f, first)
+}
+
+/// An attempt abandoned under its claim (its future dropped: a host's deadline, a shutdown) is
+/// no longer under way: the retry of its event takes the claim over at once, where it would
+/// wait for a live attempt (and fail retryably here, after the 300 ms wait, with the claim
+/// still in progress).
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_attempt_is_taken_over_at_once_by_the_retry_of_its_event() {
+    let (f, first) = first_under_its_claim().await;
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    let retry = f.pipeline.run(event("t1", 7)).await;
+    assert!(retry.is_passed(), "{retry}");
+    assert_eq!(f.downstream.calls.load(Ordering::SeqCst), 2);
+}
+
+/// A claim whose attempt is under way in this process is alive even when the stage's clock has
+/// run past its lease before the next renewal (a virtual clock can): another event of the
+/// deployment waits for it instead of claiming the key as abandoned.
+#[tokio::test(start_paused = true)]
+async fn a_live_claim_past_its_lease_on_the_stages_clock_is_not_claimed() {
+    let (f, first) = first_under_its_claim().await;
+    // Past the lease at once: no renewal has run since the claim.
+    f.clock.advance(Duration::from_secs(3600));
+    let other = f.pipeline.run(event("t2", 7)).await;
+    assert!(!other.is_passed(), "{other}");
+    assert!(first.await.unwrap().is_passed());
+    assert_eq!(f.downstream.calls.load(Ordering::SeqCst), 1);
+}
+
 /// A store whose first `lose` claims are applied but answered with an error, as when the answer
 /// to a DynamoDB PutItem is lost after every SDK retry.
 #[derive(Debug)]

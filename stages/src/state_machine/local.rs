@@ -428,31 +428,7 @@ impl LocalEngine {
         }
         Ok(())
     }
-}
 
-/// The embedded rollout store of a data directory: `<data_dir>/rollouts` (not synced to disk
-/// in a scratch data directory).
-pub fn rollout_store(cx: &BuildContext) -> FileRolloutStore {
-    if cx.data_is_scratch() {
-        FileRolloutStore::scratch(cx.data_path("rollouts"))
-    } else {
-        FileRolloutStore::new(cx.data_path("rollouts"))
-    }
-}
-
-fn status_name(s: &ExecutionStatus) -> String {
-    serde_json::to_value(s)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_else(|| format!("{s:?}"))
-}
-
-/// How long a start of a name that another start holds waits for the holder to save the
-/// execution's first state, and how often it looks.
-const STARTING_WAIT: Duration = Duration::from_secs(2);
-const STARTING_POLL: Duration = Duration::from_millis(10);
-
-impl LocalEngine {
     /// The answer to a start of `name`, whose execution `arn` another start holds or held: as
     /// Step Functions answers a repeat of a name, the existing execution, with whether its
     /// input was the same. The holder saves the execution as it begins, which may be a moment
@@ -462,6 +438,8 @@ impl LocalEngine {
     async fn existing(&self, name: &str, arn: String, input: &Value) -> Result<Started, StageError> {
         let deadline = tokio::time::Instant::now() + STARTING_WAIT;
         loop {
+            // A blocking file read on the runtime's thread, as in `status`: short, and repeated
+            // only while two starts of one name meet.
             match self.store.load(&arn) {
                 Ok(Some(existing)) => {
                     return Ok(Started::Duplicate {
@@ -481,6 +459,30 @@ impl LocalEngine {
             }
         }
     }
+}
+
+/// How long a start of a name that another start holds waits for the holder to save the
+/// execution's first state.
+const STARTING_WAIT: Duration = Duration::from_secs(2);
+
+/// How often a start waiting for another start's first save looks for it.
+const STARTING_POLL: Duration = Duration::from_millis(10);
+
+/// The embedded rollout store of a data directory: `<data_dir>/rollouts` (not synced to disk
+/// in a scratch data directory).
+pub fn rollout_store(cx: &BuildContext) -> FileRolloutStore {
+    if cx.data_is_scratch() {
+        FileRolloutStore::scratch(cx.data_path("rollouts"))
+    } else {
+        FileRolloutStore::new(cx.data_path("rollouts"))
+    }
+}
+
+fn status_name(s: &ExecutionStatus) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{s:?}"))
 }
 
 impl StateMachineEngine for LocalEngine {
