@@ -153,6 +153,8 @@ impl Reporter {
     }
 }
 
+/// A port free on loopback for TCP on blue's and green's addresses and for UDP on blue's: one
+/// the web pages (TCP on both) or the DNS server (UDP and TCP on blue) can take.
 fn free_port() -> anyhow::Result<u16> {
     for _ in 0..20 {
         let port = std::net::TcpListener::bind((BLUE, 0))?.local_addr()?.port();

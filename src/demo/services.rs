@@ -122,7 +122,9 @@ pub(super) async fn run(n: usize, speed: f64, out: &Reporter, root: &Path) -> an
     std::fs::write(&file_path, pipeline_text(&services)?)?;
     std::fs::write(pipelines_dir.join("canary.strategy.toml"), STRATEGY)?;
     let data = root.join("state");
-    let dns = SocketAddr::from((BLUE, std::net::UdpSocket::bind((BLUE, 0))?.local_addr()?.port()));
+    // Free for UDP and TCP alike: the DNS server takes both (a UDP port alone, picked by the
+    // kernel, may be some other process's TCP port).
+    let dns = SocketAddr::from((BLUE, super::free_port()?));
     let file = super::embedded_loader(dns).load_file(&file_path)?;
 
     // Each service's green reads its own weights, so the sick one falls ill at 50%.

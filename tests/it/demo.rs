@@ -16,6 +16,13 @@ fn demo_with(base: &[&str], args: &[&str]) -> (i32, Vec<Value>) {
         .args(args)
         .output()
         .unwrap();
+    // 2 is an error (a port taken, a file unwritable): never a demo's outcome.
+    assert_ne!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
