@@ -460,6 +460,166 @@ impl<R: std::io::Read> LineBlocks<R> {
     }
 }
 
+impl LineBlocks<std::io::BufReader<std::fs::File>> {
+    /// The rest of a file as ranges that the threads deciding them read each on its own
+    /// ([`FileRanges`]), when lines are not numbered (else, and for the text of a torn first
+    /// line already read whole, the blocks themselves).
+    pub(crate) fn into_ranges(self) -> std::io::Result<Result<FileRanges, Self>> {
+        let reader = match self.input {
+            Rest::Reader(reader) if !self.numbered => reader,
+            input => return Ok(Err(LineBlocks { input, ..self })),
+        };
+        // Where the rest starts: what was read from the file, less what the reader and the
+        // part line still hold (read again, with the rest).
+        let held = (reader.buffer().len() + self.carry.len()) as u64;
+        let mut file = reader.into_inner();
+        let next = std::io::Seek::stream_position(&mut file)?.saturating_sub(held);
+        let len = file.metadata()?.len();
+        Ok(Ok(FileRanges {
+            name: self.name,
+            file: Arc::new(file),
+            next,
+            len,
+            size: RANGE,
+            at_line: true,
+        }))
+    }
+}
+
+/// How many bytes of a file a [`FileRange`] covers: a block's worth, less room for the end of
+/// its last line, which it reads past its end ([`TAIL`] bytes at a time, at first).
+const RANGE: u64 = (BLOCK - BLOCK / 16) as u64;
+
+/// The first read past a range's end, for the rest of its last line.
+const TAIL: usize = 4096;
+
+/// The JSON Lines of a regular file from `next` on, cut into ranges of bytes that any thread
+/// reads at their offset, with no lock held and no other range read first: a range holds the
+/// lines that start in it. Lines are not numbered (a line's number needs the lines before it
+/// counted).
+pub(crate) struct FileRanges {
+    name: Arc<str>,
+    file: Arc<std::fs::File>,
+    next: u64,
+    /// The file's length when it was opened: lines that start after it (written since) are
+    /// not read.
+    len: u64,
+    size: u64,
+    /// Whether a line starts at `next` (the first range starts where the shape was told).
+    at_line: bool,
+}
+
+impl FileRanges {
+    /// Ranges of `size` bytes (tests cut a file into many).
+    #[cfg(test)]
+    fn sized(mut self, size: u64) -> Self {
+        self.size = size.max(1);
+        self
+    }
+
+    /// The next range, or `None` when the file is covered.
+    pub(crate) fn next_range(&mut self) -> Option<FileRange> {
+        if self.next >= self.len {
+            return None;
+        }
+        let start = self.next;
+        self.next = start.saturating_add(self.size).min(self.len);
+        Some(FileRange {
+            name: self.name.clone(),
+            file: self.file.clone(),
+            start,
+            end: self.next,
+            at_line: std::mem::replace(&mut self.at_line, false),
+        })
+    }
+}
+
+/// Bytes `start..end` of a file, and the lines that start there ([`FileRanges`]).
+pub(crate) struct FileRange {
+    name: Arc<str>,
+    file: Arc<std::fs::File>,
+    start: u64,
+    end: u64,
+    at_line: bool,
+}
+
+impl FileRange {
+    /// The file's name, as reports give it.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The lines that start in this range, as a block of lines: the last of them read to its
+    /// end past the range.
+    pub(crate) fn read(self, blocks: &Blocks) -> std::io::Result<Item> {
+        let mut block = blocks.take();
+        // From the byte before the range: a line starts at the range's first byte if that one
+        // ends a line.
+        let from = if self.at_line { self.start } else { self.start - 1 };
+        let want = usize::try_from(self.end - from).unwrap_or(usize::MAX);
+        if block.len() < want {
+            block.resize(want, 0);
+        }
+        let mut filled = self.read_at(&mut block[..want], from)?;
+        // The part line that the range before reads is blanked out, its line end with it: the
+        // block's first line is then its first whole line, led by blanks (which lines are
+        // trimmed of). A range where no line starts gives none.
+        if !self.at_line {
+            let head = memchr::memchr(b'\n', &block[..filled]).map_or(filled, |i| i + 1);
+            if head == filled {
+                block.truncate(0);
+                return Ok(self.lines(block));
+            }
+            block[..head].fill(b' ');
+        }
+        // The last line goes on past the range unless the range ends a line: read on a few
+        // lines' worth at a time (more for a long line).
+        let mut open = filled == want && block[filled - 1] != b'\n';
+        let mut more = TAIL;
+        while open {
+            if block.len() < filled + more {
+                block.resize(filled + more, 0);
+            }
+            let read = self.read_at(&mut block[filled..filled + more], from + filled as u64)?;
+            more = more.saturating_mul(2).min(BLOCK);
+            match memchr::memchr(b'\n', &block[filled..filled + read]) {
+                Some(i) => {
+                    filled += i + 1;
+                    open = false;
+                }
+                None => {
+                    filled += read;
+                    open = read > 0;
+                }
+            }
+        }
+        block.truncate(filled);
+        Ok(self.lines(block))
+    }
+
+    fn lines(&self, text: Vec<u8>) -> Item {
+        Item::Lines {
+            name: self.name.clone(),
+            first: None,
+            text,
+        }
+    }
+
+    /// Fills `buf` from byte `at` of the file, short only at its end; the bytes read.
+    fn read_at(&self, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match std::os::unix::fs::FileExt::read_at(&*self.file, &mut buf[filled..], at + filled as u64) {
+                Ok(0) => break,
+                Ok(read) => filled += read,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(filled)
+    }
+}
+
 /// A JSON array, element by element. An array torn part-way has its elements up to the tear
 /// decided and the tear reported.
 fn read_array<B>(
@@ -717,5 +877,101 @@ mod tests {
         });
         assert!(matches!(flow, Ok(ControlFlow::Break(()))));
         assert_eq!(seen, 3);
+    }
+
+    /// `text` in a file, read after its first line as ranges of `size` bytes taken in the
+    /// order `order` gives (they need no other read first), their events in file order.
+    fn read_in_ranges(text: &[u8], size: u64, order: impl Fn(usize) -> usize) -> Vec<Item> {
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, text).unwrap();
+        std::io::Seek::rewind(&mut file).unwrap();
+        let mut items = Vec::new();
+        let input = std::io::BufReader::with_capacity(8, file);
+        let started = start_events("t", input, |item| {
+            items.push(item.checked());
+            ControlFlow::<()>::Continue(())
+        });
+        let Ok(Started::Lines(lines)) = started else {
+            return items;
+        };
+        let Ok(Ok(mut ranges)) = lines.numbered(false).into_ranges() else {
+            panic!("a file's unnumbered lines are read in ranges");
+        };
+        ranges = ranges.sized(size);
+        let ranges: Vec<FileRange> = std::iter::from_fn(|| ranges.next_range()).collect();
+        let blocks = Blocks::default();
+        let mut read: Vec<Option<Item>> = ranges.iter().map(|_| None).collect();
+        let mut ranges: Vec<Option<FileRange>> = ranges.into_iter().map(Some).collect();
+        for k in 0..ranges.len() {
+            let k = order(k) % ranges.len();
+            let Some(range) = ranges[k].take() else {
+                continue;
+            };
+            read[k] = Some(range.read(&blocks).unwrap());
+        }
+        for (k, range) in ranges.into_iter().enumerate() {
+            if let Some(range) = range {
+                read[k] = Some(range.read(&blocks).unwrap());
+            }
+        }
+        for block in read.into_iter().flatten() {
+            block.into_events(|event| items.push(event.checked()));
+        }
+        items
+    }
+
+    /// Any range size, ranges read in any order: the same events as one reader reading on,
+    /// whatever straddles where (lines longer than a range, blank lines, a torn line, a last
+    /// line without its line end, CRLF).
+    #[test]
+    fn a_file_read_in_ranges_gives_the_events_read_in_blocks() {
+        let long = format!("{{\"id\":\"{}\"}}", "x".repeat(40));
+        // Longer than the first read past a range's end.
+        let longer = format!("{{\"id\":\"{}\"}}", "x".repeat(3 * TAIL));
+        let texts = [
+            format!("{{\"id\":0}}\n{longer}\n{{\"id\":2}}\n{longer}"),
+            format!("{{\"id\":1}}\n{{\"id\":2}}\n\n  \n{long}\n{{\"id\":\n{{\"id\":4}}\r\n{long}"),
+            format!("{{\"id\":0}}\n\n\n{long}\n{long}\n{{\"id\":5}}\n"),
+            "{\"id\":1}\n{\"id\":2}".to_owned(),
+            "{\"id\":1}\n \n".to_owned(),
+            "{\"id\":1}\n{\"id\":2}\n".repeat(20),
+        ];
+        for text in &texts {
+            let whole = summary(&read_numbered(text.as_bytes(), false));
+            // Ranges of a byte or two only where that makes few of them.
+            let smallest = if text.len() > 1000 { 100 } else { 1 };
+            for size in [1, 2, 3, 5, 8, 13, 41, 42, 43, 100, 4099, 1 << 20] {
+                if size < smallest {
+                    continue;
+                }
+                for (how, order) in [
+                    ("in order", (|k| k) as fn(usize) -> usize),
+                    ("backwards", |k| usize::MAX - k),
+                    ("strided", |k| k * 7),
+                ] {
+                    let ranged = summary(&read_in_ranges(text.as_bytes(), size, order));
+                    assert_eq!(ranged, whole, "{text:?} in ranges of {size}, {how}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn numbered_lines_and_a_torn_first_line_are_not_read_in_ranges() {
+        let blocks_of = |text: &[u8], numbered: bool| {
+            let mut file = tempfile::tempfile().unwrap();
+            std::io::Write::write_all(&mut file, text).unwrap();
+            std::io::Seek::rewind(&mut file).unwrap();
+            let input = std::io::BufReader::new(file);
+            let Ok(Started::Lines(lines)) = start_events("t", input, |_| ControlFlow::<()>::Continue(()))
+            else {
+                panic!("JSON Lines");
+            };
+            lines.numbered(numbered).into_ranges().unwrap().is_err()
+        };
+        assert!(blocks_of(b"{\"id\":1}\n{\"id\":2}\n", true));
+        assert!(!blocks_of(b"{\"id\":1}\n{\"id\":2}\n", false));
+        // Read whole already, to tell it from a pretty-printed document.
+        assert!(blocks_of(b"{\"id\": \n{\"id\":2}\n", false));
     }
 }

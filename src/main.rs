@@ -170,6 +170,13 @@ fn init_logs() {
     }
 }
 
+/// The cores this process may use, asked once (the answer reads the cgroup's files): as many
+/// runtime workers, and `replay`'s default `--jobs`.
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
+}
+
 fn main() -> ExitCode {
     cutover::link_builtin_stages();
     let invoked_as_bootstrap = std::env::args_os()
@@ -188,7 +195,11 @@ fn main() -> ExitCode {
     } else {
         init_logs();
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        runtime.worker_threads(cores());
+    }
+    let runtime = match runtime.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -13,7 +13,10 @@ use clap::Args;
 use cutover_core::{Batch, Event, Loader, Outcome, Pipeline};
 use serde_json::{Value, json};
 
-use crate::input::{Blocks, Item, LineBlocks, Started, next_line, read_events, start_events, syntax_error};
+use crate::input::{
+    Blocks, FileRange, FileRanges, Item, LineBlocks, Started, next_line, read_events, start_events,
+    syntax_error,
+};
 
 /// Arguments of `cutover replay`.
 #[derive(Debug, Args)]
@@ -64,7 +67,7 @@ const BATCH: usize = 256;
 const READ_BUFFER: usize = 1 << 16;
 
 fn default_jobs() -> u16 {
-    std::thread::available_parallelism().map_or(1, |n| u16::try_from(n.get()).unwrap_or(u16::MAX))
+    u16::try_from(crate::cores()).unwrap_or(u16::MAX)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -102,12 +105,20 @@ struct Feed {
     error: Option<anyhow::Error>,
 }
 
+/// What a deciding thread takes: events read, or a range of a file that it reads itself.
+enum Taken {
+    Items(Vec<Item>),
+    Range(FileRange),
+}
+
 enum Now {
     Between,
     Lines {
         name: String,
         lines: LineBlocks<std::io::BufReader<std::fs::File>>,
     },
+    /// A file whose lines are not numbered: each deciding thread reads the range it takes.
+    Ranges(FileRanges),
     Thread {
         batches: std::sync::mpsc::Receiver<Vec<Item>>,
         reader: std::thread::JoinHandle<anyhow::Result<()>>,
@@ -117,7 +128,7 @@ enum Now {
 impl Feed {
     /// The next batch and its number, or `None` when every source is read (or reading failed,
     /// or the output did: `stopped`).
-    fn take(&mut self, blocks: &Arc<Blocks>, stopped: &AtomicBool) -> Option<(u64, Vec<Item>)> {
+    fn take(&mut self, blocks: &Arc<Blocks>, stopped: &AtomicBool) -> Option<(u64, Taken)> {
         loop {
             if stopped.load(Ordering::Relaxed) {
                 self.stop(None);
@@ -127,21 +138,25 @@ impl Feed {
             }
             if !self.queued.is_empty() {
                 let batch = std::mem::take(&mut self.queued);
-                return Some(self.numbered(batch));
+                return Some(self.numbered(Taken::Items(batch)));
             }
             match &mut self.now {
                 Now::Lines { name, lines } => match lines.next_block(blocks) {
-                    Ok(Some(block)) => return Some(self.numbered(vec![block])),
+                    Ok(Some(block)) => return Some(self.numbered(Taken::Items(vec![block]))),
                     Ok(None) => self.now = Now::Between,
                     Err(e) => {
                         let error = anyhow::Error::new(e).context(format!("reading events from {name}"));
                         self.stop(Some(error));
                     }
                 },
+                Now::Ranges(ranges) => match ranges.next_range() {
+                    Some(range) => return Some(self.numbered(Taken::Range(range))),
+                    None => self.now = Now::Between,
+                },
                 // Waiting for input that may never come (a pipe left open), yet seeing in time
                 // that everything stopped: the other threads wait for this one's lock.
                 Now::Thread { batches, .. } => match batches.recv_timeout(STOP_CHECK) {
-                    Ok(batch) => return Some(self.numbered(batch)),
+                    Ok(batch) => return Some(self.numbered(Taken::Items(batch))),
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                     // The reader is done: it said how it ended.
                     Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
@@ -166,7 +181,7 @@ impl Feed {
         }
     }
 
-    fn numbered(&mut self, batch: Vec<Item>) -> (u64, Vec<Item>) {
+    fn numbered(&mut self, batch: Taken) -> (u64, Taken) {
         self.next += 1;
         (self.next - 1, batch)
     }
@@ -222,7 +237,10 @@ impl Feed {
         self.queued = first;
         if let Started::Lines(lines) = started {
             let lines = lines.numbered(self.line_numbers);
-            self.now = Now::Lines { name, lines };
+            self.now = match lines.into_ranges().with_context(reading_name)? {
+                Ok(ranges) => Now::Ranges(ranges),
+                Err(lines) => Now::Lines { name, lines },
+            };
         }
         Ok(())
     }
@@ -340,6 +358,21 @@ impl Deciding {
             let Some((number, batch)) = taken else {
                 self.window.release(1);
                 return;
+            };
+            let batch = match batch {
+                Taken::Items(items) => items,
+                Taken::Range(range) => {
+                    let reading = format!("reading events from {}", range.name());
+                    match range.read(&self.blocks) {
+                        Ok(lines) => vec![lines],
+                        // Nothing after this range is taken; the batches before it are written.
+                        Err(e) => {
+                            self.stopped.store(true, Ordering::Relaxed);
+                            self.write(number, Err(anyhow::Error::new(e).context(reading)));
+                            continue;
+                        }
+                    }
+                }
             };
             let deciding = decide(&self.pipeline, batch, self.report, &self.blocks);
             let decided =
@@ -599,7 +632,7 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     // Up to `jobs` threads take batches of consecutive events in turn and decide them; their
     // reports are written in input order. Memory holds a few batches, whatever the size of the
     // input.
-    let deciding = Arc::new(Deciding {
+    let deciding = Deciding {
         feed: Mutex::new(Feed {
             sources: args.events.clone().into_iter(),
             now: Now::Between,
@@ -625,31 +658,33 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         blocks: Arc::new(Blocks::default()),
         pipeline,
         report,
-    });
+    };
     let runtime = tokio::runtime::Handle::current();
-    let threads = deciding.clone();
-    tokio::task::spawn_blocking(move || {
-        std::thread::scope(|scope| {
-            for _ in 1..jobs {
-                // A thread the system will not give is one job fewer, not a failed replay.
-                let _ = std::thread::Builder::new().spawn_scoped(scope, || threads.run(&runtime));
-            }
-            threads.run(&runtime);
-        });
-    })
-    .await
-    .context("deciding events")?;
-    let Ok(Deciding {
+    // This thread is one of them (it would only wait otherwise): it leaves the runtime's
+    // context, so that it may block on each batch's futures (tasks they spawn, such as
+    // rollouts, run on the runtime's workers).
+    let finished = tokio::task::block_in_place(|| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            std::thread::scope(|scope| {
+                for _ in 1..jobs {
+                    // A thread the system will not give is one job fewer, not a failed replay.
+                    let _ = std::thread::Builder::new().spawn_scoped(scope, || deciding.run(&runtime));
+                }
+                deciding.run(&runtime);
+            });
+        }))
+    });
+    if finished.is_err() {
+        anyhow::bail!("deciding events: a deciding thread panicked");
+    }
+    let Deciding {
         out,
         feed,
         // Kept until the rollouts the trace started have finished (the pipeline's stages
         // own what they use, such as an embedded DNS server).
         pipeline: _pipeline,
         ..
-    }) = Arc::try_unwrap(deciding)
-    else {
-        anyhow::bail!("the deciding threads did not finish");
-    };
+    } = deciding;
     let failed = || anyhow::anyhow!("a deciding thread failed");
     let (mut out, read) = (
         out.into_inner().map_err(|_| failed())?,

@@ -161,6 +161,40 @@ fn replay_summary_counts_what_the_reports_say() {
     }
 }
 
+/// A summary of a file reads it in ranges, each thread its own (no line is numbered): lines
+/// straddling ranges, a line longer than a range and torn lines in several of them count as
+/// they do when one reader reads the file through, with any number of jobs.
+#[test]
+fn replay_summary_of_a_big_file_counts_what_its_reports_say() {
+    let mut lines = noise_lines(1500);
+    let green = std::fs::read_to_string(crate::repo("tests/fixtures/deployment-trace.jsonl")).unwrap();
+    lines.splice(700..700, green.lines().map(str::to_owned));
+    lines.insert(900, format!("{{\"id\": \"{}\"}}", "x".repeat(1 << 20)));
+    for at in [4, 299, 649, 1201] {
+        let half = lines[at].len() / 2;
+        lines[at].truncate(half);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.jsonl");
+    std::fs::write(&trace, lines.join("\n")).unwrap();
+    assert!(std::fs::metadata(&trace).unwrap().len() > 3 << 20);
+    for pipeline in ["scripts/bench/filter-only.toml", "pipelines/catsndogs.toml"] {
+        let replay = |args: &[&str]| {
+            let (code, stdout, stderr) = run(cutover().arg("replay").arg(pipeline).args(args).arg(&trace));
+            assert_eq!(code, 0, "{stderr}");
+            stdout
+        };
+        let reports = replay(&["--json", "--jobs", "1"]);
+        let summary: Value = serde_json::from_str(reports.lines().last().unwrap()).unwrap();
+        assert_eq!(summary["summary"]["events"], lines.len(), "{pipeline}");
+        assert_eq!(summary["summary"]["failed"], 4, "{pipeline}: the torn lines");
+        for jobs in ["1", "2", "5"] {
+            let counted: Value = serde_json::from_str(&replay(&["--summary", "--jobs", jobs])).unwrap();
+            assert_eq!(counted, summary, "{pipeline}, --jobs {jobs}");
+        }
+    }
+}
+
 #[test]
 fn replay_summary_reads_stdin() {
     use std::io::Write;
