@@ -466,7 +466,7 @@ impl LineBlocks<std::io::BufReader<std::fs::File>> {
     /// line already read whole, the blocks themselves).
     pub(crate) fn into_ranges(self) -> std::io::Result<Result<FileRanges, Self>> {
         let reader = match self.input {
-            Rest::Reader(reader) if !self.numbered => reader,
+            Rest::Reader(reader) if !self.numbered && cfg!(any(unix, windows)) => reader,
             input => return Ok(Err(LineBlocks { input, ..self })),
         };
         // Where the rest starts: what was read from the file, less what the reader and the
@@ -609,7 +609,7 @@ impl FileRange {
     fn read_at(&self, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
         let mut filled = 0;
         while filled < buf.len() {
-            match std::os::unix::fs::FileExt::read_at(&*self.file, &mut buf[filled..], at + filled as u64) {
+            match read_file_at(&self.file, &mut buf[filled..], at + filled as u64) {
                 Ok(0) => break,
                 Ok(read) => filled += read,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -618,6 +618,16 @@ impl FileRange {
         }
         Ok(filled)
     }
+}
+
+/// Reads into `buf` from byte `at` of `file`, whatever other threads read of it meanwhile.
+fn read_file_at(file: &std::fs::File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
+    #[cfg(unix)]
+    return std::os::unix::fs::FileExt::read_at(file, buf, at);
+    #[cfg(windows)]
+    return std::os::windows::fs::FileExt::seek_read(file, buf, at);
+    #[cfg(not(any(unix, windows)))]
+    Err(std::io::ErrorKind::Unsupported.into())
 }
 
 /// A JSON array, element by element. An array torn part-way has its elements up to the tear
