@@ -551,7 +551,7 @@ impl FileRange {
 
     /// The lines that start in this range, as a block of lines: the last of them read to its
     /// end past the range.
-    pub(crate) fn read(self, blocks: &Blocks) -> std::io::Result<Item> {
+    pub(crate) fn read(&self, blocks: &Blocks) -> std::io::Result<Item> {
         let mut block = blocks.take();
         // From the byte before the range: a line starts at the range's first byte if that one
         // ends a line.

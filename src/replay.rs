@@ -361,18 +361,16 @@ impl Deciding {
             };
             let batch = match batch {
                 Taken::Items(items) => items,
-                Taken::Range(range) => {
-                    let reading = format!("reading events from {}", range.name());
-                    match range.read(&self.blocks) {
-                        Ok(lines) => vec![lines],
-                        // Nothing after this range is taken; the batches before it are written.
-                        Err(e) => {
-                            self.stopped.store(true, Ordering::Relaxed);
-                            self.write(number, Err(anyhow::Error::new(e).context(reading)));
-                            continue;
-                        }
+                Taken::Range(range) => match range.read(&self.blocks) {
+                    Ok(lines) => vec![lines],
+                    // Nothing after this range is taken; the batches before it are written.
+                    Err(e) => {
+                        let reading = format!("reading events from {}", range.name());
+                        self.stopped.store(true, Ordering::Relaxed);
+                        self.write(number, Err(anyhow::Error::new(e).context(reading)));
+                        continue;
                     }
-                }
+                },
             };
             let deciding = decide(&self.pipeline, batch, self.report, &self.blocks);
             let decided =
